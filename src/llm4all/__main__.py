@@ -1,0 +1,3 @@
+from llm4all.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,14 @@
+"""Every registry, with the modules (or packages: all their submodules) that fill it.
+
+Importing this module defines the registries cheaply; entry modules are imported only when a
+registry is listed or looked up. Plug-in modules register with e.g.
+``@SIGNALS.register("char_entropy")``. Add a registry here when a new kind of plug-in appears.
+"""
+
+from llm4all.registry import Registry
+
+MODELS = Registry("models", modules=("llm4all.models.load",))
+SIGNALS = Registry("signals", modules=("llm4all.curate.signals",))
+DEDUPERS = Registry("dedupers", modules=("llm4all.curate.dedup",))
+CHINCHILLA_CONSTANTS = Registry("scaling_laws", modules=("llm4all.plan.scaling",))
+HARDWARE = Registry("hardware", modules=("llm4all.plan.hardware",))

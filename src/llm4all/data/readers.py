@@ -1,0 +1,235 @@
+"""Stream documents from jsonl(.gz/.zst), parquet, folders of .txt and HF datasets on disk.
+
+Every reader yields :class:`Document` lazily. A malformed record is a :class:`UserError`
+naming the file and line (or row). With ``skip_bad=True`` the reader instead records each
+rejected record, with its reason, through a :class:`Rejects` sink (written to a JSONL file
+and counted) -- a record is never dropped silently.
+
+Record schema: ``{"id": str, "text": str, "meta": {...}}``. ``id`` may be missing (then
+``<file stem>/<line>`` is used) and ``meta`` may be missing; ``text`` must be a string.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from llm4all.data.document import Document
+from llm4all.errors import UserError
+
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".ndjson")
+SUFFIXES = (*JSONL_SUFFIXES, ".parquet", ".txt")
+
+
+class Rejects:
+    """Where skipped records go: counted, and written with their reason to a JSONL file."""
+
+    def __init__(self, path: str | Path | None = None):
+        self.path = Path(path) if path else None
+        self.count = 0
+        self._fh: IO[str] | None = None
+
+    def add(self, source: str, line: int, reason: str, raw: str) -> None:
+        self.count += 1
+        if self.path is None:
+            return
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "w", encoding="utf-8")  # noqa: SIM115
+        record = {"source": source, "line": line, "reason": reason, "raw": raw[:10_000]}
+        self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def _open_text(path: Path) -> IO[bytes]:
+    name = path.name
+    if name.endswith(".gz"):
+        return gzip.open(path, "rb")
+    if name.endswith(".zst"):
+        import zstandard
+
+        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)  # noqa: SIM115
+    return open(path, "rb")  # noqa: SIM115
+
+
+def _record_to_doc(obj: Any, default_id: str, text_key: str) -> Document:
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    text = obj.get(text_key)
+    if not isinstance(text, str):
+        found = "missing" if text is None else type(text).__name__
+        raise ValueError(f"field {text_key!r} must be a string ({found})")
+    doc_id = obj.get("id", default_id)
+    meta = obj.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise ValueError("field 'meta' must be an object")
+    extra = {k: v for k, v in obj.items() if k not in ("id", text_key, "meta")}
+    return Document(str(doc_id), text, {**extra, **meta} if extra else meta)
+
+
+def read_jsonl(path: Path, *, text_key: str = "text", rejects: Rejects | None = None) -> Iterator[Document]:
+    """Documents from a JSONL file (optionally .gz or .zst compressed), one object per line."""
+    try:
+        raw = _open_text(path)
+    except OSError as e:
+        raise UserError(f"{path}: cannot open ({e.strerror or e})") from None
+    with raw, io.BufferedReader(raw) as buffered:
+        lineno = 0
+        while True:
+            try:
+                line = buffered.readline()
+            except (OSError, EOFError, gzip.BadGzipFile) as e:
+                raise UserError(f"{path}: line {lineno + 1}: corrupt compressed data ({e})") from None
+            except Exception as e:  # zstandard.ZstdError
+                raise UserError(f"{path}: line {lineno + 1}: corrupt compressed data ({e})") from None
+            if not line:
+                break
+            lineno += 1
+            if not line.strip():
+                continue
+            try:
+                text = line.decode("utf-8")
+                yield _record_to_doc(json.loads(text), f"{_stem(path)}/{lineno}", text_key)
+            except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
+                reason = _reason(e)
+                if rejects is None:
+                    raise UserError(f"{path}: line {lineno}: {reason}") from None
+                rejects.add(str(path), lineno, reason, line.decode("utf-8", "replace"))
+
+
+def read_parquet(path: Path, *, text_key: str = "text", rejects: Rejects | None = None) -> Iterator[Document]:
+    """Documents from a parquet file with a string column ``text`` (and optional id/meta)."""
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:
+        raise UserError(f"{path}: not a readable parquet file ({e})") from None
+    if text_key not in pf.schema_arrow.names:
+        raise UserError(f"{path}: no column {text_key!r}; columns: {', '.join(pf.schema_arrow.names)}")
+    row = 0
+    for batch in pf.iter_batches(batch_size=1024):
+        for obj in batch.to_pylist():
+            row += 1
+            if isinstance(obj.get("meta"), str):
+                try:
+                    obj["meta"] = json.loads(obj["meta"])
+                except json.JSONDecodeError:
+                    pass
+            try:
+                yield _record_to_doc(obj, f"{_stem(path)}/{row}", text_key)
+            except ValueError as e:
+                if rejects is None:
+                    raise UserError(f"{path}: row {row}: {e}") from None
+                rejects.add(str(path), row, str(e), json.dumps(obj, default=str)[:10_000])
+
+
+def read_text_file(path: Path, root: Path, *, rejects: Rejects | None = None) -> Iterator[Document]:
+    """One document per .txt file; its id is the path relative to the folder, without suffix."""
+    data = path.read_bytes()
+    doc_id = str(path.relative_to(root).with_suffix(""))
+    try:
+        yield Document(doc_id, data.decode("utf-8"), {"path": str(path)})
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        reason = f"invalid UTF-8 at byte {e.start}"
+        if rejects is None:
+            raise UserError(f"{path}: line {line}: {reason}") from None
+        rejects.add(str(path), line, reason, data.decode("utf-8", "replace"))
+
+
+def read_hf_dataset(path: Path, *, text_key: str = "text", split: str = "train",
+                    rejects: Rejects | None = None) -> Iterator[Document]:
+    """Documents from a Hugging Face dataset saved with ``save_to_disk`` (needs ``datasets``)."""
+    try:
+        import datasets
+    except ImportError:
+        raise UserError(f"{path}: reading a saved HF dataset needs `pip install datasets`") from None
+    ds = datasets.load_from_disk(str(path))
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise UserError(f"{path}: no split {split!r}; splits: {', '.join(ds)}")
+        ds = ds[split]
+    if text_key not in ds.column_names:
+        raise UserError(f"{path}: no column {text_key!r}; columns: {', '.join(ds.column_names)}")
+    for row, obj in enumerate(ds, start=1):
+        try:
+            yield _record_to_doc(dict(obj), f"{path.name}/{row}", text_key)
+        except ValueError as e:
+            if rejects is None:
+                raise UserError(f"{path}: row {row}: {e}") from None
+            rejects.add(str(path), row, str(e), json.dumps(obj, default=str)[:10_000])
+
+
+def is_hf_dataset(path: Path) -> bool:
+    return path.is_dir() and ((path / "dataset_info.json").exists() or (path / "state.json").exists()
+                              or (path / "dataset_dict.json").exists())
+
+
+def list_files(path: Path) -> list[Path]:
+    """The data files under ``path`` in a stable (sorted) order."""
+    if path.is_file():
+        return [path]
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(SUFFIXES)
+                   and not p.name.startswith("."))
+    return files
+
+
+def read_documents(paths: str | Path | Iterable[str | Path], *, text_key: str = "text",
+                   skip_bad: bool = False, rejects: Rejects | None = None) -> Iterator[Document]:
+    """Stream documents from files, folders (recursively, sorted) or saved HF datasets.
+
+    Args:
+        paths: one path or several; folders are walked for .jsonl(.gz/.zst), .parquet, .txt.
+        text_key: the field holding the text.
+        skip_bad: write malformed records to ``rejects`` instead of stopping with an error.
+        rejects: where skipped records go (a counting sink if not given and skip_bad is set).
+    """
+    if isinstance(paths, str | Path):
+        paths = [paths]
+    if skip_bad and rejects is None:
+        rejects = Rejects()
+    sink = rejects if skip_bad else None
+    for p in map(Path, paths):
+        if not p.exists():
+            raise UserError(f"{p}: no such file or directory")
+        if is_hf_dataset(p):
+            yield from read_hf_dataset(p, text_key=text_key, rejects=sink)
+            continue
+        files = list_files(p)
+        if not files:
+            raise UserError(f"{p}: no documents found (expected {', '.join(SUFFIXES)} files)")
+        root = p if p.is_dir() else p.parent
+        for f in files:
+            if f.name.endswith(JSONL_SUFFIXES):
+                yield from read_jsonl(f, text_key=text_key, rejects=sink)
+            elif f.suffix == ".parquet":
+                yield from read_parquet(f, text_key=text_key, rejects=sink)
+            elif f.suffix == ".txt":
+                yield from read_text_file(f, root, rejects=sink)
+            else:
+                raise UserError(f"{f}: unsupported file type; valid: {', '.join(SUFFIXES)}")
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (*JSONL_SUFFIXES, ".parquet", ".txt"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, UnicodeDecodeError):
+        return f"invalid UTF-8 at byte {e.start} of the line"
+    if isinstance(e, json.JSONDecodeError):
+        return f"invalid JSON ({e.msg} at column {e.colno})"
+    return str(e)

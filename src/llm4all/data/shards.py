@@ -1,0 +1,66 @@
+"""Read token shards written by ``llm4all tokenize``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from llm4all.errors import UserError
+
+
+def is_shard_dir(path: str | Path) -> bool:
+    return (Path(path) / "index.json").is_file()
+
+
+class TokenShards:
+    """Memory-mapped view of a token-shard directory (see ``llm4all.data.tokenize``)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        index_file = self.path / "index.json"
+        if not index_file.is_file():
+            raise UserError(f"{self.path}: not a token-shard directory (no index.json); "
+                            "make one with `llm4all tokenize`")
+        try:
+            self.index = json.loads(index_file.read_text())
+            self.dtype = np.dtype(self.index["dtype"])
+            self.eos_id = int(self.index["eos_id"])
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise UserError(f"{index_file}: malformed shard index ({e})") from None
+
+    @property
+    def splits(self) -> list[str]:
+        return [s for s, v in self.index["splits"].items() if v["tokens"] > 0]
+
+    def shard_arrays(self, split: str) -> list[np.ndarray]:
+        if split not in self.index["splits"]:
+            raise UserError(f"{self.path}: no split {split!r}; splits: {', '.join(self.index['splits'])}")
+        arrays = []
+        for shard in self.index["splits"][split]["shards"]:
+            file = self.path / shard["file"]
+            expected = shard["tokens"] * self.dtype.itemsize
+            if not file.is_file() or file.stat().st_size != expected:
+                raise UserError(f"{file}: missing or truncated (expected {expected} bytes)")
+            if shard["tokens"]:
+                arrays.append(np.memmap(file, dtype=self.dtype, mode="r"))
+        return arrays
+
+    def tokens(self, split: str, max_tokens: int | None = None) -> np.ndarray:
+        """The split's tokens as one array (copied only if it spans several shards)."""
+        arrays = self.shard_arrays(split)
+        if not arrays:
+            raise UserError(f"{self.path}: split {split!r} has no tokens")
+        if max_tokens is not None:
+            out, left = [], max_tokens
+            for a in arrays:
+                out.append(a[:left])
+                left -= out[-1].size
+                if left <= 0:
+                    break
+            arrays = out
+        return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+    def num_tokens(self, split: str) -> int:
+        return int(self.index["splits"][split]["tokens"])

@@ -1,0 +1,97 @@
+"""Write documents to JSONL (optionally .gz/.zst) or parquet, atomically.
+
+Writers are context managers: the file appears under its final name only when the ``with``
+block ends without an exception.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+from llm4all.data.document import Document
+from llm4all.runs import atomic_path
+
+
+class DocumentWriter:
+    """``with DocumentWriter("out.jsonl.zst") as w: w.write(doc)`` -- format from the suffix."""
+
+    def __init__(self, path: str | Path, *, parquet_rows_per_group: int = 10_000):
+        self.path = Path(path)
+        self.count = 0
+        self._rows: list[dict[str, Any]] = []
+        self._rows_per_group = parquet_rows_per_group
+        self._pq_writer = None
+        self._fh = None
+        self._tmp: Path | None = None
+
+    def __enter__(self) -> DocumentWriter:
+        self._stack = contextlib.ExitStack()
+        self._tmp = self._stack.enter_context(atomic_path(self.path))
+        name = self.path.name
+        if name.endswith(".parquet"):
+            return self
+        if name.endswith(".gz"):
+            self._fh = gzip.open(self._tmp, "wt", encoding="utf-8")
+        elif name.endswith(".zst"):
+            import zstandard
+
+            raw = open(self._tmp, "wb")  # noqa: SIM115
+            self._fh = zstandard.ZstdCompressor(level=10).stream_writer(raw, closefd=True)
+        else:
+            self._fh = open(self._tmp, "w", encoding="utf-8")  # noqa: SIM115
+        return self
+
+    def write(self, doc: Document | dict[str, Any]) -> None:
+        record = doc.to_dict() if isinstance(doc, Document) else doc
+        self.count += 1
+        if self._fh is None:
+            self._rows.append(record)
+            if len(self._rows) >= self._rows_per_group:
+                self._flush_parquet()
+            return
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        self._fh.write(line.encode("utf-8") if self.path.name.endswith(".zst") else line)
+
+    def _flush_parquet(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        rows = [{**r, "meta": json.dumps(r.get("meta", {}), ensure_ascii=False)} for r in self._rows]
+        table = pa.Table.from_pylist(rows, schema=_parquet_schema(rows))
+        if self._pq_writer is None:
+            self._pq_writer = pq.ParquetWriter(self._tmp, table.schema, compression="zstd")
+        self._pq_writer.write_table(table)
+        self._rows = []
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        with self._stack:  # renames the temporary file into place only if no exception
+            if self._fh is not None:
+                self._fh.close()
+            elif exc_type is None:
+                if self._rows or self._pq_writer is None:
+                    self._flush_parquet()
+                self._pq_writer.close()
+            if exc_type is not None:
+                raise exc
+
+
+def _parquet_schema(rows: list[dict[str, Any]]):
+    import pyarrow as pa
+
+    fields = [pa.field("id", pa.string()), pa.field("text", pa.string()), pa.field("meta", pa.string())]
+    extra = {k for r in rows for k in r} - {"id", "text", "meta"}
+    if extra:
+        return None  # let pyarrow infer extra columns
+    return pa.schema(fields)
+
+
+def write_documents(path: str | Path, docs) -> int:
+    """Write an iterable of documents to ``path``; returns the count."""
+    with DocumentWriter(path) as w:
+        for doc in docs:
+            w.write(doc)
+    return w.count

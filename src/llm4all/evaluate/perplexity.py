@@ -1,0 +1,194 @@
+"""Strided-window perplexity of a causal LM over token shards or documents.
+
+The token stream is cut into windows of ``context`` tokens whose ends advance by
+``stride``; each window scores only the tokens that no earlier window scored, so every token
+after the first is predicted exactly once, with at least ``context - stride`` tokens of left
+context (except in the first window). With ``stride == context`` consecutive windows share
+just one token; smaller strides cost more and give a lower, fairer perplexity (Press et al.
+2021, "Shortformer", sliding-window evaluation; the Hugging Face "Perplexity of fixed-length
+models" guide).
+
+Logits are never materialised for a whole batch: hidden states go through the output head in
+chunks of positions and the cross-entropy is summed in fp32, so memory stays at
+``batch × context × hidden`` plus one ``chunk × vocab`` block even in bf16.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from llm4all.errors import UserError
+from llm4all.runs import write_json
+
+
+def windows(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, int]]:
+    """(begin, end, n_targets) for each window; targets are the window's last n_targets tokens.
+
+    The first window scores tokens 1..context-1; each later window ends ``stride`` tokens
+    further on (at most ``context - 1``, so a window always holds the token before its first
+    target) and is ``context`` tokens long where the stream allows. Every token index
+    1..n_tokens-1 is a target exactly once (token 0 has no left context).
+    """
+    if not 0 < stride <= context:
+        raise UserError(f"stride must be in [1, context={context}], got {stride}")
+    if context < 2:
+        raise UserError(f"context must be at least 2 tokens, got {context}")
+    step = min(stride, context - 1)
+    out, first = [], 1  # first: the next token to score
+    end = min(context, n_tokens)
+    while first < n_tokens:
+        begin = max(0, end - context)
+        out.append((begin, end, end - first))
+        first, end = end, min(end + step, n_tokens)
+    return out
+
+
+def window_nll(model, input_ids, n_targets: list[int], chunk: int = 256) -> list[float]:
+    """Summed negative log-likelihood (nats) of the last ``n_targets[i]`` tokens of each row.
+
+    ``input_ids``: (B, T) LongTensor of equal-length windows.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    backbone = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
+    head = model.get_output_embeddings()
+    hidden = backbone(input_ids=input_ids).last_hidden_state  # (B, T, H)
+    B, T = input_ids.shape
+    sums = []
+    for b in range(B):
+        first = T - n_targets[b]  # first target position
+        total = torch.zeros((), dtype=torch.float64)
+        for s in range(first, T, chunk):
+            e = min(s + chunk, T)
+            logits = head(hidden[b, s - 1 : e - 1]).float()  # (chunk, V): predicts tokens s..e-1
+            total += F.cross_entropy(logits, input_ids[b, s:e], reduction="sum").double()
+        sums.append(total.item())
+    return sums
+
+
+def perplexity(model, tokens: np.ndarray, context: int = 1024, stride: int | None = None,
+               batch_size: int = 4, progress=None) -> dict:
+    """Perplexity of ``model`` on a 1-D token array; returns nll, ppl, token and window counts."""
+    import torch
+
+    stride = stride or context
+    wins = windows(len(tokens), context, stride)
+    if not wins:
+        raise UserError(f"need at least 2 tokens to measure perplexity, got {len(tokens)}")
+    ids = torch.from_numpy(np.asarray(tokens, dtype=np.int64))
+    nll, scored = 0.0, 0
+    # group by window length so rows of a batch are equal length (only the last window differs)
+    by_len: dict[int, list[tuple[int, int, int]]] = {}
+    for w in wins:
+        by_len.setdefault(w[1] - w[0], []).append(w)
+    with torch.inference_mode():
+        for group in by_len.values():
+            for i in range(0, len(group), batch_size):
+                batch = group[i : i + batch_size]
+                x = torch.stack([ids[b:e] for b, e, _ in batch])
+                nll += sum(window_nll(model, x, [n for _, _, n in batch]))
+                scored += sum(n for _, _, n in batch)
+                if progress is not None:
+                    progress(scored)
+    mean = nll / scored
+    return {"tokens": scored, "windows": len(wins), "nll": mean, "ppl": math.exp(mean),
+            "bits_per_token": mean / math.log(2)}
+
+
+def _load_tokens(data: Path, split: str, tokenizer, max_tokens: int | None,
+                 text_key: str) -> tuple[np.ndarray, str]:
+    from llm4all.data.shards import TokenShards, is_shard_dir
+
+    if is_shard_dir(data):
+        shards = TokenShards(data)
+        return shards.tokens(split, max_tokens), f"{data} [{split}]"
+    from llm4all.data.readers import read_documents
+
+    if tokenizer.eos_token_id is None:
+        raise UserError("the model's tokenizer has no EOS token to separate documents")
+    pieces, total = [], 0
+    for doc in read_documents(data, text_key=text_key):
+        ids = tokenizer(doc.text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        pieces.append(np.asarray(ids, dtype=np.int64))
+        total += len(ids)
+        if max_tokens is not None and total >= max_tokens:
+            break
+    if not pieces:
+        raise UserError(f"{data}: no documents")
+    tokens = np.concatenate(pieces)
+    return (tokens[:max_tokens] if max_tokens else tokens), str(data)
+
+
+def main(
+    model: str,
+    data: Path,
+    *,
+    split: str = "validation",
+    context: int = 1024,
+    stride: int | None = None,
+    batch_size: int = 4,
+    dtype: Literal["float32", "bfloat16"] = "float32",
+    max_tokens: int | None = None,
+    text_key: str = "text",
+    out: Path | None = None,
+) -> dict:
+    """Strided-window perplexity of MODEL on DATA (token shards or documents).
+
+    Args:
+        model: a registered name, an HF directory or a .gguf file.
+        data: a token-shard directory (from `llm4all tokenize`) or document files/folders.
+        split: which split of a shard directory to evaluate.
+        context: window length in tokens (capped at the model's maximum positions).
+        stride: tokens between window starts (default: context // 2).
+        batch_size: windows per forward pass.
+        dtype: float32 or bfloat16 weights and activations (the loss is summed in fp32).
+        max_tokens: evaluate only the first N tokens (for quick runs).
+        text_key: the text field of JSONL/parquet documents.
+        out: directory for perplexity.json (nothing written if not given).
+    """
+    import torch
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.table import Table
+
+    from llm4all.models.load import load
+
+    if context < 2 or batch_size < 1 or (max_tokens is not None and max_tokens < 2):
+        raise UserError("--context and --max-tokens must be at least 2, --batch-size at least 1")
+    net, tokenizer = load(model, dtype=dtype)
+    limit = getattr(net.config, "max_position_embeddings", None)
+    if limit:
+        context = min(context, limit)
+    stride = stride or max(1, context // 2)
+    tokens, source = _load_tokens(Path(data), split, tokenizer, max_tokens, text_key)
+    if tokens.size and int(tokens.max()) >= net.get_input_embeddings().num_embeddings:
+        raise UserError(f"{data}: token ids exceed the vocabulary of {model!r}; "
+                        "were the shards made with another tokenizer?")
+    start = time.perf_counter()
+    columns = (TextColumn("perplexity"), BarColumn(),
+               TextColumn("{task.completed:,}/{task.total:,} tokens"), TimeRemainingColumn())
+    with Progress(*columns, transient=True) as bar:
+        task = bar.add_task("ppl", total=len(tokens) - 1)
+        result = perplexity(net, tokens, context, stride, batch_size,
+                            progress=lambda n: bar.update(task, completed=n))
+    seconds = time.perf_counter() - start
+    result = {"model": str(model), "data": source, "dtype": dtype, "context": context,
+              "stride": stride, **result, "seconds": round(seconds, 2),
+              "tokens_per_second": round(result["tokens"] / seconds),
+              "torch_threads": torch.get_num_threads()}
+    table = Table(title="perplexity")
+    for col in ("model", "data", "dtype", "context/stride", "tokens", "ppl", "bits/token", "tok/s"):
+        table.add_column(col, justify="right")
+    table.add_row(str(model), source, dtype, f"{context}/{stride}", f"{result['tokens']:,}",
+                  f"{result['ppl']:.3f}", f"{result['bits_per_token']:.4f}",
+                  f"{result['tokens_per_second']:,}")
+    Console().print(table)
+    if out is not None:
+        write_json(Path(out) / "perplexity.json", result)
+    return result

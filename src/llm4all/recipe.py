@@ -1,0 +1,197 @@
+"""``llm4all run RECIPE``: chain stages from a YAML recipe, skipping the finished ones.
+
+A recipe is data, never code::
+
+    name: quickstart
+    run_dir: runs/quickstart          # optional, default runs/<recipe file stem>
+    stages:                           # run in this order
+      tokenize:                       # the stage name is the command unless `command:` says
+        data: ["${demo_corpus}"]
+      eval_teacher:
+        command: eval perplexity
+        model: smollm2-135m
+        data: ${tokenize}             # another stage's output directory
+
+Each stage's keys are exactly the keyword arguments of its command's function (``llm4all
+CMD --help``); all stages are validated before anything runs, and an error names the recipe
+file and the key. A stage whose output directory has a ``DONE`` marker and the same resolved
+config is skipped on rerun; ``--only`` and ``--from`` pick stages, ``--force`` reruns them.
+
+Substitutions in strings: ``${STAGE}`` (that stage's output directory, which must come
+earlier), ``${run_dir}``, ``${demo_corpus}`` (the bundled demo corpus).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llm4all.errors import UserError, did_you_mean
+from llm4all.runs import is_done, mark_done, write_json
+from llm4all.signature import bind, params, resolved
+
+TOP_KEYS = ("name", "description", "run_dir", "stages")
+RECIPES_DIR = Path(__file__).parent / "recipes"
+_VAR = re.compile(r"\$\{([A-Za-z0-9_\-]+)\}")
+
+
+def find_recipe(recipe: str | Path) -> Path:
+    path = Path(recipe)
+    if path.is_file():
+        return path
+    packaged = RECIPES_DIR / f"{Path(recipe).stem}.yaml"
+    if packaged.is_file():
+        return packaged
+    names = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+    raise UserError(f"{recipe}: no such recipe file; packaged recipes: {', '.join(names)}")
+
+
+def _command(name: str, where: str):
+    from llm4all.cli import COMMANDS, resolve
+
+    target: Any = COMMANDS
+    for part in name.split():
+        if not isinstance(target, dict) or part not in target:
+            valid = [k for k in (target if isinstance(target, dict) else {})]
+            raise UserError(f"{where}: unknown command {name!r}; {did_you_mean(part, valid)}")
+        target = target[part]
+    if isinstance(target, dict):
+        raise UserError(f"{where}: {name!r} needs a subcommand: {', '.join(target)}")
+    if name in ("run", "ls"):
+        raise UserError(f"{where}: {name!r} cannot be a recipe stage")
+    return resolve(target)
+
+
+def _substitute(value: Any, variables: dict[str, str], where: str) -> Any:
+    if isinstance(value, str):
+        def repl(m: re.Match) -> str:
+            if m.group(1) not in variables:
+                raise UserError(f"{where}: unknown or later stage ${{{m.group(1)}}}; "
+                                f"{did_you_mean(m.group(1), list(variables))}")
+            return variables[m.group(1)]
+
+        return _VAR.sub(repl, value)
+    if isinstance(value, list):
+        return [_substitute(v, variables, where) for v in value]
+    if isinstance(value, dict):
+        return {k: _substitute(v, variables, f"{where}.{k}") for k, v in value.items()}
+    return value
+
+
+def load_recipe(recipe: str | Path, run_dir: Path | None = None) -> tuple[Path, list[dict]]:
+    """Parse and validate a recipe; returns (run_dir, stages) with typed, substituted kwargs."""
+    path = find_recipe(recipe)
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f": line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}{line}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(spec, dict):
+        raise UserError(f"{path}: a recipe is a mapping with keys {', '.join(TOP_KEYS)}")
+    for key in spec:
+        if key not in TOP_KEYS:
+            raise UserError(f"{path}: unknown key {key!r}; {did_you_mean(key, TOP_KEYS)}")
+    stages = spec.get("stages")
+    if not isinstance(stages, dict) or not stages:
+        raise UserError(f"{path}: 'stages' must be a non-empty mapping of stage name -> options")
+    run_dir = Path(run_dir or spec.get("run_dir") or Path("runs") / path.stem)
+    variables = {"run_dir": str(run_dir)}
+    if any("${demo_corpus}" in str(v) for v in stages.values()):
+        from llm4all.data.demo import demo_corpus_path
+
+        variables["demo_corpus"] = str(demo_corpus_path())
+    out = []
+    for name, options in stages.items():
+        where = f"{path}: stages.{name}"
+        options = dict(options or {})
+        if not isinstance(options, dict):
+            raise UserError(f"{where}: expected a mapping of options")
+        command = str(options.pop("command", name))
+        fn = _command(command, where)
+        needs = sorted({m for m in _VAR.findall(str(options)) if m in variables and m != "run_dir"
+                        and m != "demo_corpus"})
+        options = _substitute(options, variables, where)
+        stage_out = run_dir / name
+        if "out" in params(fn):
+            if "out" in options:
+                raise UserError(f"{where}: 'out' is set by the recipe runner ({stage_out})")
+            options["out"] = str(stage_out)
+        out.append({"name": name, "command": command, "fn": fn, "out": stage_out, "needs": needs,
+                    "kwargs": bind(fn, options, where)})
+        variables[name] = str(stage_out)
+    return run_dir, out
+
+
+def _same_config(out: Path, config: dict) -> bool:
+    saved = out / "config.yaml"
+    if not saved.exists():
+        return False
+    try:
+        return yaml.safe_load(saved.read_text()) == config
+    except yaml.YAMLError:
+        return False
+
+
+def run(recipe: str, *, run_dir: Path | None = None, only: list[str] | None = None,
+        from_: str | None = None, force: bool = False, dry_run: bool = False) -> dict:
+    """Run a recipe's stages in order, skipping the ones already done with the same config.
+
+    Args:
+        recipe: a recipe YAML file, or the name of a packaged recipe (quickstart, ...).
+        run_dir: where stage outputs go (default: the recipe's run_dir or runs/<recipe name>).
+        only: run just these stages.
+        from_: start at this stage (the earlier ones must be done).
+        force: rerun the selected stages even if done.
+        dry_run: validate and print the plan without running anything.
+    """
+    from rich.console import Console
+
+    console = Console()
+    run_dir, stages = load_recipe(recipe, run_dir)
+    names = [s["name"] for s in stages]
+    for picked in [*(only or []), *([from_] if from_ else [])]:
+        if picked not in names:
+            raise UserError(f"{recipe}: no stage {picked!r}; {did_you_mean(picked, names)}")
+    selected = names[names.index(from_):] if from_ else names
+    if only:
+        selected = [n for n in selected if n in only]
+    for stage in stages:
+        if stage["name"] in selected:
+            for need in stage["needs"]:
+                if need not in selected and not is_done(run_dir / need):
+                    raise UserError(f"stage {stage['name']!r} needs stage {need!r}, which has not "
+                                    f"run in {run_dir}; run it first (or drop --only/--from)")
+    summary: dict[str, Any] = {"recipe": str(find_recipe(recipe)), "run_dir": str(run_dir), "stages": {}}
+    total = time.perf_counter()
+    for i, stage in enumerate(stages, start=1):
+        name, out = stage["name"], stage["out"]
+        config = {"command": stage["command"], **resolved(stage["fn"], stage["kwargs"])}
+        label = f"[{i}/{len(stages)}] {name} ({stage['command']})"
+        if name not in selected:
+            continue
+        if not force and is_done(out) and _same_config(out, config):
+            console.print(f"{label}: done, skipped")
+            summary["stages"][name] = {"status": "skipped"}
+            continue
+        if dry_run:
+            console.print(f"{label}: would run -> {out}")
+            continue
+        console.rule(label)
+        (out / "DONE").unlink(missing_ok=True)
+        start = time.perf_counter()
+        stage["fn"](**stage["kwargs"])
+        seconds = time.perf_counter() - start
+        out.mkdir(parents=True, exist_ok=True)
+        mark_done(out, config, seconds)
+        console.print(f"{label}: finished in {seconds:.1f} s")
+        summary["stages"][name] = {"status": "ran", "seconds": round(seconds, 2)}
+    summary["seconds"] = round(time.perf_counter() - total, 2)
+    if not dry_run:
+        write_json(run_dir / "summary.json", summary)
+        console.print(f"run finished in {summary['seconds']:.1f} s -> {run_dir}")
+    return summary

@@ -1,0 +1,59 @@
+import subprocess
+import sys
+
+import pytest
+
+from llm4all.cli import COMMANDS, main
+
+
+def all_commands(table=COMMANDS, prefix=()):
+    for name, target in table.items():
+        if isinstance(target, dict):
+            yield from all_commands(target, (*prefix, name))
+        else:
+            yield [*prefix, name]
+
+
+@pytest.mark.parametrize("command", list(all_commands()), ids=" ".join)
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([*command, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage:" in out
+    assert len(out.splitlines()) > 3
+
+
+def test_top_level_help_lists_commands(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in COMMANDS:
+        assert name in out
+
+
+def test_unknown_command_is_a_one_line_error(capsys):
+    assert main(["tokenise"]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean 'tokenize'" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_user_error_exits_2_without_traceback(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "text": "ok"}\n{"id": "b", "text": \n')
+    proc = subprocess.run([sys.executable, "-m", "llm4all", "tokenize", str(bad), "--out",
+                           str(tmp_path / "out"), "--tokenizer", "no-such-model"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "unknown model 'no-such-model'" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_ls_lists_registries_and_entries(capsys):
+    assert main(["ls"]) == 0
+    assert "models" in capsys.readouterr().out
+    assert main(["ls", "models"]) == 0
+    assert "smollm2-135m" in capsys.readouterr().out
+    assert main(["ls", "modles"]) == 2
+    assert "did you mean 'models'" in capsys.readouterr().err

@@ -1,0 +1,99 @@
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llm4all.cli import main as cli
+from llm4all.errors import UserError
+from llm4all.recipe import RECIPES_DIR, load_recipe, run
+
+
+def write_recipe(tmp_path: Path, stages: dict, **top) -> Path:
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"stages": stages, **top}, sort_keys=False))
+    return path
+
+
+def two_stage(tiny_model, docs_jsonl):
+    return {
+        "tokenize": {"data": [str(docs_jsonl)], "tokenizer": str(tiny_model), "workers": 1,
+                     "val_fraction": 0.3},
+        "eval_tiny": {"command": "eval perplexity", "model": str(tiny_model), "data": "${tokenize}",
+                      "context": 32},
+    }
+
+
+def test_run_then_rerun_skips_finished_stages(tiny_model, docs_jsonl, tmp_path, capsys):
+    recipe = write_recipe(tmp_path, two_stage(tiny_model, docs_jsonl))
+    first = run(str(recipe), run_dir=tmp_path / "run")
+    assert {s["status"] for s in first["stages"].values()} == {"ran"}
+    ppl = json.loads((tmp_path / "run" / "eval_tiny" / "perplexity.json").read_text())
+    assert ppl["ppl"] > 1
+    config = yaml.safe_load((tmp_path / "run" / "eval_tiny" / "config.yaml").read_text())
+    assert config["data"] == str(tmp_path / "run" / "tokenize") and config["stride"] is None
+    second = run(str(recipe), run_dir=tmp_path / "run")
+    assert {s["status"] for s in second["stages"].values()} == {"skipped"}
+    third = run(str(recipe), run_dir=tmp_path / "run", only=["eval_tiny"], force=True)
+    assert third["stages"] == {"eval_tiny": {"status": "ran", "seconds": third["stages"]["eval_tiny"]["seconds"]}}
+
+
+def test_changed_config_reruns_the_stage(tiny_model, docs_jsonl, tmp_path):
+    stages = two_stage(tiny_model, docs_jsonl)
+    run(str(write_recipe(tmp_path, stages)), run_dir=tmp_path / "run")
+    stages["eval_tiny"]["context"] = 16
+    again = run(str(write_recipe(tmp_path, stages)), run_dir=tmp_path / "run")
+    assert again["stages"]["tokenize"]["status"] == "skipped"
+    assert again["stages"]["eval_tiny"]["status"] == "ran"
+
+
+def test_from_requires_known_stage_and_runs_the_rest(tiny_model, docs_jsonl, tmp_path):
+    recipe = write_recipe(tmp_path, two_stage(tiny_model, docs_jsonl))
+    with pytest.raises(UserError, match="no stage 'eval'"):
+        run(str(recipe), run_dir=tmp_path / "run", from_="eval")
+    with pytest.raises(UserError, match="stage 'eval_tiny' needs stage 'tokenize'"):
+        run(str(recipe), run_dir=tmp_path / "run", from_="eval_tiny")
+    run(str(recipe), run_dir=tmp_path / "run", only=["tokenize"])
+    assert not (tmp_path / "run" / "eval_tiny").exists()
+    assert cli(["run", str(recipe), "--run-dir", str(tmp_path / "run"), "--from", "eval_tiny"]) == 0
+    assert (tmp_path / "run" / "eval_tiny" / "DONE").exists()
+
+
+@pytest.mark.parametrize("stages, message", [
+    ({"tokenize": {"data": ["x"], "tokeniser": "y"}}, r"stages.tokenize: unknown key 'tokeniser'.*did you mean 'tokenizer'"),
+    ({"tokenize": {"data": ["x"], "workers": "two"}}, r"stages.tokenize.workers: expected an integer"),
+    ({"tokenize": {"tokenizer": "y"}}, r"stages.tokenize: missing required key\(s\): data"),
+    ({"tokenise": {"data": ["x"]}}, r"unknown command 'tokenise'.*did you mean 'tokenize'"),
+    ({"e": {"command": "eval", "model": "m"}}, r"'eval' needs a subcommand: perplexity"),
+    ({"e": {"command": "eval perplexity", "model": "m", "data": "${later}"}}, r"unknown or later stage \$\{later\}"),
+    ({"e": {"command": "eval perplexity", "model": "m", "data": "d", "dtype": "int3"}}, r"'int3' is not allowed"),
+    ({"t": {"command": "tokenize", "data": ["x"], "out": "elsewhere"}}, r"'out' is set by the recipe runner"),
+])
+def test_invalid_recipes_fail_before_running(tmp_path, stages, message):
+    with pytest.raises(UserError, match=message):
+        run(str(write_recipe(tmp_path, stages)), run_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_wrong_top_level_key_and_bad_yaml(tmp_path):
+    with pytest.raises(UserError, match=r"r.yaml: unknown key 'stage'.*did you mean 'stages'"):
+        load_recipe(write_recipe(tmp_path, {}, stage={}))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stages:\n  a: [1,\n")
+    with pytest.raises(UserError, match=r"bad.yaml: line \d+: invalid YAML"):
+        load_recipe(bad)
+    with pytest.raises(UserError, match="no such recipe file; packaged recipes: .*quickstart"):
+        load_recipe(tmp_path / "missing.yaml")
+
+
+def test_cli_reports_recipe_errors_in_one_line(tmp_path, capsys):
+    recipe = write_recipe(tmp_path, {"tokenize": {"data": ["x"], "bogus": 1}})
+    assert cli(["run", str(recipe)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unknown key 'bogus'" in err
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_recipe_validates(recipe, tmp_path):
+    run_dir, stages = load_recipe(recipe, tmp_path / "run")
+    assert stages and run_dir == tmp_path / "run"
