@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-WORDS = ["the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "was", "with", "be", "by", "on", "not", "he", "this", "are", "or", "his", "from", "at", "which", "but", "have", "an", "they", "you", "were", "her", "she", "there", "one", "all", "we", "can", "would", "their"]
+WORDS = """the of and to in a is that for it as was with be by on not he this are or his from
+at which but have an they you were her she there one all we can would their""".split()
 
 
 def tiny_texts(n: int = 40, seed: int = 0, words: int = 60) -> list[str]:

@@ -35,7 +35,7 @@ def test_run_then_rerun_skips_finished_stages(tiny_model, docs_jsonl, tmp_path, 
     second = run(str(recipe), run_dir=tmp_path / "run")
     assert {s["status"] for s in second["stages"].values()} == {"skipped"}
     third = run(str(recipe), run_dir=tmp_path / "run", only=["eval_tiny"], force=True)
-    assert third["stages"] == {"eval_tiny": {"status": "ran", "seconds": third["stages"]["eval_tiny"]["seconds"]}}
+    assert list(third["stages"]) == ["eval_tiny"] and third["stages"]["eval_tiny"]["status"] == "ran"
 
 
 def test_changed_config_reruns_the_stage(tiny_model, docs_jsonl, tmp_path):
@@ -60,14 +60,18 @@ def test_from_requires_known_stage_and_runs_the_rest(tiny_model, docs_jsonl, tmp
 
 
 @pytest.mark.parametrize("stages, message", [
-    ({"tokenize": {"data": ["x"], "tokeniser": "y"}}, r"stages.tokenize: unknown key 'tokeniser'.*did you mean 'tokenizer'"),
+    ({"tokenize": {"data": ["x"], "tokeniser": "y"}},
+     r"stages.tokenize: unknown key 'tokeniser'.*did you mean 'tokenizer'"),
     ({"tokenize": {"data": ["x"], "workers": "two"}}, r"stages.tokenize.workers: expected an integer"),
     ({"tokenize": {"tokenizer": "y"}}, r"stages.tokenize: missing required key\(s\): data"),
     ({"tokenise": {"data": ["x"]}}, r"unknown command 'tokenise'.*did you mean 'tokenize'"),
     ({"e": {"command": "eval", "model": "m"}}, r"'eval' needs a subcommand: perplexity"),
-    ({"e": {"command": "eval perplexity", "model": "m", "data": "${later}"}}, r"unknown or later stage \$\{later\}"),
-    ({"e": {"command": "eval perplexity", "model": "m", "data": "d", "dtype": "int3"}}, r"'int3' is not allowed"),
-    ({"t": {"command": "tokenize", "data": ["x"], "out": "elsewhere"}}, r"'out' is set by the recipe runner"),
+    ({"e": {"command": "eval perplexity", "model": "m", "data": "${later}"}},
+     r"unknown or later stage \$\{later\}"),
+    ({"e": {"command": "eval perplexity", "model": "m", "data": "d", "dtype": "int3"}},
+     r"'int3' is not allowed"),
+    ({"t": {"command": "tokenize", "data": ["x"], "out": "elsewhere"}},
+     r"'out' is set by the recipe runner"),
 ])
 def test_invalid_recipes_fail_before_running(tmp_path, stages, message):
     with pytest.raises(UserError, match=message):

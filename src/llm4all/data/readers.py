@@ -11,6 +11,7 @@ Record schema: ``{"id": str, "text": str, "meta": {...}}``. ``id`` may be missin
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
@@ -119,11 +120,9 @@ def read_parquet(path: Path, *, text_key: str = "text", rejects: Rejects | None 
     for batch in pf.iter_batches(batch_size=1024):
         for obj in batch.to_pylist():
             row += 1
-            if isinstance(obj.get("meta"), str):
-                try:
+            if isinstance(obj.get("meta"), str):  # our writer stores meta as JSON text
+                with contextlib.suppress(json.JSONDecodeError):
                     obj["meta"] = json.loads(obj["meta"])
-                except json.JSONDecodeError:
-                    pass
             try:
                 yield _record_to_doc(obj, f"{_stem(path)}/{row}", text_key)
             except ValueError as e:
