@@ -1,0 +1,194 @@
+"""MinHash signatures of word n-gram shingles, vectorised with numpy over a batch of documents.
+
+Broder 1997, "On the resemblance and containment of documents": for a random permutation π
+of the shingle universe, P[min π(A) = min π(B)] = |A ∩ B| / |A ∪ B| (Jaccard), so the
+fraction of equal entries of two signatures estimates the Jaccard similarity of two
+documents' shingle sets. The pipeline, all deterministic across runs and machines:
+
+1. ``normalize`` (see ``exact.py``): words separated by single spaces, as UTF-8 bytes;
+2. each run of ``ngram`` consecutive words -> one shingle: the Karp–Rabin polynomial hash
+   Σ_k c_k·P^k mod 2⁶⁴ of its bytes c_0 c_1 ... (words and the single spaces between them),
+   computed for a whole batch at once from prefix sums of c_k·P^k and the inverse powers
+   P^−k (P odd, so invertible mod 2⁶⁴), then avalanched by the MurmurHash3 64-bit
+   finaliser and cut to its top 32 bits. A document with fewer than ``ngram`` words is one
+   shingle of all its words; an empty document is the single shingle 0, so all empty
+   documents are equal. (A polynomial hash mod 2⁶⁴ has engineered collisions — Thue–Morse
+   strings of thousands of bytes — that 5-word shingles cannot reach; the 32-bit cut below
+   dominates the collision rate);
+3. ``num_perm`` permutations as multiply-add-shift hashing (Dietzfelbinger 1996; Thorup
+   2015, "High Speed Hashing for Integers and Strings"):
+   h_k(x) = ((a_k·x + b_k) mod 2⁶⁴) >> 32 for 32-bit x and a_k, b_k uniform 64-bit from a
+   local ``numpy.random.default_rng(seed)``. The family is 2-independent, which uint64
+   wrap-around computes exactly (no Mersenne-prime modulus, no overflow care); and
+   min_j h(x_j) = (min_j (a·x_j + b mod 2⁶⁴)) >> 32 because the shift is monotone, so the
+   shift is done once per signature entry, not once per shingle. 2-independence is
+   weaker than the min-wise independence MinHash assumes (Broder et al. 2000); the tests
+   check the estimates against exact Jaccard similarities instead.
+
+Collisions: 32-bit shingle hashes make two distinct shingles of a pair of 1,000-shingle
+documents collide with probability ≈ 10⁶/2³² ≈ 2·10⁻⁴, which shifts a Jaccard estimate by
+at most ~1/1,000; 32-bit signature values tie by chance with probability 2⁻³² per entry.
+Signatures are uint32: ``num_perm × 4`` bytes per document (512 bytes at 128).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from llm4all.curate.dedup.exact import ASCII_TABLE, normalize_unicode
+from llm4all.errors import UserError
+
+_P = 0x9E3779B97F4A7C15  # odd 64-bit base of the polynomial hash (2⁶⁴/golden ratio, Knuth)
+_FMIX = (np.uint64(33), np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53))
+_CHUNK = 4096  # shingles per (num_perm, chunk) uint64 block hashed at once (4 MiB at 128)
+_BATCH_CHARS = 1 << 22  # characters normalised together: byte-level arrays stay ~150 MiB
+_POWERS = (np.ones(1, np.uint64), np.ones(1, np.uint64))  # (P^k, P^−k) for k < len, grown
+
+
+def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(a, b): two (num_perm,) uint64 arrays of the multiply-add-shift family."""
+    if num_perm < 1:
+        raise UserError(f"minhash: num_perm must be >= 1, got {num_perm}")
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 2**64, size=num_perm, dtype=np.uint64, endpoint=False)
+    b = rng.integers(0, 2**64, size=num_perm, dtype=np.uint64, endpoint=False)
+    return a, b
+
+
+def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(P^k, P^−k) mod 2⁶⁴ for k = 0..n−1, each (≥ n,) uint64."""
+    global _POWERS
+    if len(_POWERS[0]) < n:
+        size = max(n, 2 * len(_POWERS[0]))
+        up = np.full(size, _P, np.uint64)
+        down = np.full(size, pow(_P, -1, 2**64), np.uint64)
+        up[0] = down[0] = 1
+        _POWERS = (np.cumprod(up), np.cumprod(down))  # uint64 products wrap mod 2⁶⁴
+    return _POWERS
+
+
+def _fmix64(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 64-bit finaliser (Appleby 2011), in place on a uint64 array."""
+    shift, m1, m2 = _FMIX
+    h ^= h >> shift
+    h *= m1
+    h ^= h >> shift
+    h *= m2
+    h ^= h >> shift
+    return h
+
+
+def normalized_bytes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(B,) uint8 of every ``normalize(text)`` + newline, back to back; (n_docs + 1,) offsets.
+
+    Inside a document, words are split by single spaces (a normalised document has no
+    byte < 32), so a newline can only be a document separator.
+    """
+    # ASCII: one table lookup per byte, space runs collapsed below in numpy
+    parts = [
+        t.encode().translate(ASCII_TABLE) if t.isascii() else normalize_unicode(t).encode()
+        for t in texts
+    ]
+    data = np.frombuffer(b"\n".join(parts) + b"\n", np.uint8) if parts else np.zeros(0, np.uint8)
+    space = data == 32
+    keep = ~space  # keep all but spaces after a space or at the start
+    keep[1:] |= ~space[:-1]
+    data = data[keep]
+    return data, np.r_[0, np.flatnonzero(data == 10) + 1]
+
+
+def shingle_hashes(texts: Sequence[str], ngram: int) -> tuple[np.ndarray, np.ndarray]:
+    """32-bit hashes (as uint64) of the word ``ngram``-grams of a batch of documents.
+
+    Returns:
+        (T,) uint64 shingle hashes < 2³², documents back to back, and (n_docs,) int64
+        shingles per document: max(words − ngram + 1, 1).
+    """
+    data, offsets = normalized_bytes(texts)  # (B,) bytes, words split by single spaces
+    gap = data <= 32  # a space or a document separator
+    begin = np.flatnonzero(~gap & np.r_[True, gap[:-1]])  # (W,) first byte of each word
+    end = np.flatnonzero(gap & np.r_[False, ~gap[:-1]])  # (W,) one past its last byte
+    words = np.diff(np.searchsorted(begin, offsets))  # (n_docs,) words per document
+    up, down = _powers(len(data) + 1)
+    prefix = np.zeros(len(data) + 1, np.uint64)  # prefix[i] = Σ_{k<i} c_k·P^k mod 2⁶⁴
+    np.cumsum(data * up[: len(data)], out=prefix[1:])
+    counts = np.maximum(words - ngram + 1, 1)
+    first_word = np.cumsum(words) - words
+    last_word = np.repeat(first_word + words - 1, counts)
+    start = np.repeat(first_word - (np.cumsum(counts) - counts), counts) + np.arange(counts.sum())
+    empty = np.repeat(words == 0, counts)
+    start = np.minimum(start, max(len(begin) - 1, 0))
+    stop = np.maximum(np.minimum(start + ngram - 1, last_word), 0)
+    if len(begin):
+        lo, hi = begin[start], end[stop]
+        h = (prefix[hi] - prefix[lo]) * down[lo]  # Σ_j c_{lo+j}·P^j: position-independent
+    else:
+        h = np.zeros(len(start), np.uint64)
+    h[empty] = 0
+    return _fmix64(h) >> np.uint64(32), counts
+
+
+def _min_hash(x: np.ndarray, a: np.ndarray, b: np.ndarray, buf: np.ndarray) -> np.ndarray:
+    """(num_perm,) uint64 min_j (a·x_j + b) mod 2⁶⁴ over one long document, chunk by chunk."""
+    best = np.full(len(a), np.iinfo(np.uint64).max, np.uint64)
+    for i in range(0, len(x), _CHUNK):
+        part = x[i : i + _CHUNK]
+        block = buf[:, : len(part)]
+        np.multiply(a[:, None], part[None, :], out=block)
+        block += b[:, None]
+        np.minimum(best, block.min(axis=1), out=best)
+    return best
+
+
+def minhash_signatures(
+    texts: Sequence[str], num_perm: int = 128, ngram: int = 5, seed: int = 1
+) -> np.ndarray:
+    """(len(texts), num_perm) uint32 MinHash signatures of word ``ngram``-gram shingles.
+
+    Broder 1997 MinHash with multiply-add-shift permutations (see module docstring).
+    The same (text, num_perm, ngram, seed) gives the same signature in any batch, order or run.
+    """
+    if ngram < 1:
+        raise UserError(f"minhash: ngram must be >= 1, got {ngram}")
+    a, b = permutations(num_perm, seed)
+    out = np.empty((len(texts), num_perm), np.uint32)
+    buf = np.empty((num_perm, _CHUNK), np.uint64)
+    size = np.cumsum([len(t) for t in texts])  # characters up to each text
+    lo = 0
+    while lo < len(texts):  # sub-batches of ~_BATCH_CHARS bound the byte-level arrays
+        hi = max(int(np.searchsorted(size, size[lo] - len(texts[lo]) + _BATCH_CHARS)), lo + 1)
+        with np.errstate(over="ignore"):
+            x, counts = shingle_hashes(texts[lo:hi], ngram)  # (T,) hashes, (hi−lo,) counts
+            out[lo:hi] = _signatures(x, counts, a, b, buf)
+        lo = hi
+    return out
+
+
+def _signatures(
+    x: np.ndarray, counts: np.ndarray, a: np.ndarray, b: np.ndarray, buf: np.ndarray
+) -> np.ndarray:
+    """(n_docs, num_perm) uint32 signatures from shingle hashes ``x``, ``counts`` per doc."""
+    ends = np.cumsum(counts)
+    out = np.empty((len(counts), len(a)), np.uint64)
+    first = 0  # first document of the current group
+    while first < len(counts):
+        base = ends[first] - counts[first]  # first shingle of the group
+        # the most documents whose shingles fit in one chunk (at least one document)
+        last = max(int(np.searchsorted(ends, base + _CHUNK, side="right")), first + 1)
+        if ends[last - 1] - base > _CHUNK:  # one document longer than a chunk
+            out[first] = _min_hash(x[base : ends[first]], a, b, buf)
+        else:
+            block = buf[:, : ends[last - 1] - base]
+            np.multiply(a[:, None], x[None, base : ends[last - 1]], out=block)
+            block += b[:, None]
+            starts = ends[first:last] - counts[first:last] - base
+            out[first:last] = np.minimum.reduceat(block, starts, axis=1).T
+        first = last
+    return (out >> np.uint64(32)).astype(np.uint32)
+
+
+def jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
+    """Estimated Jaccard similarity: fraction of equal signature entries (last axis)."""
+    return np.mean(sig_a == sig_b, axis=-1)

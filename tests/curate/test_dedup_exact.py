@@ -1,0 +1,86 @@
+"""Exact dedup: normalisation (hand-written cases, ASCII fast path == general path), hashing,
+first-occurrence survivors, streaming decisions, registry options."""
+
+from __future__ import annotations
+
+import pytest
+
+from llm4all.catalog import DEDUPERS
+from llm4all.curate.dedup.exact import (
+    Decision,
+    ExactDedup,
+    exact_duplicates,
+    normalize,
+    normalize_unicode,
+    text_hash,
+)
+from llm4all.errors import UserError
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Hello,   World!", "hello world"),
+        ("  don't\tstop\n\nme-now  ", "don t stop me now"),
+        ("snake_case stays; 3.14 splits", "snake_case stays 3 14 splits"),
+        # NFKC: full-width letters, ideographic space, ligature
+        ("Ｆｕｌｌ\u3000ｗｉｄｔｈ ﬁne", "full width fine"),
+        ("Café — Ünïcode «quotes»", "café ünïcode quotes"),
+        ("$5 + 7% = ???", "5 7"),
+        ("", ""),
+        ("...!!!", ""),
+    ],
+)
+def test_normalize_hand_cases(text, expected):
+    assert normalize(text) == expected
+
+
+def test_ascii_fast_path_equals_general_path_for_every_ascii_character():
+    for i in range(128):
+        c = chr(i)
+        for text in (f"Ab{c}cD {c}x", f"{c}{c}q{c}", c):
+            assert normalize(text) == normalize_unicode(text), repr(text)
+
+
+def test_text_hash_is_128_bit_and_normalised():
+    assert len(text_hash("a")) == 16
+    assert text_hash("Hello, World") == text_hash("hello   world!")
+    assert text_hash("hello world") != text_hash("hello  worlds")
+
+
+def test_exact_duplicates_first_occurrence_survives():
+    texts = ["a b", "A  b!", "c", "a b", "a b c", "C."]
+    assert exact_duplicates(texts) == [0, 0, 2, 0, 4, 2]
+
+
+def test_exact_dedup_streams_decisions_with_reasons():
+    seen = []
+
+    def docs():
+        for doc in [("d1", "Same text."), ("d2", "same TEXT"), ("d3", "other"), ("d4", "SAME")]:
+            seen.append(doc[0])
+            yield doc
+
+    stream = ExactDedup()(docs())
+    assert next(stream) == Decision("d1", True)
+    assert seen == ["d1"]  # lazy: one document read per decision
+    rest = list(stream)
+    assert rest == [
+        Decision("d2", False, {"reason": "exact_duplicate", "survivor": "d1"}),
+        Decision("d3", True),
+        Decision("d4", True),
+    ]
+
+
+def test_exact_dedup_raw_mode_and_counts_reconcile():
+    docs = [(str(i), t) for i, t in enumerate(["x", "X", "x", "x ", "y"])]
+    raw = list(DEDUPERS.build({"name": "exact", "normalise": False})(docs))
+    assert [d.keep for d in raw] == [True, True, False, True, True]
+    norm = list(DEDUPERS.build("exact")(docs))
+    assert [d.keep for d in norm] == [True, False, False, False, True]
+    assert len(norm) == len(docs)  # every document gets exactly one decision
+
+
+def test_exact_dedup_unknown_option_is_a_user_error():
+    with pytest.raises(UserError, match="unknown option 'normalize'.*did you mean 'normalise'"):
+        DEDUPERS.build({"name": "exact", "normalize": True})
