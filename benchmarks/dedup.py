@@ -34,6 +34,7 @@ from pathlib import Path
 
 from llm4all.curate.dedup.exact import normalize
 from llm4all.curate.dedup.lsh import MinHashDedup
+from llm4all.curate.planted import perturb
 
 RATES = (0.0, 0.01, 0.02, 0.05, 0.10)  # word edit rates of planted copies (0 = exact copy)
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
@@ -57,21 +58,6 @@ def load_corpus(limit: int) -> tuple[str, list[str]]:
                 texts.append("\n\n".join(chunk))
                 chunk = []
     return "Python 3.11 docs sources, ~200-word chunks", texts[:limit]
-
-
-def perturb(text: str, rate: float, vocab: list[str], rng: random.Random) -> str:
-    """A copy with ~rate of its words deleted/inserted/substituted, plus case and spacing noise."""
-    out: list[str] = []
-    for w in text.split():
-        if rng.random() < rate:
-            op = rng.choice(("delete", "insert", "substitute"))
-            if op == "insert":
-                out += [w, rng.choice(vocab)]
-            elif op == "substitute":
-                out.append(rng.choice(vocab))
-            continue
-        out.append(w.upper() if rng.random() < 0.05 else w)
-    return "  ".join(out) if rng.random() < 0.5 else "\n".join(out)
 
 
 def shingles(text: str, n: int = 5) -> set[str]:

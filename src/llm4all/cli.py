@@ -23,7 +23,10 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "run": "llm4all.recipe:run",
     "ls": "llm4all.cli:ls",
     "demo-corpus": "llm4all.data.demo:main",
+    "curate": "llm4all.curate.pipeline:main",
+    "plant": "llm4all.curate.planted:main",
     "tokenize": "llm4all.data.tokenize:main",
+    "diversity": "llm4all.curate.diversity:main",
     "models": {
         "convert": "llm4all.models.load:convert",
         "info": "llm4all.models.load:info",

@@ -18,7 +18,8 @@ file and the key. A stage whose output directory has a ``DONE`` marker and the s
 config is skipped on rerun; ``--only`` and ``--from`` pick stages, ``--force`` reruns them.
 
 Substitutions in strings: ``${STAGE}`` (that stage's output directory, which must come
-earlier), ``${run_dir}``, ``${demo_corpus}`` (the bundled demo corpus).
+earlier), ``${run_dir}``, ``${demo_corpus}`` (the bundled demo corpus) and ``${demo_planted}``
+(near-duplicates and junk planted into it by ``llm4all plant``, so removals are visible).
 """
 
 from __future__ import annotations
@@ -101,10 +102,11 @@ def load_recipe(recipe: str | Path, run_dir: Path | None = None) -> tuple[Path, 
         raise UserError(f"{path}: 'stages' must be a non-empty mapping of stage name -> options")
     run_dir = Path(run_dir or spec.get("run_dir") or Path("runs") / path.stem)
     variables = {"run_dir": str(run_dir)}
-    if any("${demo_corpus}" in str(v) for v in stages.values()):
+    if any("${demo_" in str(v) for v in stages.values()):
         from llm4all.data.demo import demo_corpus_path
 
         variables["demo_corpus"] = str(demo_corpus_path())
+        variables["demo_planted"] = str(demo_corpus_path().parent / "demo-planted")
     out = []
     for name, options in stages.items():
         where = f"{path}: stages.{name}"
@@ -113,8 +115,8 @@ def load_recipe(recipe: str | Path, run_dir: Path | None = None) -> tuple[Path, 
             raise UserError(f"{where}: expected a mapping of options")
         command = str(options.pop("command", name))
         fn = _command(command, where)
-        needs = sorted({m for m in _VAR.findall(str(options)) if m in variables and m != "run_dir"
-                        and m != "demo_corpus"})
+        needs = sorted({m for m in _VAR.findall(str(options))
+                        if m in variables and m not in ("run_dir", "demo_corpus", "demo_planted")})
         options = _substitute(options, variables, where)
         stage_out = run_dir / name
         if "out" in params(fn):

@@ -1,0 +1,1 @@
+"""llm4all.curate"""

@@ -1,0 +1,139 @@
+"""Where per-document work runs: local processes (default) or Ray Data.
+
+Both engines run the same pure function on the same shards of documents, so they give the
+same signal table; only the executor differs. Each finished shard is cached on disk under a
+key made of the signal specification and the shard's content (ids and texts), so a rerun --
+after a crash, or with other steps -- skips every shard already computed.
+
+Batched (model-based) signals run in the calling process, shard by shard, so the model is
+loaded once and uses all the threads torch gives it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from llm4all.runs import atomic_path
+
+Engine = Literal["local", "ray"]
+
+
+def _shard_signals(item: tuple[list[str], list]) -> dict[str, np.ndarray]:
+    from llm4all.curate.signals.compute import compute_signals
+
+    texts, specs = item
+    return compute_signals(texts, specs)
+
+
+def _key(specs: list, ids: list[str], texts: list[str]) -> str:
+    h = hashlib.blake2b(json.dumps(specs, sort_keys=True).encode(), digest_size=16)
+    for doc_id, text in zip(ids, texts, strict=True):
+        h.update(doc_id.encode())
+        h.update(b"\0")
+        h.update(text.encode("utf-8", "surrogatepass"))
+        h.update(b"\1")
+    return h.hexdigest()
+
+
+class ShardCache:
+    """``.npz`` files of signal columns, one per (specification, shard content)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def path(self, key: str) -> Path:
+        return self.root / f"{key}.npz"
+
+    def get(self, key: str) -> dict[str, np.ndarray] | None:
+        path = self.path(key)
+        if not path.exists():
+            return None
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+
+    def put(self, key: str, columns: dict[str, np.ndarray]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.path(key)) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **columns)
+
+
+def compute_table(ids: list[str], texts: list[str], specs: list, *, engine: Engine = "local",
+                  workers: int = 2, shard_docs: int = 1000, cache: ShardCache | None = None,
+                  progress: Callable[[int], None] | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    """Signal columns for all documents, computed shard by shard; returns (table, stats)."""
+    from llm4all.curate.signals.compute import resolve
+
+    plan = resolve(specs)
+    per_doc = [s for s, (_, fn, _) in zip(specs, plan, strict=True) if not fn.batched]
+    batched = [s for s, (_, fn, _) in zip(specs, plan, strict=True) if fn.batched]
+    bounds = [(i, min(i + shard_docs, len(ids))) for i in range(0, len(ids), shard_docs)]
+    stats = {"shards": len(bounds), "cached": 0, "computed": 0, "seconds": {}}
+    parts: list[dict[str, np.ndarray]] = [{} for _ in bounds]
+    for group, runner in ((per_doc, "per_doc"), (batched, "batched")):
+        if not group:
+            continue
+        start = time.perf_counter()
+        todo = []
+        for n, (a, b) in enumerate(bounds):
+            key = _key(group, ids[a:b], texts[a:b])
+            hit = cache.get(key) if cache else None
+            if hit is not None:
+                parts[n].update(hit)
+                stats["cached"] += 1
+            else:
+                todo.append((n, key, texts[a:b]))
+        if runner == "batched":
+            results = (_shard_signals((t, group)) for _, _, t in todo)
+        elif engine == "ray":
+            results = _ray_map([t for _, _, t in todo], group, workers)
+        elif workers > 1 and len(todo) > 1:
+            pool = get_context("spawn").Pool(min(workers, len(todo)))
+            results = pool.imap(_shard_signals, [(t, group) for _, _, t in todo])
+        else:
+            results = (_shard_signals((t, group)) for _, _, t in todo)
+        for (n, key, shard_texts), columns in zip(todo, results, strict=True):
+            parts[n].update(columns)
+            if cache:
+                cache.put(key, columns)
+            stats["computed"] += 1
+            if progress:
+                progress(len(shard_texts))
+        if runner == "per_doc" and engine == "local" and workers > 1 and len(todo) > 1:
+            pool.close()
+            pool.join()
+        stats["seconds"][runner] = round(time.perf_counter() - start, 2)
+    columns = [c for _, fn, _ in plan for c in fn.columns]
+    table = {c: np.concatenate([p[c] for p in parts]) if parts else np.zeros(0) for c in columns}
+    return table, stats
+
+
+def _ray_map(shards: list[list[str]], specs: list, workers: int) -> list[dict[str, np.ndarray]]:
+    """Compute shards with Ray Data (one row per shard), results in shard order."""
+    if not shards:
+        return []
+    from llm4all.errors import UserError
+
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--engine ray needs Ray Data: pip install 'ray[data]'") from None
+    if not ray.is_initialized():
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+    rows = [{"shard": i, "texts": texts} for i, texts in enumerate(shards)]
+
+    def compute(row: dict[str, Any]) -> dict[str, Any]:
+        columns = _shard_signals((list(row["texts"]), specs))
+        return {"shard": row["shard"], "columns": {k: v.tolist() for k, v in columns.items()}}
+
+    out = ray.data.from_items(rows, override_num_blocks=len(rows)).map(compute).take_all()
+    out.sort(key=lambda r: r["shard"])
+    return [{k: np.asarray(v, dtype=np.float64) for k, v in r["columns"].items()} for r in out]

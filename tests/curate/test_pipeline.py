@@ -1,0 +1,172 @@
+import json
+
+import numpy as np
+import pytest
+
+from llm4all.curate import curriculum, mixture
+from llm4all.curate.pipeline import main as curate
+from llm4all.curate.planted import plant
+from llm4all.data.document import Document
+from llm4all.data.readers import read_documents
+from llm4all.data.writers import write_documents
+from llm4all.errors import UserError
+
+PROSE = ("The river runs past the old mill and the children of the village walk along it to school "
+         "every morning, talking about the weather, the harvest and the stories their parents told "
+         "them the night before. ")
+
+
+VOCAB = ("garden window morning letter station harbour winter summer teacher doctor market "
+         "village mountain forest bridge kitchen candle silver golden quiet bright gentle sudden "
+         "ancient narrow wooden painted broken hidden distant").split()
+
+
+def story(i: int) -> str:
+    import random
+
+    rng = random.Random(i)
+    words = " ".join(rng.choice(VOCAB) for _ in range(40))
+    return f"Story {i}. " + PROSE + f"Then {words}. It was day {i} of the year."
+
+
+def corpus(tmp_path, n=30):
+    docs = [Document(f"d{i:03d}", story(i), {"lang": "en" if i % 3 else "fr"}) for i in range(n)]
+    docs.append(Document("copy", docs[4].text.upper(), {"lang": "en"}))
+    docs.append(Document("junk", "$$$ ### 123 @@@ " * 40, {"lang": "en"}))
+    path = tmp_path / "in.jsonl"
+    write_documents(path, docs)
+    return path, docs
+
+
+def test_every_document_is_kept_or_removed_with_a_reason(tmp_path):
+    path, docs = corpus(tmp_path)
+    summary = curate([path], out=tmp_path / "out", workers=1, shard_docs=7,
+                     signals=["word_entropy", "gopher_quality", "gopher_repetition"])
+    kept = list(read_documents(tmp_path / "out" / "kept.jsonl.zst"))
+    removed = [json.loads(line) for line in _lines(tmp_path / "out" / "removed.jsonl.zst")]
+    assert summary["read"] == len(docs) == len(kept) + len(removed)
+    assert sorted([d.id for d in kept] + [r["id"] for r in removed]) == sorted(d.id for d in docs)
+    by_id = {r["id"]: r for r in removed}
+    assert by_id["copy"]["step"] == "dedup:exact" and by_id["copy"]["reason"]["survivor"] == "d004"
+    assert by_id["junk"]["step"] == "filter:published"
+    assert "Rae et al. 2021" in by_id["junk"]["reason"]["source"]
+    assert [d.id for d in kept] == [d.id for d in docs if d.id in {k.id for k in kept}]  # input order
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(tmp_path / "out" / "signals.parquet")
+    assert table.num_rows == len(docs) and "word_entropy" in table.column_names
+
+
+def test_rerun_reuses_cached_shards_and_engine_results_match(tmp_path):
+    path, _ = corpus(tmp_path)
+    first = curate([path], out=tmp_path / "a", workers=2, shard_docs=8, signals=["ttr", "mtld"],
+                   steps=[{"dedup": "exact"}])
+    assert first["engine_stats"]["computed"] == 4
+    second = curate([path], out=tmp_path / "a", workers=1, shard_docs=8, signals=["ttr", "mtld"],
+                    steps=[{"dedup": "exact"}])
+    assert second["engine_stats"] == {**second["engine_stats"], "cached": 4, "computed": 0}
+    import pyarrow.parquet as pq
+
+    one = curate([path], out=tmp_path / "b", workers=1, shard_docs=100, signals=["ttr", "mtld"],
+                 steps=[{"dedup": "exact"}])
+    assert one["kept"] == first["kept"]
+    a, b = (pq.read_table(tmp_path / x / "signals.parquet").to_pydict() for x in "ab")
+    assert a == b
+
+
+@pytest.mark.slow
+def test_ray_engine_gives_the_same_kept_and_removed_sets(tmp_path):
+    pytest.importorskip("ray")
+    path, _ = corpus(tmp_path)
+    kwargs = {"signals": ["ttr", "gopher_quality"], "shard_docs": 10}
+    local = curate([path], out=tmp_path / "local", engine="local", workers=1, **kwargs)
+    ray_run = curate([path], out=tmp_path / "ray", engine="ray", workers=2, **kwargs)
+    assert ray_run["engine_stats"]["computed"] == local["engine_stats"]["computed"]  # no shared cache
+    for name in ("kept.jsonl.zst", "removed.jsonl.zst"):
+        assert _lines(tmp_path / "local" / name) == _lines(tmp_path / "ray" / name)
+
+
+def test_when_limits_a_step_to_matching_documents(tmp_path):
+    docs = [Document("en1", "tiny", {"lang": "en"}), Document("fr1", "petit", {"lang": "fr"})]
+    write_documents(tmp_path / "x.jsonl", docs)
+    summary = curate([tmp_path / "x.jsonl"], out=tmp_path / "o", workers=1, signals=["gopher_quality"],
+                     steps=[{"filter": "published", "only": ["word_count"], "when": {"lang": "en"}}])
+    assert summary["kept"] == 1 and summary["steps"][0]["judged"] == 1
+
+
+def test_skip_bad_counts_rejects_as_removed(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"id": "a", "text": "' + PROSE + '"}\n{"id": "b", "text": \n')
+    summary = curate([path], out=tmp_path / "o", workers=1, skip_bad=True, signals=["ttr"], steps=[])
+    assert summary["read"] == 2 and summary["kept"] == 1
+    assert summary["removed_by_step"] == {"read": {"malformed record": 1}}
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"signals": ["nope"]}, "unknown signals entry 'nope'"),
+    ({"steps": [{"dedup": "minhash", "treshold": 0.8}]}, "unknown option 'treshold'.*did you mean 'threshold'"),
+    ({"steps": [{"dedup": "exact", "filter": "published"}]}, "exactly one of filter, dedup, select"),
+    ({"steps": [{"filter": "published", "only": ["nope"]}]}, "no published threshold for 'nope'"),
+    ({"steps": [{"dedup": "exact"}, {"dedup": "exact"}]}, "labels must be unique"),
+    ({"curriculum": {"signal": "nope"}}, "no signal column 'nope'"),
+    ({"mixture": {"by": "lang", "method": "fixed", "weights": {"en": 1}}, "steps": []},
+     "missing \\['fr'\\]"),
+    ({"mixture": {"by": "lang", "colour": 1}, "steps": []}, "mixture: unknown key 'colour'"),
+])
+def test_bad_configuration_fails_without_output(tmp_path, kwargs, message):
+    path, _ = corpus(tmp_path)
+    with pytest.raises(UserError, match=message):
+        curate([path], out=tmp_path / "out", workers=1, **{"signals": ["ttr"], **kwargs})
+    assert not (tmp_path / "out").exists()
+
+
+def test_curriculum_and_mixture_manifests(tmp_path):
+    path, _ = corpus(tmp_path)
+    curate([path], out=tmp_path / "o", workers=1, signals=["ttr", "word_entropy"], steps=[],
+           curriculum={"signal": "word_entropy", "order": "easy_to_hard", "pacing": "linear"},
+           mixture={"by": "lang", "method": "temperature", "tau": 100.0})
+    cur = json.loads((tmp_path / "o" / "curriculum.json").read_text())
+    table = {r["id"]: r["word_entropy"] for r in _signals(tmp_path / "o")}
+    values = [table[i] for i in cur["ids"]]
+    assert values == sorted(values) and len(values) == 32
+    mix = json.loads((tmp_path / "o" / "mixture.json").read_text())
+    weights = [g["weight"] for g in mix["groups"].values()]
+    assert sum(weights) == pytest.approx(1) and max(weights) - min(weights) < 0.02  # tau -> inf: uniform
+
+
+def test_pacing_functions():
+    assert curriculum.competence(0, 100, "linear", c0=0.2) == pytest.approx(0.2)
+    assert curriculum.competence(50, 100, "linear", c0=0.2) == pytest.approx(0.6)
+    assert curriculum.competence(50, 100, "root", c0=0.0) == pytest.approx(np.sqrt(0.5))
+    assert curriculum.competence(100, 100, "root") == 1.0
+    steps = [curriculum.competence(t, 100, "step", c0=0.25, n_steps=4) for t in (0, 30, 60, 99)]
+    assert steps == pytest.approx([0.25, 0.5, 0.75, 1.0])
+
+
+def test_mixture_weights():
+    sizes = {"en": 900.0, "fr": 100.0}
+    assert mixture.weights(sizes, "proportional") == pytest.approx({"en": 0.9, "fr": 0.1})
+    t2 = mixture.weights(sizes, "temperature", tau=2.0)
+    assert t2["fr"] == pytest.approx(0.1**0.5 / (0.9**0.5 + 0.1**0.5))
+    assert mixture.weights(sizes, "fixed", {"en": 3, "fr": 1}) == pytest.approx({"en": 0.75, "fr": 0.25})
+
+
+def test_planted_documents_are_labelled_and_deterministic():
+    docs = [Document(f"d{i}", PROSE + str(i), {"lang": "en"}) for i in range(100)]
+    a, b = plant(docs, 0.3, seed=1), plant(docs, 0.3, seed=1)
+    assert [d.to_dict() for d in a] == [d.to_dict() for d in b] and len(a) == 30
+    kinds = {d.meta["planted"] for d in a}
+    assert {"exact_copy", "near_copy", "boilerplate", "symbols"} <= kinds
+    assert all(d.meta["of"] in {x.id for x in docs} for d in a)
+
+
+def _lines(path):
+    import zstandard
+
+    return zstandard.ZstdDecompressor().decompress(path.read_bytes(), max_output_size=10**8).decode().splitlines()
+
+
+def _signals(out):
+    import pyarrow.parquet as pq
+
+    return pq.read_table(out / "signals.parquet").to_pylist()
