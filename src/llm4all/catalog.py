@@ -14,3 +14,5 @@ CHINCHILLA_CONSTANTS = Registry("scaling_laws", modules=("llm4all.plan.scaling",
 HARDWARE = Registry("hardware", modules=("llm4all.plan.hardware",))
 SELECTORS = Registry("selectors", modules=("llm4all.curate.select",))
 FILTERS = Registry("filters", modules=("llm4all.curate.filters",))
+OPTIMIZERS = Registry("optimizers", modules=("llm4all.train.optim",))
+PRESETS = Registry("presets", modules=("llm4all.models.presets",))

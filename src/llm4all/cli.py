@@ -26,6 +26,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "curate": "llm4all.curate.pipeline:main",
     "plant": "llm4all.curate.planted:main",
     "tokenize": "llm4all.data.tokenize:main",
+    "train": "llm4all.train.command:main",
     "diversity": "llm4all.curate.diversity:main",
     "models": {
         "convert": "llm4all.models.load:convert",

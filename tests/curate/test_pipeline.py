@@ -104,7 +104,8 @@ def test_skip_bad_counts_rejects_as_removed(tmp_path):
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"signals": ["nope"]}, "unknown signals entry 'nope'"),
-    ({"steps": [{"dedup": "minhash", "treshold": 0.8}]}, "unknown option 'treshold'.*did you mean 'threshold'"),
+    ({"steps": [{"dedup": "minhash", "treshold": 0.8}]},
+     "unknown option 'treshold'.*did you mean 'threshold'"),
     ({"steps": [{"dedup": "exact", "filter": "published"}]}, "exactly one of filter, dedup, select"),
     ({"steps": [{"filter": "published", "only": ["nope"]}]}, "no published threshold for 'nope'"),
     ({"steps": [{"dedup": "exact"}, {"dedup": "exact"}]}, "labels must be unique"),
@@ -163,7 +164,8 @@ def test_planted_documents_are_labelled_and_deterministic():
 def _lines(path):
     import zstandard
 
-    return zstandard.ZstdDecompressor().decompress(path.read_bytes(), max_output_size=10**8).decode().splitlines()
+    raw = zstandard.ZstdDecompressor().decompress(path.read_bytes(), max_output_size=10**8)
+    return raw.decode().splitlines()
 
 
 def _signals(out):

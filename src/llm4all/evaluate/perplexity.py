@@ -48,18 +48,26 @@ def windows(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, in
     return out
 
 
-def window_nll(model, input_ids, n_targets: list[int], chunk: int = 256) -> list[float]:
+def window_nll(model, input_ids, n_targets: list[int], chunk: int = 256,
+               full_forward: bool = False) -> list[float]:
     """Summed negative log-likelihood (nats) of the last ``n_targets[i]`` tokens of each row.
 
-    ``input_ids``: (B, T) LongTensor of equal-length windows.
+    ``input_ids``: (B, T) LongTensor of equal-length windows. ``full_forward`` calls the
+    model's own forward for (B, T, V) logits instead of running the output head in chunks: an
+    FSDP-sharded model gathers its root parameters only inside its own forward.
     """
     import torch
     import torch.nn.functional as F
 
+    B, T = input_ids.shape
+    if full_forward:
+        logits = model(input_ids=input_ids).logits.float()  # (B, T, V)
+        logp = torch.log_softmax(logits[:, :-1], dim=-1)
+        nll = -logp.gather(-1, input_ids[:, 1:, None])[..., 0].double()  # (B, T-1)
+        return [nll[b, T - 1 - n_targets[b]:].sum().item() for b in range(B)]
     backbone = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
     head = model.get_output_embeddings()
     hidden = backbone(input_ids=input_ids).last_hidden_state  # (B, T, H)
-    B, T = input_ids.shape
     sums = []
     for b in range(B):
         first = T - n_targets[b]  # first target position
@@ -73,7 +81,7 @@ def window_nll(model, input_ids, n_targets: list[int], chunk: int = 256) -> list
 
 
 def perplexity(model, tokens: np.ndarray, context: int = 1024, stride: int | None = None,
-               batch_size: int = 4, progress=None) -> dict:
+               batch_size: int = 4, progress=None, full_forward: bool = False) -> dict:
     """Perplexity of ``model`` on a 1-D token array; returns nll, ppl, token and window counts."""
     import torch
 
@@ -92,7 +100,7 @@ def perplexity(model, tokens: np.ndarray, context: int = 1024, stride: int | Non
             for i in range(0, len(group), batch_size):
                 batch = group[i : i + batch_size]
                 x = torch.stack([ids[b:e] for b, e, _ in batch])
-                nll += sum(window_nll(model, x, [n for _, _, n in batch]))
+                nll += sum(window_nll(model, x, [n for _, _, n in batch], full_forward=full_forward))
                 scored += sum(n for _, _, n in batch)
                 if progress is not None:
                     progress(scored)
@@ -182,12 +190,11 @@ def main(
               "stride": stride, **result, "seconds": round(seconds, 2),
               "tokens_per_second": round(result["tokens"] / seconds),
               "torch_threads": torch.get_num_threads()}
-    table = Table(title="perplexity")
-    for col in ("model", "data", "dtype", "context/stride", "tokens", "ppl", "bits/token", "tok/s"):
+    table = Table(title=f"perplexity of {model} on {source}")
+    for col in ("dtype", "context/stride", "tokens", "ppl", "bits/token", "tok/s"):
         table.add_column(col, justify="right")
-    table.add_row(str(model), source, dtype, f"{context}/{stride}", f"{result['tokens']:,}",
-                  f"{result['ppl']:.3f}", f"{result['bits_per_token']:.4f}",
-                  f"{result['tokens_per_second']:,}")
+    table.add_row(dtype, f"{context}/{stride}", f"{result['tokens']:,}", f"{result['ppl']:.3f}",
+                  f"{result['bits_per_token']:.4f}", f"{result['tokens_per_second']:,}")
     Console().print(table)
     if out is not None:
         write_json(Path(out) / "perplexity.json", result)

@@ -1,1 +1,1 @@
-"""llm4all.train"""
+"""llm4all.train: one explicit training loop (train and distil), sampler, checkpoints."""

@@ -13,9 +13,9 @@ pipeline, ``dedupers: minhash``), embed the documents, cluster them with k-means
    scaling via data pruning"): the points closest to their cluster centroid are the most
    prototypical ("easy"); drop them until the overall selection ratio R is reached.
 
-Defaults: R_dedup = 0.75, the value D4 settles on; R (``fraction``) = 0.5, a middle point of
-the selection ratios the paper sweeps (they report the 6.7B OPT gains at such ratios; pick R
-for your budget). When R ≥ R_dedup only step 1 runs, to ratio R.
+Defaults: R_dedup = 0.75, the value D4 settles on; R (``fraction``) = 0.5 is our choice from
+the range of selection ratios the paper sweeps (pick R for your budget). When R ≥ R_dedup
+only step 1 runs, to ratio R.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ def ranks(values: np.ndarray, descending: bool = False) -> np.ndarray:
 
 @SELECTORS.register("threshold")
 class Threshold:
-    """Keep documents whose signal lies within [min, max] (bounds inclusive; either optional).
+    """Keep documents whose signal lies between min and max (inclusive; either bound optional).
 
     The cut-offs are the user's; the signal modules document published ones (e.g.
     ``llm4all.curate.signals.THRESHOLDS``).

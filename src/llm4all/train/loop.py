@@ -1,0 +1,304 @@
+"""The training loop: one explicit function, read top to bottom, shared by train and distil.
+
+``fit()`` runs optimizer steps; each step accumulates ``grad_accum`` micro-batches under
+autocast (bf16/fp16 compute, fp32 master weights: Micikevicius et al. 2018, "Mixed Precision
+Training"), clips the gradient norm, sets the learning rate from the schedule and steps the
+optimizer. It evaluates validation perplexity every ``eval_every`` steps, logs tokens/s and
+MFU, writes ``metrics.jsonl`` and atomic checkpoints, and resumes exactly from the last one.
+What it trains on is the caller's business: ``loss_fn(model, inputs, labels) -> (loss,
+metrics)`` -- cross-entropy for ``llm4all train``, a KD loss for ``llm4all distill``.
+
+Multi-process: launched by ``torchrun``, the model is wrapped in DDP or FSDP (gloo on CPU,
+nccl on GPU); every process takes its slice of the same global batch (see sampler.py), so
+N processes × k accumulation steps train exactly like 1 process × N·k.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from llm4all.train import checkpoint
+from llm4all.train.optim import build_optimizer
+from llm4all.train.schedule import Schedule, lr_factor
+
+Precision = Literal["fp32", "bf16", "fp16"]
+LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict]]
+
+
+@dataclass
+class LoopConfig:
+    """Everything the loop needs besides the model, data and loss."""
+
+    steps: int  #: optimizer steps in total
+    micro_batch: int = 8  #: sequences per forward pass
+    grad_accum: int = 1  #: micro-batches per optimizer step (per process)
+    lr: float = 1e-3  #: peak learning rate
+    min_lr_ratio: float = 0.1  #: final lr as a fraction of the peak
+    warmup: int = 0  #: warm-up steps
+    schedule: Schedule = "cosine"
+    decay_fraction: float = 0.2  #: wsd: fraction of steps spent decaying
+    optimizer: str = "adamw"
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0  #: max global gradient norm (0 = off)
+    precision: Precision = "bf16"
+    eval_every: int = 0  #: steps between validations (0 = only at the end)
+    save_every: int = 0  #: steps between checkpoints (0 = only at the end)
+    keep_last: int = 2  #: checkpoints kept
+    stop_after: int | None = None  #: leave after this many steps of this invocation (time slices)
+    flops_per_token: float = 0.0  #: training FLOPs per token (6N + attention), for MFU
+    peak_flops: float = 0.0  #: hardware peak FLOP/s summed over processes (0: MFU not shown)
+    config_hash: str = ""  #: identifies the configuration a checkpoint belongs to
+    log_to: list[str] = field(default_factory=list)  #: "tensorboard", "mlflow"
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+
+def setup_distributed(strategy: Literal["ddp", "fsdp"] = "ddp") -> Dist:
+    """Join the torchrun process group if launched by torchrun; else a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    import torch.distributed as dist
+
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend)
+    rank = dist.get_rank()
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device(f"cuda:{local}") if backend == "nccl" else torch.device("cpu")
+    return Dist(rank=rank, world=world, device=device)
+
+
+def wrap(model: torch.nn.Module, dist_: Dist, strategy: Literal["ddp", "fsdp"]) -> torch.nn.Module:
+    if dist_.world == 1:
+        return model
+    if strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        return DDP(model, device_ids=[dist_.device.index] if dist_.device.type == "cuda" else None)
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in getattr(getattr(model, "model", model), "layers", []):
+        fully_shard(layer)
+    fully_shard(model)
+    return model
+
+
+def _autocast(precision: Precision, device: torch.device):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class _Loggers:
+    """metrics.jsonl always; TensorBoard and MLflow (local store) when asked."""
+
+    def __init__(self, out: Path, log_to: list[str], resume_step: int, rank: int, params: dict):
+        self.rank, self.tb, self.mlflow = rank, None, None
+        if rank != 0:
+            return
+        self.path = out / "metrics.jsonl"
+        if self.path.exists():  # drop lines after the resumed step: the rerun writes them again
+            keep = [ln for ln in self.path.read_text().splitlines() if json.loads(ln)["step"] <= resume_step]
+            self.path.write_text("".join(ln + "\n" for ln in keep))
+        if "tensorboard" in log_to:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out / "tensorboard"))
+        if "mlflow" in log_to:
+            import mlflow
+
+            mlflow.set_tracking_uri((out / "mlruns").resolve().as_uri())
+            mlflow.start_run()
+            mlflow.log_params({k: str(v)[:250] for k, v in params.items()})
+            self.mlflow = mlflow
+
+    def log(self, step: int, metrics: dict) -> None:
+        if self.rank != 0:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+        if self.tb:
+            for k, v in numbers.items():
+                self.tb.add_scalar(k, v, step)
+        if self.mlflow:
+            self.mlflow.log_metrics(numbers, step=step)
+
+    def close(self) -> None:
+        if self.tb:
+            self.tb.close()
+        if self.mlflow:
+            self.mlflow.end_run()
+
+
+def fit(model: torch.nn.Module, loss_fn: LossFn, sampler, cfg: LoopConfig, out: Path,
+        eval_fn: Callable[[torch.nn.Module], dict] | None = None, dist_: Dist | None = None,
+        strategy: Literal["ddp", "fsdp"] = "ddp", params: dict | None = None) -> dict:
+    """Train ``model`` for ``cfg.steps`` optimizer steps; returns the last metrics."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    dist_ = dist_ or Dist()
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_root = out / "checkpoints"
+    model.to(dist_.device)
+    net = wrap(model, dist_, strategy)
+    optimizer = build_optimizer(cfg.optimizer, net, cfg.lr, cfg.weight_decay, cfg.betas)
+    scaler = torch.amp.GradScaler(dist_.device.type) if cfg.precision == "fp16" else None
+
+    # resume from the newest checkpoint of this configuration
+    step, tokens_seen = 0, 0
+    last = checkpoint.latest(ckpt_root)
+    if last is not None:
+        checkpoint.check_compatible(last, cfg.config_hash)
+        state = checkpoint.load(last, net, optimizer, scaler)
+        step, tokens_seen = state["step"], state["tokens_seen"]
+        if dist_.rank == 0:
+            print(f"resumed from {last} (step {step})")
+    loggers = _Loggers(out, cfg.log_to, step, dist_.rank, params or {})
+    tokens_per_step = cfg.micro_batch * cfg.grad_accum * dist_.world * sampler.seq_len
+    metrics: dict = {}
+    started, start_step = time.perf_counter(), step
+    columns = (TextColumn("train"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+               TextColumn("{task.fields[info]}"), TimeRemainingColumn())
+    with Progress(*columns, disable=dist_.rank != 0, transient=True) as bar:
+        task = bar.add_task("train", total=cfg.steps, completed=step, info="")
+        while step < cfg.steps:
+            if cfg.stop_after is not None and step - start_step >= cfg.stop_after:
+                break
+            t0 = time.perf_counter()
+            lr = cfg.lr * lr_factor(step, cfg.steps, cfg.schedule, cfg.warmup, cfg.min_lr_ratio,
+                                    cfg.decay_fraction)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            net.train()
+            loss_sum, extra = 0.0, {}
+            for micro in range(cfg.grad_accum):
+                inputs, labels = sampler.batch(step, micro, cfg.micro_batch, cfg.grad_accum,
+                                               dist_.rank, dist_.world)
+                inputs, labels = inputs.to(dist_.device), labels.to(dist_.device)
+                last_micro = micro == cfg.grad_accum - 1
+                # DDP: all-reduce gradients only on the last micro-batch
+                no_sync = hasattr(net, "no_sync") and not last_micro
+                sync = net.no_sync() if no_sync else contextlib.nullcontext()
+                with sync:
+                    with _autocast(cfg.precision, dist_.device):
+                        loss, parts = loss_fn(net, inputs, labels)
+                    scaled = loss / cfg.grad_accum
+                    (scaler.scale(scaled) if scaler else scaled).backward()
+                loss_sum += loss.item() / cfg.grad_accum
+                for k, v in parts.items():
+                    extra[k] = extra.get(k, 0.0) + float(v) / cfg.grad_accum
+            if scaler:
+                scaler.unscale_(optimizer)
+            grad_norm = (torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+                         if cfg.grad_clip > 0 else torch.tensor(float("nan")))
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens_seen += tokens_per_step
+            dt = time.perf_counter() - t0
+            loss_avg = _all_mean(loss_sum, dist_)
+            if not math.isfinite(loss_avg):
+                from llm4all.errors import UserError
+
+                raise UserError(f"training diverged: loss is {loss_avg} at step {step}; lower --lr, "
+                                "raise --warmup, or use --precision bf16 instead of fp16")
+            metrics = {"loss": loss_avg, "lr": lr, "grad_norm": float(grad_norm), "tokens": tokens_seen,
+                       "tokens_per_s": tokens_per_step / dt,
+                       **{k: _all_mean(v, dist_) for k, v in extra.items()}}
+            if cfg.flops_per_token and cfg.peak_flops:
+                metrics["mfu"] = cfg.flops_per_token * tokens_per_step / dt / cfg.peak_flops
+            if eval_fn is not None and (step == cfg.steps or (cfg.eval_every and step % cfg.eval_every == 0)):
+                metrics.update(eval_fn(_unwrap(net)))
+            loggers.log(step, metrics)
+            info = f"loss {loss_avg:.3f}  {metrics['tokens_per_s']:,.0f} tok/s"
+            if "val_ppl" in metrics:
+                info += f"  val ppl {metrics['val_ppl']:.2f}"
+            bar.update(task, completed=step, info=info)
+            if step == cfg.steps or (cfg.save_every and step % cfg.save_every == 0):
+                checkpoint.save(ckpt_root / f"step-{step:06d}", net, optimizer, scaler,
+                                {"step": step, "tokens_seen": tokens_seen, "config_hash": cfg.config_hash},
+                                dist_.rank)
+                if dist_.rank == 0:
+                    checkpoint.prune(ckpt_root, cfg.keep_last)
+    loggers.close()
+    elapsed = time.perf_counter() - started
+    metrics["steps_this_run"] = step - start_step
+    metrics["seconds"] = round(elapsed, 2)
+    metrics["avg_tokens_per_s"] = (step - start_step) * tokens_per_step / max(elapsed, 1e-9)
+    metrics["step"] = step
+    return metrics
+
+
+def _unwrap(net: torch.nn.Module) -> torch.nn.Module:
+    return net.module if hasattr(net, "module") else net
+
+
+def _all_mean(value: float, dist_: Dist) -> float:
+    if dist_.world == 1:
+        return value
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t)
+    return (t / dist_.world).item()
+
+
+def cross_entropy_loss(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor):
+    """Next-token cross-entropy (mean over all B×T positions), computed in fp32."""
+    logits = model(input_ids=inputs).logits  # (B, T, V)
+    loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
+    return loss, {}
+
+
+def validation_fn(tokens, seq_len: int, precision: Precision, batch_size: int = 8):
+    """Perplexity on ``tokens`` with disjoint windows of ``seq_len`` (see evaluate/perplexity)."""
+    from llm4all.evaluate.perplexity import perplexity
+
+    def evaluate(model: torch.nn.Module) -> dict:
+        was_training = model.training
+        model.eval()
+        from torch.distributed.fsdp import FSDPModule
+
+        with _autocast(precision, next(model.parameters()).device):
+            result = perplexity(model, tokens, context=seq_len, stride=seq_len, batch_size=batch_size,
+                                full_forward=isinstance(model, FSDPModule))
+        model.train(was_training)
+        return {"val_loss": result["nll"], "val_ppl": result["ppl"]}
+
+    return evaluate
+
+
+def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
+    """Training FLOPs per token: 6·N (non-embedding) + 12·L·d·T for attention (PaLM, Chowdhery
+    et al. 2022, app. B)."""
+    cfg = model.config
+    embed = model.get_input_embeddings().weight.numel()
+    n = sum(p.numel() for p in model.parameters()) - embed
+    if not getattr(cfg, "tie_word_embeddings", False):
+        n -= model.get_output_embeddings().weight.numel()
+    n += model.get_output_embeddings().weight.numel()  # the output head is a matmul every token
+    return 6.0 * n + 12.0 * cfg.num_hidden_layers * cfg.hidden_size * seq_len
+

@@ -1,0 +1,162 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import build_tiny_model, tiny_texts
+from llm4all.data.shards import TokenShards
+from llm4all.data.tokenize import main as tokenize
+from llm4all.errors import UserError
+from llm4all.train.command import main as train
+from llm4all.train.sampler import WindowSampler
+from llm4all.train.schedule import lr_factor
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    model = build_tiny_model(root / "model")
+    docs = root / "docs.jsonl"
+    with docs.open("w") as f:
+        for i, text in enumerate(tiny_texts(160, words=80)):
+            f.write(json.dumps({"id": f"d{i}", "text": text}) + "\n")
+    tokenize([docs], out=root / "shards", tokenizer=str(model), workers=1, val_fraction=0.1)
+    return root / "shards", model
+
+
+def losses(run):
+    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+BASE = {"seq_len": 32, "micro_batch": 4, "lr": 3e-3, "warmup": 2, "precision": "fp32"}
+
+
+def test_loss_decreases_and_model_is_saved(shards, tmp_path):
+    data, model = shards
+    result = train(data, out=tmp_path / "run", model=str(model), steps=40, **BASE)
+    curve = losses(tmp_path / "run")
+    assert sum(curve[-5:]) / 5 < sum(curve[:5]) / 5 - 0.15
+    assert result["val_ppl"] < 64  # below the uniform distribution over the 64-token vocabulary
+    saved = json.loads((tmp_path / "run" / "model" / "llm4all.json").read_text())
+    assert saved["made_by"] == "llm4all train"
+    row = json.loads((tmp_path / "runs.jsonl").read_text().splitlines()[-1])
+    assert row["tokens"] == 40 * 4 * 32 and row["params"] > 0
+    assert row["loss"] == pytest.approx(result["val_loss"])
+
+
+def test_resume_reproduces_the_uninterrupted_run(shards, tmp_path):
+    data, model = shards
+    kw = {**BASE, "steps": 8, "save_every": 2, "model": str(model)}
+    train(data, out=tmp_path / "straight", **kw)
+    first = train(data, out=tmp_path / "killed", stop_after=5, **kw)
+    assert first["step"] == 5 and not (tmp_path / "killed" / "model").exists()
+    train(data, out=tmp_path / "killed", **kw)  # resumes from the step-4 checkpoint
+    assert losses(tmp_path / "killed") == pytest.approx(losses(tmp_path / "straight"), abs=1e-6)
+    assert len(list((tmp_path / "killed" / "checkpoints").iterdir())) == 2  # keep_last
+
+
+def test_accumulation_equals_one_large_batch(shards, tmp_path):
+    data, model = shards
+    common = {**BASE, "steps": 4, "model": str(model)}
+    train(data, out=tmp_path / "big", **{**common, "micro_batch": 8, "grad_accum": 1})
+    train(data, out=tmp_path / "acc", **{**common, "micro_batch": 2, "grad_accum": 4})
+    assert losses(tmp_path / "acc") == pytest.approx(losses(tmp_path / "big"), rel=1e-5)
+
+
+def test_resume_with_other_arguments_is_refused(shards, tmp_path):
+    data, model = shards
+    train(data, out=tmp_path / "r", model=str(model), steps=4, stop_after=2, save_every=2, **BASE)
+    with pytest.raises(UserError, match="different configuration"):
+        train(data, out=tmp_path / "r", model=str(model), steps=4, save_every=2, **{**BASE, "lr": 1e-2})
+
+
+def test_lora_trains_adapters_and_merges_exactly(shards, tmp_path):
+    pytest.importorskip("peft")
+    data, model = shards
+    result = train(data, out=tmp_path / "lora", model=str(model), steps=6, lora_rank=4, **BASE)
+    assert result["step"] == 6
+    from llm4all.models.load import load
+
+    base, _ = load(model)
+    merged, _ = load(tmp_path / "lora" / "model")
+    ids = torch.arange(1, 20)[None]
+    assert not torch.allclose(base(ids).logits, merged(ids).logits)  # adapters learned something
+    assert {k for k, _ in merged.named_parameters()} == {k for k, _ in base.named_parameters()}
+
+
+def test_replay_reports_forgetting(shards, tmp_path):
+    data, model = shards
+    result = train(data, out=tmp_path / "cpt", model=str(model), steps=4, replay=data,
+                   replay_fraction=0.25, **BASE)
+    report = json.loads((tmp_path / "cpt" / "forgetting.json").read_text())
+    assert set(report) >= {"old_ppl_before", "old_ppl_after", "new_ppl_before", "new_ppl_after"}
+    assert result["forgetting"] == report
+
+
+def test_sampler_is_a_function_of_seed_and_step(shards):
+    data, _ = shards
+    s = WindowSampler(TokenShards(data), seq_len=16, seed=3)
+    assert torch.equal(s.windows(5, 8), s.windows(5, 8))
+    assert not torch.equal(s.windows(5, 8), s.windows(6, 8))
+    whole = s.windows(2, 8)
+    halves = torch.cat([s.batch(2, 0, 4, 1, rank=r, world=2)[0] for r in range(2)])
+    assert torch.equal(halves, whole[:, :-1])
+
+
+def test_curriculum_restricts_early_steps_to_the_easy_documents(shards, tmp_path):
+    data, _ = shards
+    import zstandard
+
+    rows = [json.loads(x) for x in zstandard.ZstdDecompressor().decompress(
+        (data / "train-docs.jsonl.zst").read_bytes(), max_output_size=10**7).decode().splitlines()]
+    ids = [r["id"] for r in rows]
+    manifest = tmp_path / "curriculum.json"
+    manifest.write_text(json.dumps({"kind": "curriculum", "ids": ids[::-1],
+                                    "pacing": {"name": "linear", "c0": 0.05}}))
+    s = WindowSampler(TokenShards(data), seq_len=8, curriculum=manifest, total_steps=100)
+    easy = rows[-max(1, int(0.05 * len(rows)) + 1):]
+    lo = min(r["start"] for r in easy)
+    assert (s.starts(0, 64) >= lo).all()
+    assert (s.starts(99, 256) < lo).any()
+
+
+def test_schedules():
+    assert lr_factor(0, 100, "cosine", warmup=10) == pytest.approx(0.1)
+    assert lr_factor(10, 100, "cosine", warmup=10) == pytest.approx(1.0)
+    assert lr_factor(100, 100, "cosine", warmup=10, min_lr_ratio=0.1) == pytest.approx(0.1)
+    assert lr_factor(50, 100, "wsd", warmup=10, decay_fraction=0.2) == 1.0
+    assert lr_factor(90, 100, "wsd", warmup=10, decay_fraction=0.2, min_lr_ratio=0.0) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"optimizer": "adamm"}, "unknown optimizers entry 'adamm'.*did you mean 'adam"),
+    ({"steps": 0}, "--steps must be at least 1"),
+    ({"log_to": ["wandb"]}, "unknown logger 'wandb'"),
+    ({"seq_len": 100000}, "fewer than one window"),
+    ({"model": "no-such-preset"}, "unknown presets entry"),
+])
+def test_bad_configs(shards, tmp_path, kwargs, message):
+    data, model = shards
+    args = {"model": str(model), "steps": 2, **{k: v for k, v in BASE.items() if k not in kwargs}, **kwargs}
+    with pytest.raises(UserError, match=message):
+        train(data, out=tmp_path / "bad", **args)
+    assert not (tmp_path / "bad" / "model").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_equal_one_with_the_same_global_batch(shards, tmp_path, strategy):
+    data, model = shards
+    common = ["--model", str(model), "--steps", "3", "--seq-len", "32", "--lr", "3e-3", "--warmup", "1",
+              "--precision", "fp32", "--strategy", strategy]
+    one = subprocess.run([sys.executable, "-m", "llm4all", "train", str(data), "--out", str(tmp_path / "one"),
+                          "--micro-batch", "2", "--grad-accum", "2", *common], capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "-m", "llm4all", "train", str(data), "--out", str(tmp_path / "two"),
+                          "--micro-batch", "2", "--grad-accum", "1", *common],
+                         capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-4)
