@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json as jsonlib
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -171,7 +172,8 @@ def inference(inference_tokens: float, params: float = 0.0, loss: float = 0.0,
     result["unit"] = unit
     result["params"], result["tokens"] = opt["params"], opt["train_tokens"]
     rows = [("model", "params", "train tokens", "tokens/param", "train FLOPs", "loss"),
-            ("Chinchilla-optimal", chin["params"], chin["train_tokens"], chin["tokens_per_param"],
+            ("Chinchilla-optimal" if params > 0 else "Chinchilla, same train FLOPs",
+             chin["params"], chin["train_tokens"], chin["tokens_per_param"],
              chin["train_flops"], chin["loss"]),
             ("inference-optimal", opt["params"], opt["train_tokens"], opt["tokens_per_param"],
              opt["train_flops"], opt["loss"])]
@@ -220,13 +222,20 @@ def fit(runs: Path, n_boot: int = 100, flops: float = 0.0, params: float = 0.0,
     return _emit(f"fit of {len(data)} runs from {runs}", rows, result, json, out)
 
 
-def memory(model: str = "", mode: str = "train", batch: int = 1, seq: int = 2048,
-           dtype: str = "bf16", master_weights: bool = True, optimizer: str = "adamw",
-           recompute: str = "none", attention: str = "flash", lora_rank: int = 0,
-           base_dtype: str = "", sharding: str = "none", gpus: int = 1, kv_dtype: str = "",
+def memory(model: str = "", mode: Literal["train", "inference"] = "train", batch: int = 1,
+           seq: int = 2048,
+           dtype: Literal["fp32", "fp16", "bf16", "int8", "int4", "ternary"] = "bf16",
+           master_weights: bool = True,
+           optimizer: Literal["adamw", "adamw-8bit", "adafactor", "lion", "sgd"] = "adamw",
+           recompute: Literal["none", "selective", "full"] = "none",
+           attention: Literal["flash", "math"] = "flash", lora_rank: int = 0,
+           base_dtype: str = "",
+           sharding: Literal["none", "zero1", "zero2", "zero3", "fsdp"] = "none",
+           gpus: int = 1, kv_dtype: str = "",
            hardware: str = "", hardware_file: Path | None = None, hidden: int = 0, layers: int = 0,
            heads: int = 0, kv_heads: int = 0, intermediate: int = 0, vocab: int = 0,
-           measure: bool = False, steps: int = 3, json: bool = False, out: Path | None = None) -> dict:
+           tied_embeddings: bool = False, measure: bool = False, steps: int = 3,
+           json: bool = False, out: Path | None = None) -> dict:
     """Peak memory as a per-component breakdown (summed), a verdict and the fixes that fit.
 
     Args:
@@ -252,6 +261,7 @@ def memory(model: str = "", mode: str = "train", batch: int = 1, seq: int = 2048
         kv_heads: key/value heads (grouped-query attention).
         intermediate: MLP width.
         vocab: vocabulary size.
+        tied_embeddings: the output layer shares the input embedding (with explicit numbers).
         measure: run this configuration on this machine for a few steps and print measured peak
             memory and throughput beside the prediction.
         steps: steps to run with --measure.
@@ -259,7 +269,7 @@ def memory(model: str = "", mode: str = "train", batch: int = 1, seq: int = 2048
         out: also write the result as JSON here.
     """
     arch = resolve_arch(model, hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads,
-                        intermediate=intermediate, vocab=vocab)
+                        intermediate=intermediate, vocab=vocab, tied_embeddings=tied_embeddings)
     setup = Setup(mode=mode, batch=batch, seq=seq, dtype=dtype, master_weights=master_weights,
                   optimizer=optimizer, recompute=recompute, attention=attention,
                   lora_rank=lora_rank, base_dtype=base_dtype, sharding=sharding, gpus=gpus,
