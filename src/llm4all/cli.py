@@ -27,6 +27,8 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "plant": "llm4all.curate.planted:main",
     "tokenize": "llm4all.data.tokenize:main",
     "train": "llm4all.train.command:main",
+    "teacher-cache": "llm4all.distill.teacher_cache:main",
+    "export": "llm4all.export.command:main",
     "diversity": "llm4all.curate.diversity:main",
     "models": {
         "convert": "llm4all.models.load:convert",

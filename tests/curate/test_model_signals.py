@@ -200,7 +200,7 @@ def test_real_teacher_perplexity_orders_text_and_word_salad():
     words = KJV.split()
     salad = " ".join(np.random.default_rng(0).permutation(words))
     got = perplexity([KJV, salad, CLEAN, JUNK, ""], batch_size=4)
-    assert got["ppl"][0] < got["ppl"][1] / 10  # measured: ~8 vs ~600 in bf16
+    assert got["ppl"][0] < got["ppl"][1] / 10  # measured: 6.5 vs 631 in bf16
     assert got["ppl"][2] < got["ppl"][3]
     assert got["ppl"][4] == 1.0
 

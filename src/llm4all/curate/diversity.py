@@ -209,13 +209,13 @@ def main(data: list[Path], *, probe: str = "smollm2-135m", num_batches: int = 10
     texts = reservoir((d.text for d in read_documents(data)), num_batches * batch_size, seed)
     result = {"data": [str(p) for p in data],
               **diversity_coefficient(texts, probe, num_batches, batch_size, max_tokens, seed)}
-    table = Table(title="diversity coefficient (Lee et al. 2023)")
-    for col in ("data", "batches x docs", "coefficient", "95% CI (t, pairs)",
-                "95% CI (bootstrap)", "seconds"):
+    table = Table(title=f"diversity coefficient (Lee et al. 2023) of {', '.join(result['data'])}")
+    for col in ("batches x docs", "coefficient", "95% CI (t, pairs)", "95% CI (bootstrap)",
+                "seconds"):
         table.add_column(col, justify="right")
     lo, hi = result["ci95"]
     blo, bhi = result["ci95_bootstrap"]
-    table.add_row(", ".join(result["data"]), f"{num_batches} x {batch_size}",
+    table.add_row(f"{num_batches} x {batch_size}",
                   f"{result['diversity_coefficient']:.4f}", f"[{lo:.4f}, {hi:.4f}]",
                   f"[{blo:.4f}, {bhi:.4f}]", f"{result['seconds']:.1f}")
     Console().print(table)

@@ -26,10 +26,10 @@ GIB = 2**30
 
 
 def _emit(title: str, rows: list[tuple], result: dict, json: bool, out: Path | None) -> dict:
-    if out is not None:
+    if out is not None:  # a .json file, or a directory (a recipe stage's) that gets plan.json
         from llm4all.runs import write_json
 
-        write_json(out, result)
+        write_json(out if Path(out).suffix == ".json" else Path(out) / "plan.json", result)
     if json:
         print(jsonlib.dumps(result, indent=2, default=_plain))
         return result
