@@ -160,3 +160,27 @@ def test_two_processes_equal_one_with_the_same_global_batch(shards, tmp_path, st
                          capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-4)
+
+
+def test_fused_cross_entropy_matches_the_plain_loss_and_gradients(tiny_model):
+    from llm4all.models.load import load
+    from llm4all.train.fused_ce import fused_linear_cross_entropy
+    from llm4all.train.loop import cross_entropy_loss
+
+    model, _ = load(tiny_model)
+    ids = torch.randint(0, 64, (3, 17))
+    labels = torch.randint(0, 64, (3, 17))
+    fused, _ = cross_entropy_loss(model, ids, labels)
+    fused.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    plain = torch.nn.functional.cross_entropy(model(ids).logits.flatten(0, 1), labels.flatten())
+    plain.backward()
+    assert fused.item() == pytest.approx(plain.item(), rel=1e-6)
+    for n, p in model.named_parameters():
+        assert torch.allclose(grads[n], p.grad, atol=1e-6), n
+    h, w = torch.randn(40, 8), torch.randn(30, 8)
+    y = torch.randint(0, 30, (40,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = fused_linear_cross_entropy(h, w, y, chunk=7)
+    assert bf16.item() == pytest.approx(torch.nn.functional.cross_entropy(h @ w.t(), y).item(), rel=0.02)

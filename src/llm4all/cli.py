@@ -27,12 +27,15 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "plant": "llm4all.curate.planted:main",
     "tokenize": "llm4all.data.tokenize:main",
     "train": "llm4all.train.command:main",
+    "compress": "llm4all.compress.command:main",
     "teacher-cache": "llm4all.distill.teacher_cache:main",
     "export": "llm4all.export.command:main",
     "diversity": "llm4all.curate.diversity:main",
     "models": {
         "convert": "llm4all.models.load:convert",
         "info": "llm4all.models.load:info",
+        "init-student": "llm4all.models.init:init_student",
+        "presets": "llm4all.models.presets:presets",
     },
     "eval": {
         "perplexity": "llm4all.evaluate.perplexity:main",

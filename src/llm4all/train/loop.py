@@ -267,7 +267,22 @@ def _all_mean(value: float, dist_: Dist) -> float:
 
 
 def cross_entropy_loss(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor):
-    """Next-token cross-entropy (mean over all B×T positions), computed in fp32."""
+    """Next-token cross-entropy (mean over all B×T positions), the softmax in fp32.
+
+    An unwrapped causal LM goes through the fused, chunked head + loss (fused_ce.py), which
+    never materialises the (B, T, V) logits; a DDP/FSDP-wrapped one through its own forward.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    from llm4all.train.fused_ce import fused_linear_cross_entropy
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft (LoRA)
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    wrapped = hasattr(model, "module") or isinstance(model, FSDPModule)
+    plain_head = isinstance(head, torch.nn.Linear) and head.bias is None
+    if plain_head and not wrapped and not getattr(base.config, "final_logit_softcapping", None):
+        hidden = base.get_decoder()(input_ids=inputs).last_hidden_state  # (B, T, H)
+        return fused_linear_cross_entropy(hidden, head.weight, labels), {}
     logits = model(input_ids=inputs).logits  # (B, T, V)
     loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
     return loss, {}

@@ -1,0 +1,302 @@
+"""Offline KD: the teacher's top-k log-probabilities per token, computed once and cached on disk.
+
+The cache covers ALIGNED windows of a token-shard split: window i is
+``tokens[i·L : i·L + L + 1]`` (inputs its first L tokens, labels its last L), so a distillation
+sampler draws window indices and finds the teacher's outputs for exactly those inputs. Layout::
+
+    index.json         teacher, shards, split, seq_len, top_k, n_windows, shard list, dtypes,
+                       bytes_per_token, seconds, tokens_per_second
+    ids-00000.npy      (n, L, k) uint16 (int32 if the vocabulary exceeds 65,536) teacher top-k ids
+    logp-00000.npy     (n, L, k) float16 their log-probabilities at T = 1, sorted descending
+    rest-00000.npy     (n, L) float16 log of the leftover mass 1 − Σ_k p (floored at LOG_REST_MIN)
+
+So a token costs k·(2 + 2) + 2 bytes (258 for k = 64), against 2·V = 98,304 bytes for the
+full fp16 distribution of SmolLM2's 49,152-token vocabulary. Keeping the top-k of the teacher's
+distribution is the usual offline practice for LMs; ``rest`` lets a loss keep the leftover mass
+as an extra class (see ``llm4all.distill.losses.sparse_kd``).
+
+Each shard's three files are written atomically; a rerun skips shards whose files are complete
+and recomputes the rest, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from llm4all.errors import UserError
+from llm4all.runs import atomic_path, mark_done, write_json
+
+# Floor of the cached log leftover mass: e^-60 ≈ 1e-26 is zero for every loss, and -60 is
+# exact enough in float16 (whose range ends at -65,504) while -inf (k = V) would not be usable.
+LOG_REST_MIN = -60.0
+FORMAT = "llm4all-teacher-topk/1"
+
+
+def n_windows_of(n_tokens: int, seq_len: int) -> int:
+    """Number of aligned windows of L + 1 tokens (consecutive windows share one token)."""
+    return max(0, (n_tokens - 1) // seq_len)
+
+
+def topk_logprobs(logits, k: int):
+    """Top-k of log_softmax over the last dim, in fp32: (ids, logp sorted descending, log leftover mass)."""
+    import torch
+
+    logp = torch.log_softmax(logits.float(), dim=-1)  # (..., V)
+    vals, ids = logp.topk(k, dim=-1)  # (..., k), sorted
+    rest = torch.logsumexp(logp.scatter(-1, ids, float("-inf")), dim=-1)  # (...) log Σ_{not top-k} p
+    return ids, vals, rest.clamp(min=LOG_REST_MIN)
+
+
+def teacher_topk(model, input_ids, k: int, autocast_dtype=None):
+    """(ids, logp, rest) of a causal LM's next-token distributions for (B, L) inputs.
+
+    The output head runs one row at a time, so only one (L, V) fp32 block exists at once.
+    """
+    import torch
+
+    backbone = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
+    head = model.get_output_embeddings()
+    cast = torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast_dtype is not None)
+    with torch.inference_mode(), cast:
+        hidden = backbone(input_ids=input_ids).last_hidden_state  # (B, L, H)
+        rows = [topk_logprobs(head(hidden[b]), k) for b in range(input_ids.shape[0])]
+    return tuple(torch.stack(parts) for parts in zip(*rows, strict=True))
+
+
+def _shard_names(j: int) -> dict[str, str]:
+    return {key: f"{key}-{j:05d}.npy" for key in ("ids", "logp", "rest")}
+
+
+def _shard_done(out: Path, j: int, n: int, seq_len: int, k: int) -> bool:
+    """True if shard j's three files exist with the expected shapes (a crash leaves one missing)."""
+    names = _shard_names(j)
+    try:
+        shapes = {key: np.load(out / name, mmap_mode="r").shape for key, name in names.items()}
+    except (OSError, ValueError):
+        return False
+    return shapes == {"ids": (n, seq_len, k), "logp": (n, seq_len, k), "rest": (n, seq_len)}
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
+
+
+def build_cache(teacher_model, shards_dir: Path, out: Path, *, split: str = "train", seq_len: int = 256,
+                top_k: int = 64, batch_size: int = 8, dtype: str = "bfloat16", max_windows: int | None = None,
+                windows_per_shard: int = 512, teacher_name: str | None = None) -> dict:
+    """Cache the teacher's top-k log-probabilities over the aligned windows of a token-shard split.
+
+    ``dtype`` is the compute dtype: a float32 model runs under CPU autocast to it (a model
+    loaded in that dtype already runs natively). Returns the written index.
+    """
+    import torch
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from llm4all.data.shards import TokenShards
+
+    if min(seq_len, top_k, batch_size, windows_per_shard) < 1:
+        raise UserError("--seq-len, --top-k, --batch-size and windows_per_shard must be at least 1")
+    shards = TokenShards(shards_dir)
+    tokens = shards.tokens(split)
+    vocab = int(teacher_model.get_output_embeddings().weight.shape[0])
+    if top_k > vocab:
+        raise UserError(f"--top-k {top_k} exceeds the teacher's vocabulary of {vocab}")
+    n = n_windows_of(tokens.size, seq_len)
+    n = n if max_windows is None else min(n, max_windows)
+    if n < 1:
+        raise UserError(f"{shards_dir}: split {split!r} has {tokens.size} tokens, fewer than one window "
+                        f"of --seq-len {seq_len} + 1")
+    compute = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype not in compute:
+        raise UserError(f"unknown dtype {dtype!r}; valid: bfloat16, float16, float32")
+    model_dtype = next(teacher_model.parameters()).dtype
+    autocast = compute[dtype] if model_dtype == torch.float32 else None
+    ids_dtype = np.uint16 if vocab <= 2**16 else np.int32
+    settings = {
+        "format": FORMAT, "teacher": teacher_name or str(getattr(teacher_model, "name_or_path", "")),
+        "shards": str(Path(shards_dir).resolve()), "split": split, "seq_len": seq_len, "top_k": top_k,
+        "vocab_size": vocab, "windows_per_shard": windows_per_shard, "dtype": dtype,
+        "ids_dtype": np.dtype(ids_dtype).name, "logp_dtype": "float16", "log_rest_min": LOG_REST_MIN,
+    }
+    out = Path(out)
+    _check_resumable(out, settings)
+    spans = [(j, s, min(s + windows_per_shard, n)) for j, s in enumerate(range(0, n, windows_per_shard))]
+    write_json(out / "index.json", {**settings, "n_windows": n, "complete": False})
+    for stale in out.glob("*-*.npy"):  # shards beyond this run's count (an earlier, larger run)
+        if int(stale.stem.split("-")[-1]) >= len(spans):
+            stale.unlink()
+
+    start, computed = time.perf_counter(), 0
+    todo = [(j, a, b) for j, a, b in spans if not _shard_done(out, j, b - a, seq_len, top_k)]
+    with Progress(TextColumn("teacher top-k"), BarColumn(), TextColumn("{task.fields[rate]}"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), transient=True) as progress:
+        task = progress.add_task("cache", total=sum(b - a for _, a, b in todo) * seq_len, rate="")
+        for j, a, b in todo:
+            ids = np.empty((b - a, seq_len, top_k), dtype=ids_dtype)
+            logp = np.empty((b - a, seq_len, top_k), dtype=np.float16)
+            rest = np.empty((b - a, seq_len), dtype=np.float16)
+            for i in range(a, b, batch_size):
+                e = min(i + batch_size, b)
+                x = torch.from_numpy(np.stack([np.asarray(tokens[w * seq_len:(w + 1) * seq_len],
+                                                          dtype=np.int64) for w in range(i, e)]))  # (B, L)
+                t_ids, t_logp, t_rest = teacher_topk(teacher_model, x, top_k, autocast)
+                ids[i - a:e - a], logp[i - a:e - a] = t_ids.numpy(), t_logp.numpy()
+                rest[i - a:e - a] = t_rest.numpy()
+                computed += (e - i) * seq_len
+                rate = computed / max(time.perf_counter() - start, 1e-9)
+                progress.update(task, advance=(e - i) * seq_len,
+                                rate=f"{computed:,} tokens  {rate:,.0f} tok/s")
+            for key, array in (("ids", ids), ("logp", logp), ("rest", rest)):
+                _save(out / _shard_names(j)[key], array)
+
+    seconds = time.perf_counter() - start
+    files = [out / name for j, _, _ in spans for name in _shard_names(j).values()]
+    index = {
+        **settings, "n_windows": n, "tokens": n * seq_len,
+        "shard_files": [{**_shard_names(j), "windows": b - a, "first_window": a} for j, a, b in spans],
+        "bytes_per_token": round(sum(f.stat().st_size for f in files) / (n * seq_len), 3),
+        "computed_tokens": computed, "reused_shards": len(spans) - len(todo),
+        "seconds": round(seconds, 2), "tokens_per_second": round(computed / seconds, 1) if computed else None,
+        "complete": True,
+    }
+    write_json(out / "index.json", index)
+    return index
+
+
+def _check_resumable(out: Path, settings: dict) -> None:
+    """A rerun may resume only a cache built with the same settings (window count may change)."""
+    import json
+
+    path = out / "index.json"
+    if not path.is_file():
+        return
+    old = json.loads(path.read_text())
+    differ = [k for k, v in settings.items() if old.get(k) != v]
+    if differ:
+        was = ", ".join(f"{k}={old.get(k)!r}" for k in differ)
+        raise UserError(f"{out}: holds a teacher cache built with other settings ({was}); "
+                        "use another --out or delete it")
+
+
+class TeacherCache:
+    """Read a top-k teacher cache; shard arrays are memory-mapped (np.load mmap_mode='r')."""
+
+    def __init__(self, path: str | Path):
+        import json
+
+        self.path = Path(path)
+        index_file = self.path / "index.json"
+        if not index_file.is_file():
+            raise UserError(f"{self.path}: not a teacher cache (no index.json); build one with "
+                            "`llm4all teacher-cache`")
+        self.index = json.loads(index_file.read_text())
+        if self.index.get("format") != FORMAT or not self.index.get("complete"):
+            raise UserError(f"{self.path}: incomplete or unknown teacher cache; rerun "
+                            "`llm4all teacher-cache` with the same arguments to finish it")
+        self.n_windows, self.seq_len = self.index["n_windows"], self.index["seq_len"]
+        self.top_k = self.index["top_k"]
+        self._firsts = np.asarray([s["first_window"] for s in self.index["shard_files"]])
+        self._arrays: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._tokens = None
+
+    def _shard(self, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if j not in self._arrays:
+            names = self.index["shard_files"][j]
+            self._arrays[j] = tuple(np.load(self.path / names[k], mmap_mode="r")
+                                    for k in ("ids", "logp", "rest"))
+        return self._arrays[j]
+
+    def window(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids (L, k), logp (L, k), rest (L,)) of window i, as memory-mapped views."""
+        if not 0 <= i < self.n_windows:
+            raise IndexError(f"window {i} out of range [0, {self.n_windows})")
+        j = int(np.searchsorted(self._firsts, i, side="right") - 1)
+        ids, logp, rest = self._shard(j)
+        r = i - int(self._firsts[j])
+        return ids[r], logp[r], rest[r]
+
+    def batch(self, indices):
+        """Tensors for windows ``indices``: ids (B, L, k) int64, logp (B, L, k) and rest (B, L) float32."""
+        import torch
+
+        rows = [self.window(int(i)) for i in indices]
+        return (torch.from_numpy(np.stack([r[0] for r in rows]).astype(np.int64)),
+                torch.from_numpy(np.stack([r[1] for r in rows]).astype(np.float32)),
+                torch.from_numpy(np.stack([r[2] for r in rows]).astype(np.float32)))
+
+    def tokens(self, indices):
+        """(input_ids, labels), each (B, L) int64, of windows ``indices`` from the cached token shards."""
+        import torch
+
+        from llm4all.data.shards import TokenShards
+
+        if self._tokens is None:
+            self._tokens = TokenShards(self.index["shards"]).tokens(self.index["split"])
+        L = self.seq_len
+        w = np.stack([np.asarray(self._tokens[int(i) * L:int(i) * L + L + 1], dtype=np.int64)
+                      for i in indices])  # (B, L + 1)
+        return torch.from_numpy(w[:, :-1].copy()), torch.from_numpy(w[:, 1:].copy())
+
+
+def main(teacher: str, data: Path, *, out: Path, split: str = "train", seq_len: int = 256, top_k: int = 64,
+         batch_size: int = 8, dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16",
+         max_windows: int | None = None) -> dict:
+    """Cache a teacher's top-k next-token log-probabilities over token shards, for offline KD.
+
+    Args:
+        teacher: a registered model name, an HF directory or a .gguf file.
+        data: a token-shard directory from `llm4all tokenize` (same tokenizer as the teacher).
+        out: cache directory (a rerun with the same arguments resumes; finished shards are kept).
+        split: which split of the shards to cache.
+        seq_len: window length L; window i is tokens[i·L : i·L + L + 1].
+        top_k: log-probabilities kept per token (e.g. 32-128).
+        batch_size: windows per teacher forward pass.
+        dtype: teacher compute dtype: bfloat16, float16 or float32.
+        max_windows: cache at most this many windows (the first ones).
+    """
+    from llm4all.data.shards import TokenShards
+    from llm4all.models.load import load
+
+    start = time.perf_counter()
+    shards = TokenShards(data)
+    model, tok = load(teacher, dtype=dtype)
+    _check_vocab(shards, tok, teacher, model.config.vocab_size)
+    index = build_cache(model, data, out, split=split, seq_len=seq_len, top_k=top_k, batch_size=batch_size,
+                        dtype=dtype, max_windows=max_windows, teacher_name=teacher)
+    config = {"teacher": teacher, "data": str(data), "out": str(out), "split": split, "seq_len": seq_len,
+              "top_k": top_k, "batch_size": batch_size, "dtype": dtype, "max_windows": max_windows}
+    mark_done(out, config, time.perf_counter() - start)
+    _print_summary(out, index)
+    return index
+
+
+def _check_vocab(shards, tok, teacher: str, model_vocab: int) -> None:
+    """The shards must be tokenized with the teacher's own vocabulary."""
+    from llm4all.models.load import load_tokenizer
+
+    shard_vocab = shards.index.get("vocab_size")
+    tok_path = shards.index.get("tokenizer_path")
+    same = shard_vocab == len(tok) and shard_vocab <= model_vocab
+    if same and tok_path and Path(tok_path).is_dir():
+        same = load_tokenizer(tok_path).get_vocab() == tok.get_vocab()
+    if not same:
+        raise UserError(f"{shards.path}: tokenized with {shards.index.get('tokenizer')!r} "
+                        f"(vocab {shard_vocab}), but teacher {teacher!r} has vocab {len(tok)} "
+                        f"(model {model_vocab}) or other token ids; "
+                        f"re-tokenize with `llm4all tokenize --tokenizer {teacher}`")
+
+
+def _print_summary(out: Path, index: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"teacher cache {out}", show_header=False)
+    for key in ("teacher", "split", "seq_len", "top_k", "n_windows", "tokens", "bytes_per_token",
+                "reused_shards", "seconds", "tokens_per_second"):
+        table.add_row(key, str(index[key]))
+    Console().print(table)
