@@ -27,6 +27,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "plant": "llm4all.curate.planted:main",
     "tokenize": "llm4all.data.tokenize:main",
     "train": "llm4all.train.command:main",
+    "distill": "llm4all.distill.command:main",
     "compress": "llm4all.compress.command:main",
     "teacher-cache": "llm4all.distill.teacher_cache:main",
     "export": "llm4all.export.command:main",
@@ -39,6 +40,11 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     },
     "eval": {
         "perplexity": "llm4all.evaluate.perplexity:main",
+        "tasks": "llm4all.evaluate.tasks:main",
+        "harness": "llm4all.evaluate.harness:main",
+        "speed": "llm4all.evaluate.speed:main",
+        "speculative": "llm4all.evaluate.speculative:main",
+        "sinks": "llm4all.evaluate.sinks:main",
     },
     "plan": {
         "chinchilla": "llm4all.plan.commands:chinchilla",

@@ -136,6 +136,11 @@ def load(model: str | Path, dtype: str = "float32", device: str = "cpu"):
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r}; valid: float32, bfloat16, float16")
     path = resolve(model)
+    if (path / "llm4all_quant.json").is_file():  # a packed checkpoint from `llm4all compress`
+        from llm4all.compress.command import load_compressed
+
+        net, tokenizer = load_compressed(path, dtype)
+        return net.to(device).eval(), tokenizer
     with _quiet(transformers):
         net = AutoModelForCausalLM.from_pretrained(
             path, local_files_only=True, dtype=getattr(torch, DTYPES[dtype]))

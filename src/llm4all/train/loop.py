@@ -193,7 +193,7 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, sampler, cfg: LoopConfig, out: 
             for micro in range(cfg.grad_accum):
                 inputs, labels = sampler.batch(step, micro, cfg.micro_batch, cfg.grad_accum,
                                                dist_.rank, dist_.world)
-                inputs, labels = inputs.to(dist_.device), labels.to(dist_.device)
+                inputs, labels = _to(inputs, dist_.device), _to(labels, dist_.device)
                 last_micro = micro == cfg.grad_accum - 1
                 # DDP: all-reduce gradients only on the last micro-batch
                 no_sync = hasattr(net, "no_sync") and not last_micro
@@ -250,6 +250,15 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, sampler, cfg: LoopConfig, out: 
     metrics["avg_tokens_per_s"] = (step - start_step) * tokens_per_step / max(elapsed, 1e-9)
     metrics["step"] = step
     return metrics
+
+
+def _to(x, device: torch.device):
+    """Move a tensor, or a dict/tuple of tensors (distillation targets), to ``device``."""
+    if isinstance(x, dict):
+        return {k: _to(v, device) for k, v in x.items()}
+    if isinstance(x, tuple | list):
+        return type(x)(_to(v, device) for v in x)
+    return x.to(device)
 
 
 def _unwrap(net: torch.nn.Module) -> torch.nn.Module:
