@@ -88,8 +88,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="train-bench-"))
     shards = Path("/tmp/llm4all-bench-shards")
     if not (shards / "index.json").exists():
-        subprocess.run([sys.executable, "-m", "llm4all", "tokenize", str(ROOT / "data/demo"), "--out", str(shards),
-                        "--max-docs", "1500"], check=True, capture_output=True)
+        subprocess.run([sys.executable, "-m", "llm4all", "tokenize", str(ROOT / "data/demo"),
+                        "--out", str(shards), "--max-docs", "1500"], check=True, capture_output=True)
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -103,7 +103,8 @@ def main() -> None:
         config = LlamaConfig(vocab_size=vocab, max_position_embeddings=2048, tie_word_embeddings=True,
                              **SIZES[size])
         LlamaForCausalLM(config).save_pretrained(model_dir)
-        load_tokenizer(json.loads((shards / "index.json").read_text())["tokenizer_path"]).save_pretrained(model_dir)
+        tokenizer_path = json.loads((shards / "index.json").read_text())["tokenizer_path"]
+        load_tokenizer(tokenizer_path).save_pretrained(model_dir)
         n_params = sum(p.numel() for p in LlamaForCausalLM(config).parameters())
         for precision in args.precisions.split(","):
             common = {"steps": args.steps, "seq_len": args.seq_len, "micro_batch": args.micro_batch,

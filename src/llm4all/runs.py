@@ -88,6 +88,14 @@ def _jsonable(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def config_hash(arguments: dict[str, Any], ignore: tuple[str, ...] = ("stop_after", "out")) -> str:
+    """A short stable hash of a command's arguments (a checkpoint belongs to one configuration)."""
+    import hashlib
+
+    kept = {k: v for k, v in arguments.items() if k not in ignore}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def mark_done(out: str | Path, config: dict[str, Any], seconds: float) -> None:
     """Write the resolved config and the DONE marker of a finished stage."""
     out = Path(out)

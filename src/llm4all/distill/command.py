@@ -24,7 +24,6 @@ Logit KD needs the teacher's vocabulary: a different one is an error before any 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -34,9 +33,16 @@ import numpy as np
 import torch
 
 from llm4all.errors import UserError
-from llm4all.runs import atomic_dir, write_json
-from llm4all.train.loop import (LoopConfig, Precision, cross_entropy_loss, fit, flops_per_token,
-                                setup_distributed, validation_fn)
+from llm4all.runs import atomic_dir, config_hash, write_json
+from llm4all.train.loop import (
+    LoopConfig,
+    Precision,
+    cross_entropy_loss,
+    fit,
+    flops_per_token,
+    setup_distributed,
+    validation_fn,
+)
 from llm4all.train.schedule import Schedule
 
 Mode = Literal["offline", "online", "self", "on_policy", "sequence"]
@@ -246,8 +252,9 @@ def main(
         net = student_from_teacher(teacher_fp32, every=None if init_layers else init_every,
                                    layers=init_layers, hidden_size=init_hidden_size)
         del teacher_fp32
-        source = f"student of {teacher} (" + (f"layers {init_layers}" if init_layers else f"every {init_every}") + \
-                 (f", hidden {init_hidden_size}" if init_hidden_size else "") + ")"
+        kept = f"layers {init_layers}" if init_layers else f"every {init_every}"
+        width = f", hidden {init_hidden_size}" if init_hidden_size else ""
+        source = f"student of {teacher} ({kept}{width})"
     else:
         from llm4all.train.command import build_model
 
@@ -260,8 +267,8 @@ def main(
         from llm4all.distill.teacher_cache import TeacherCache, build_cache
 
         cache_dir = Path(cache) if cache else out / "teacher_cache"
-        if not (cache_dir / "index.json").exists() or not json.loads((cache_dir / "index.json").read_text()).get(
-                "complete"):
+        index = cache_dir / "index.json"
+        if not index.exists() or not json.loads(index.read_text()).get("complete"):
             build_cache(t_model, data, cache_dir, seq_len=seq_len, top_k=top_k, max_windows=max_windows,
                         dtype=teacher_dtype, teacher_name=teacher)
         tc = TeacherCache(cache_dir)
@@ -285,8 +292,9 @@ def main(
                                              default_layer_map(net.config.num_hidden_layers,
                                                                t_model.config.num_hidden_layers))
                 net.add_module("kd_projector", projector)  # trained with the student, dropped on save
+            heads = relation_heads or net.config.num_attention_heads
             loss_fn = online_loss(t_model, alpha, temperature, divergence, options, feature_weight,
-                                  relation_weight, projector, relation_heads or net.config.num_attention_heads)
+                                  relation_weight, projector, heads)
         elif mode == "on_policy":
             if not 0 < prompt_tokens < seq_len:
                 raise UserError(f"--prompt-tokens must be in (0, --seq-len), got {prompt_tokens}")
@@ -296,15 +304,15 @@ def main(
             sampler = _teacher_generations(t_model, tokenizer, shards, out / "teacher_generations",
                                            seq_len, prompt_tokens, max_windows or 256, seed)
             loss_fn = cross_entropy_loss
-    config_hash = hashlib.sha256(json.dumps({k: v for k, v in arguments.items() if k not in ("stop_after", "out")},
-                                            sort_keys=True, default=str).encode()).hexdigest()[:16]
     cfg = LoopConfig(steps=steps, micro_batch=micro_batch, grad_accum=grad_accum, lr=lr,
                      warmup=min(warmup, steps - 1), schedule=schedule, optimizer=optimizer,
                      weight_decay=weight_decay, precision=precision, eval_every=eval_every,
                      save_every=save_every, stop_after=stop_after,
-                     flops_per_token=flops_per_token(net, seq_len), config_hash=config_hash)
+                     flops_per_token=flops_per_token(net, seq_len),
+                     config_hash=config_hash(arguments))
     n_params = sum(p.numel() for p in net.parameters())
-    print(f"{source}: {n_params / 1e6:.1f} M parameters; mode {mode}, {divergence}, alpha {alpha}, T {temperature}")
+    print(f"{source}: {n_params / 1e6:.1f} M parameters; mode {mode}, {divergence}, "
+          f"alpha {alpha}, T {temperature}")
     metrics = fit(net, loss_fn, sampler, cfg, out, eval_fn=evaluate, dist_=dist_, params=arguments)
     if metrics["step"] < steps:
         print(f"stopped at step {metrics['step']} of {steps}; rerun the same command to resume")

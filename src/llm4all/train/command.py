@@ -11,7 +11,6 @@ is appended to the runs table that ``llm4all plan fit`` reads.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Literal
 import torch
 
 from llm4all.errors import UserError
-from llm4all.runs import atomic_dir, write_json
+from llm4all.runs import atomic_dir, config_hash, write_json
 from llm4all.train.loop import (
     LoopConfig,
     Precision,
@@ -158,10 +157,6 @@ def main(
     dist_ = setup_distributed(strategy)
     shards = TokenShards(data)
     tokenizer = load_tokenizer(shards.index["tokenizer_path"])
-    config_hash = hashlib.sha256(json.dumps({k: v for k, v in arguments.items()
-                                             if k not in ("stop_after", "out")}, sort_keys=True,
-                                            default=str).encode()).hexdigest()[:16]
-
     net, source = build_model(model, len(tokenizer), seq_len, seed, init_from, init_every, init_layers,
                               init_hidden_size)
     if net.get_input_embeddings().num_embeddings < shards.index["vocab_size"]:
@@ -189,7 +184,7 @@ def main(
                      precision=precision, eval_every=eval_every, save_every=save_every,
                      keep_last=keep_last, stop_after=stop_after,
                      flops_per_token=flops_per_token(net, seq_len),
-                     peak_flops=peak_tflops * 1e12 * dist_.world, config_hash=config_hash,
+                     peak_flops=peak_tflops * 1e12 * dist_.world, config_hash=config_hash(arguments),
                      log_to=list(log_to or []))
     if dist_.rank == 0:
         n_params = sum(p.numel() for p in net.parameters())
