@@ -1,0 +1,72 @@
+"""Perplexity of a GGUF file under llama.cpp (through llama-cpp-python), to check an export.
+
+The same strided windows as ``llm4all.evaluate.perplexity`` (each window of ``context``
+tokens scores only the tokens no earlier window scored), evaluated by llama.cpp itself with
+``logits_all=True``; the negative log-likelihood is computed here in float64 from llama.cpp's
+logits, so a GGUF and its source model can be compared token for token on identical ids.
+llama-cpp-python is optional (``pip install llama-cpp-python`` builds llama.cpp from source).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from llm4all.errors import UserError
+
+
+def open_llama(path: str | Path, n_ctx: int = 512, threads: int | None = None, logits_all: bool = True):
+    """A ``llama_cpp.Llama`` for ``path`` (keeping the logits of every position by default)."""
+    try:
+        from llama_cpp import Llama
+    except ImportError as e:
+        raise UserError("llama.cpp check needs llama-cpp-python: pip install llama-cpp-python") from e
+    return Llama(model_path=str(path), n_ctx=n_ctx, logits_all=logits_all, verbose=False,
+                 n_threads=threads, n_batch=n_ctx)
+
+
+def log_softmax_nll(logits: np.ndarray, targets: np.ndarray) -> float:
+    """Summed −log p(target) in nats; ``logits`` (T, V) predict ``targets`` (T,)."""
+    z = logits.astype(np.float64)
+    z -= z.max(axis=-1, keepdims=True)
+    logz = np.log(np.exp(z).sum(axis=-1))
+    return float((logz - z[np.arange(len(targets)), targets]).sum())
+
+
+def llama_cpp_perplexity(path: str | Path, tokens: np.ndarray, context: int = 512,
+                         stride: int | None = None, threads: int | None = None) -> dict:
+    """Perplexity of the GGUF at ``path`` on ``tokens`` (1-D ids), llama.cpp doing the forward."""
+    from llm4all.evaluate.perplexity import windows
+
+    llm = open_llama(path, n_ctx=context, threads=threads)
+    tokens = np.asarray(tokens, dtype=np.int64)
+    nll, scored, start = 0.0, 0, time.perf_counter()
+    try:
+        for begin, end, n in windows(len(tokens), context, stride or context):
+            llm.reset()
+            llm.eval(tokens[begin:end].tolist())
+            logits = np.asarray(llm.scores[: end - begin], dtype=np.float32)  # (T, V)
+            # position p predicts token p + 1: the last n targets need logits [T-1-n, T-1)
+            nll += log_softmax_nll(logits[end - begin - 1 - n : end - begin - 1], tokens[end - n : end])
+            scored += n
+    finally:
+        llm.close()  # free the model now, not in __del__ at interpreter exit
+    mean = nll / scored
+    return {"tokens": scored, "nll": mean, "ppl": math.exp(mean),
+            "tokens_per_s": scored / (time.perf_counter() - start)}
+
+
+def generation_speed(path: str | Path, prompt: str = "The", n_tokens: int = 64,
+                     threads: int | None = None) -> float:
+    """Greedy decoding speed of llama.cpp on the GGUF at ``path``, in generated tokens/s."""
+    llm = open_llama(path, n_ctx=256, threads=threads, logits_all=False)
+    try:
+        start = time.perf_counter()
+        out = llm(prompt, max_tokens=n_tokens, temperature=0.0, top_k=1)
+        seconds = time.perf_counter() - start
+    finally:
+        llm.close()
+    return out["usage"]["completion_tokens"] / seconds
