@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.llm4all-installed
 # torch first and pinned: an unpinned requirement would pull a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install demo test lint bench clean-runs
+.PHONY: install demo test lint llama-cpp clean-runs
 
 install: $(STAMP)
 
@@ -35,6 +35,11 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# optional: llama.cpp's Python binding, compiled from source (about 10-30 min on 2 cores);
+# tests and benchmarks that compare against llama.cpp skip without it
+llama-cpp: install
+	CMAKE_ARGS="-DGGML_NATIVE=ON" $(BIN)/python -m pip install -q llama-cpp-python==0.3.36
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks
