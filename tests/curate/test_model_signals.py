@@ -221,3 +221,12 @@ def test_real_teacher_ask_llm_is_well_defined_but_weak():
     three = ask_llm(texts, dtype="float32", batch_size=3)["ask_llm"]
     np.testing.assert_allclose(one, three, atol=1e-4)
     assert ((one > 0.05) & (one < 0.95)).all()
+
+
+def test_model_signals_on_degenerate_text_are_finite(tiny_model, chat_model):
+    texts = ["", "\x00\ud800", "x" * 5000, "!!! ... ??"]
+    for values in (token_entropy(texts, tokenizer=str(tiny_model)),
+                   perplexity(texts, model=str(tiny_model), dtype="float32", max_tokens=64),
+                   ask_llm(texts, model=str(chat_model), dtype="float32", max_tokens=64)):
+        for col, v in values.items():
+            assert np.isfinite(v).all(), col

@@ -73,7 +73,9 @@ def progress(total: int, label: str) -> Iterator:
 
 
 def _encode(tokenizer, texts: list[str], max_tokens: int | None = None) -> list[list[int]]:
-    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    # lone surrogates (possible in Python str, never valid UTF-8) become U+FFFD for the tokenizer
+    clean = [t.encode("utf-8", "replace").decode("utf-8") for t in texts]
+    ids = tokenizer(clean, add_special_tokens=False)["input_ids"]
     return [x[:max_tokens] for x in ids] if max_tokens else ids
 
 
