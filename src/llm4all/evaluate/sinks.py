@@ -1,0 +1,222 @@
+"""Attention sinks (StreamingLLM, Xiao et al. 2023): keep the first tokens plus a recent window.
+
+Xiao et al. ("Efficient Streaming Language Models with Attention Sinks", ICLR 2024) observe that
+a model dumps attention on the first tokens whatever they say; evicting them (window attention)
+makes perplexity explode once the text outgrows the cache, while keeping ``n_sink`` of them (4 in
+the paper) beside the ``window`` most recent tokens keeps it close to full attention, at a cache
+of fixed size, for texts far past the training length.
+
+Positions are assigned *within the cache* (paper sec. 3.2): a cached token's position is its
+slot, not its place in the text, so positions never exceed ``n_sink + window``. With RoPE that
+means keys must be re-rotated when the cache shifts. ``SinkLayer`` stores keys un-rotated
+(fp32) and rotates them by their current slot every time attention reads them, so no error
+accumulates across evictions (transformers' old ``SinkCache``, removed in v4.53 and moved to a
+Hub custom-generate repo we cannot fetch offline, instead re-rotated stored keys on each shift).
+Works for models with a Llama-style rotary embedding (``model.model.rotary_emb``: Llama,
+Mistral, Qwen2, SmolLM).
+
+Evaluation follows the paper (sec. 4.1): the text is decoded token by token, each token's loss
+computed from the cache left by the tokens before it, evicting after each step. ``chunk > 1``
+feeds several tokens per forward for speed (they then see up to ``window + chunk - 1`` recent
+tokens) -- a looser setting, reported as such.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+from llm4all.errors import UserError
+
+
+def _rotate_half(x):
+    half = x.shape[-1] // 2
+    return __import__("torch").cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _layer_base():
+    from transformers.cache_utils import DynamicLayer
+
+    return DynamicLayer
+
+
+class SinkLayer(_layer_base()):
+    """One layer's cache: un-rotated fp32 keys and values, rotated by slot on every read."""
+
+    is_croppable = False
+
+    def __init__(self, rotary):
+        super().__init__()
+        self.rotary, self.raw, self.values, self.is_initialized = rotary, None, None, True
+
+    def _cos_sin(self, like, start: int, n: int):
+        import torch
+
+        pos = torch.arange(start, start + n)[None]  # (1, n) slots
+        cos, sin = self.rotary(like.float(), pos)  # (1, n, D), including the attention scaling s
+        return cos[:, None], sin[:, None], float(self.rotary.attention_scaling)
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        """Append keys rotated at slots L..L+n-1; return all keys rotated at slots 0..L+n-1."""
+        import torch
+
+        L, n = self.get_seq_length(), key_states.shape[-2]
+        cos, sin, s = self._cos_sin(key_states, L, n)
+        k = key_states.float()
+        raw = (k * cos - _rotate_half(k) * sin) / (s * s)  # R(-p)/s^2 undoes s*R(p)
+        self.raw = raw if self.raw is None else torch.cat([self.raw, raw], dim=-2)
+        self.values = value_states if self.values is None else torch.cat([self.values, value_states], dim=-2)
+        cos, sin, _ = self._cos_sin(key_states, 0, L + n)
+        keys = self.raw * cos + _rotate_half(self.raw) * sin
+        return keys.to(key_states.dtype), self.values
+
+    def get_seq_length(self) -> int:
+        return 0 if self.raw is None else self.raw.shape[-2]
+
+    def evict(self, n_sink: int, window: int) -> None:
+        """Keep the first ``n_sink`` and the last ``window`` entries."""
+        import torch
+
+        if self.get_seq_length() > n_sink + window:
+            keep = lambda t: torch.cat([t[..., :n_sink, :], t[..., t.shape[-2] - window:, :]], dim=-2)  # noqa: E731
+            self.raw, self.values = keep(self.raw), keep(self.values)
+
+
+def sink_cache(model, n_sink: int, window: int):
+    """A transformers ``Cache`` of ``SinkLayer``s for ``model`` (evict with ``evict_all``)."""
+    from transformers.cache_utils import Cache
+
+    rotary = getattr(getattr(model, "model", None), "rotary_emb", None)
+    if rotary is None or not hasattr(rotary, "attention_scaling"):
+        raise UserError("attention sinks need a Llama-style rotary embedding; "
+                        f"{type(model).__name__} has none")
+    if "dynamic" in str(getattr(rotary, "rope_type", "")):
+        raise UserError("attention sinks need a fixed RoPE; dynamic NTK scaling changes it with the length")
+    if n_sink < 0 or window < 1:
+        raise UserError(f"--sinks must be >= 0 and --window >= 1, got {n_sink} and {window}")
+    cache = Cache(layers=[SinkLayer(rotary) for _ in range(model.config.num_hidden_layers)])
+    cache.n_sink, cache.window = n_sink, window
+    return cache
+
+
+def evict_all(cache) -> None:
+    for layer in cache.layers:
+        layer.evict(cache.n_sink, cache.window)
+
+
+def streaming_nll(model, tokens: list[int], n_sink: int, window: int, chunk: int = 1) -> dict:
+    """Mean NLL (nats) of tokens[1:] decoded through a sink + window cache (``n_sink=0``: window only)."""
+    import torch
+
+    cache, total, sizes = sink_cache(model, n_sink, window), 0.0, set()
+    ids = torch.tensor(tokens)
+    with torch.inference_mode():
+        for s in range(0, len(tokens) - 1, chunk):
+            x = ids[s : min(s + chunk, len(tokens) - 1)]
+            logits = model(input_ids=x[None], past_key_values=cache, use_cache=True).logits[0].float()
+            target = ids[s + 1 : s + 1 + len(x)]
+            total += torch.nn.functional.cross_entropy(logits, target, reduction="sum").double().item()
+            evict_all(cache)
+            sizes.add(cache.get_seq_length())
+    n = len(tokens) - 1
+    return {"nll": total / n, "ppl": math.exp(total / n), "tokens": n, "max_cache": max(sizes)}
+
+
+def streaming_generate(model, prompt: list[int], max_new_tokens: int, n_sink: int, window: int) -> list[int]:
+    """Greedy generation through a sink + window cache (positions stay below n_sink + window + 1)."""
+    import torch
+
+    cache, out, feed = sink_cache(model, n_sink, window), [], list(prompt)
+    with torch.inference_mode():
+        while len(out) < max_new_tokens:
+            for s in range(0, len(feed), window):  # a long prompt goes in window-sized pieces
+                logits = model(input_ids=torch.tensor([feed[s : s + window]]), past_key_values=cache,
+                               use_cache=True).logits[0, -1]
+                evict_all(cache)
+            out.append(int(logits.argmax()))
+            feed = out[-1:]
+    return out
+
+
+def main(
+    model: str,
+    *,
+    data: Path | None = None,
+    window: int = 256,
+    sinks: int = 4,
+    max_tokens: int = 1024,
+    chunk: int = 1,
+    generate: int = 0,
+    text_key: str = "text",
+    out: Path | None = None,
+) -> dict:
+    """StreamingLLM: perplexity of a long text with sink + window cache vs window only vs full context.
+
+    Args:
+        model: a registered name, an HF directory or a .gguf file.
+        data: documents (JSONL/parquet/txt); default: held-out KJV chapters of the demo corpus.
+        window: recent tokens kept in the cache.
+        sinks: initial tokens kept in the cache (the attention sinks; 4 in the paper).
+        max_tokens: length of the evaluated text in tokens (should exceed the window).
+        chunk: tokens per forward pass (1 = the paper's token-by-token evaluation).
+        generate: also generate this many greedy tokens past the window, with and without sinks.
+        text_key: the text field of JSONL/parquet documents.
+        out: directory for sinks.json (nothing written if not given).
+    """
+    import numpy as np
+    from rich.console import Console
+    from rich.table import Table
+
+    from llm4all.data.readers import read_documents
+    from llm4all.evaluate.perplexity import perplexity
+    from llm4all.models.load import load
+    from llm4all.runs import write_json
+
+    if max_tokens < 2 or chunk < 1:
+        raise UserError("--max-tokens must be at least 2 and --chunk at least 1")
+    net, tokenizer = load(model)
+    sink_cache(net, sinks, window)  # validate before the slow part
+    if data is None:
+        from llm4all.data.demo import demo_corpus_path
+        from llm4all.data.tokenize import split_of
+
+        docs = (d for d in read_documents(demo_corpus_path() / "en" / "kjv.jsonl.zst")
+                if split_of(d.id, 0.02) == "validation")
+        source = "held-out KJV chapters (data/demo)"
+    else:
+        docs, source = read_documents(data, text_key=text_key), str(data)
+    tokens: list[int] = []
+    for doc in docs:
+        tokens += tokenizer(doc.text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        if len(tokens) >= max_tokens:
+            break
+    tokens = tokens[:max_tokens]
+    if len(tokens) < 2:
+        raise UserError(f"{source}: fewer than 2 tokens of text")
+    limit = getattr(net.config, "max_position_embeddings", len(tokens))
+    rows, start = {}, time.perf_counter()
+    context = min(len(tokens), limit)
+    full = perplexity(net, np.asarray(tokens), context=context, stride=max(1, context // 2))
+    rows["full context"] = {"nll": full["nll"], "ppl": full["ppl"], "tokens": full["tokens"],
+                            "max_cache": context}
+    rows[f"sinks {sinks} + window {window}"] = streaming_nll(net, tokens, sinks, window, chunk)
+    rows[f"window {window} only"] = streaming_nll(net, tokens, 0, window, chunk)
+    table = Table(title=f"StreamingLLM on {len(tokens)} tokens of {source} ({model})")
+    for col in ("cache", "max entries", "ppl", "nll"):
+        table.add_column(col, justify="right")
+    for name, r in rows.items():
+        table.add_row(name, str(r["max_cache"]), f"{r['ppl']:.3f}", f"{r['nll']:.4f}")
+    Console().print(table)
+    result = {"model": str(model), "data": source, "tokens": len(tokens), "window": window, "sinks": sinks,
+              "chunk": chunk, "results": rows, "seconds": round(time.perf_counter() - start, 1)}
+    if generate:
+        prompt = tokens[: min(64, len(tokens))]
+        for name, n_sink in (("sinks", sinks), ("window_only", 0)):
+            text = tokenizer.decode(streaming_generate(net, prompt, generate, n_sink, window))
+            result[f"generated_{name}"] = text
+            Console().print(f"[bold]{name}[/bold] (last 300 characters of {generate} tokens): "
+                            f"{text[-300:]!r}")
+    if out is not None:
+        write_json(Path(out) / "sinks.json", result)
+    return result

@@ -1,0 +1,189 @@
+"""Inference speed and memory: prefill and decode tokens/s, per-token latency, peak RSS.
+
+- Prefill: one forward pass over a prompt of L tokens (building the KV cache, as generation's
+  first step does); tokens/s = B·L / seconds, best of ``repeats`` runs.
+- Decode: ``model.generate`` with the KV cache (``use_cache=True``), greedy, exactly N new
+  tokens (``min_new_tokens = max_new_tokens``). A stopping criterion stamps the clock after
+  every step; the gaps between stamps are the per-token decode latencies (the first step, which
+  includes the prefill, is left out). Decode tokens/s = B·(N-1) / (last stamp - first stamp).
+  Latency percentiles p50/p90/p99 are over the steps of all repeats.
+- Batch sweep: decode tokens/s and per-step latency for each batch size B.
+- Peak memory: the resident-set high-water mark (``getrusage(RUSAGE_SELF).ru_maxrss``) of a
+  fresh Python process that loads the model and runs the largest prefill and the largest batch's
+  decode, next to the RSS right after loading. It includes the interpreter, torch and
+  transformers (a few hundred MB); ``after_load`` minus the RSS before loading is the model.
+
+Timings are wall-clock on whatever else the machine is running: report the load (``uptime``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from llm4all.errors import UserError
+
+
+def _ids(model, batch: int, length: int, seed: int = 0):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, model.config.vocab_size, (batch, length), generator=g)
+
+
+def prefill_speed(model, length: int, batch: int = 1, repeats: int = 3) -> dict:
+    """Best-of-``repeats`` tokens/s of one forward pass over (batch, length) tokens."""
+    import torch
+
+    x, best = _ids(model, batch, length), float("inf")
+    with torch.inference_mode():
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(input_ids=x, use_cache=True)
+            best = min(best, time.perf_counter() - start)
+    return {"prompt_tokens": length, "batch": batch, "seconds": best, "tokens_per_s": batch * length / best}
+
+
+def decode_speed(model, new_tokens: int = 32, batch: int = 1, prompt: int = 32, repeats: int = 2) -> dict:
+    """Decode tokens/s and per-step latencies (seconds) of greedy ``generate`` with a KV cache."""
+    import numpy as np
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    if new_tokens < 2:
+        raise UserError("--new-tokens must be at least 2 (the first step includes the prefill)")
+
+    class Stamp(StoppingCriteria):
+        def __init__(self):
+            self.times = []
+
+        def __call__(self, input_ids, scores, **kwargs):
+            self.times.append(time.perf_counter())
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+
+    x = _ids(model, batch, prompt)
+    steps, rates = [], []
+    pad = model.config.eos_token_id if model.config.pad_token_id is None else model.config.pad_token_id
+    pad = pad[0] if isinstance(pad, list) else pad
+    for _ in range(repeats):
+        stamp = Stamp()
+        with torch.inference_mode():
+            out = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, use_cache=True,
+                                 max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=pad,
+                                 stopping_criteria=StoppingCriteriaList([stamp]))
+        assert out.shape[1] == prompt + new_tokens and len(stamp.times) == new_tokens
+        gaps = np.diff(stamp.times)  # (new_tokens - 1,) seconds per decode step
+        steps.extend(gaps.tolist())
+        rates.append(batch * len(gaps) / gaps.sum())
+    p50, p90, p99 = np.percentile(steps, [50, 90, 99])
+    return {"batch": batch, "new_tokens": new_tokens, "tokens_per_s": max(rates),
+            "latency_ms": {"p50": 1e3 * p50, "p90": 1e3 * p90, "p99": 1e3 * p99}}
+
+
+def peak_memory(model: str, dtype: str, length: int, batch: int, new_tokens: int) -> dict:
+    """RSS (MiB) before and after loading, and the high-water mark, of a fresh process."""
+    code = ("import json,sys;from llm4all.evaluate.speed import _child;"
+            "print(json.dumps(_child(*json.loads(sys.argv[1]))))")
+    args = json.dumps([str(model), dtype, length, batch, new_tokens])
+    proc = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True,
+                          env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
+    if proc.returncode:
+        raise RuntimeError(f"peak-memory subprocess failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _child(model: str, dtype: str, length: int, batch: int, new_tokens: int) -> dict:
+    import resource
+
+    import torch  # noqa: F401  (counted in the baseline)
+
+    from llm4all.models.load import load
+
+    before = _rss_mib()
+    net, _ = load(model, dtype=dtype)
+    after = _rss_mib()
+    prefill_speed(net, length, 1, repeats=1)
+    decode_speed(net, new_tokens, batch, repeats=1)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    return {"rss_before_load_mib": before, "rss_after_load_mib": after, "peak_rss_mib": peak}
+
+
+def main(
+    model: str,
+    *,
+    dtypes: list[str] | None = None,
+    prompt_lengths: list[int] | None = None,
+    new_tokens: int = 32,
+    batch_sizes: list[int] | None = None,
+    repeats: int = 2,
+    memory: bool = True,
+    out: Path | None = None,
+) -> dict:
+    """Prefill and decode speed, decode latency percentiles, a batch sweep and peak memory of MODEL.
+
+    Args:
+        model: a registered name, an HF directory or a .gguf file.
+        dtypes: weight dtypes to measure (float32, bfloat16); default both.
+        prompt_lengths: prompt lengths for the prefill measurement (default 64 256 1024).
+        new_tokens: tokens generated per decode run (forced with min_new_tokens).
+        batch_sizes: batch sizes for the decode sweep (default 1 2 4 8).
+        repeats: timed runs per measurement (the best prefill, the best decode rate are kept).
+        memory: also measure the peak RSS in a fresh process (costs a model load per dtype).
+        out: directory for speed.json (nothing written if not given).
+    """
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from llm4all.models.load import DTYPES, load
+    from llm4all.runs import write_json
+
+    dtypes = dtypes or ["float32", "bfloat16"]
+    prompt_lengths = prompt_lengths or [64, 256, 1024]
+    batch_sizes = batch_sizes or [1, 2, 4, 8]
+    bad = [d for d in dtypes if d not in DTYPES]
+    if bad:
+        raise UserError(f"--dtypes: unknown dtype {bad[0]!r}; valid: {', '.join(DTYPES)}")
+    if min(prompt_lengths) < 1 or min(batch_sizes) < 1 or repeats < 1:
+        raise UserError("--prompt-lengths, --batch-sizes and --repeats must be at least 1")
+    result = {"model": str(model), "threads": torch.get_num_threads(), "load_average": os.getloadavg(),
+              "dtypes": {}}
+    console = Console()
+    for dtype in dtypes:
+        net, _ = load(model, dtype=dtype)
+        limit = getattr(net.config, "max_position_embeddings", max(prompt_lengths))
+        lengths = [n for n in prompt_lengths if n <= limit] or [limit]
+        decode_speed(net, 2, 1, 4, repeats=1)  # warm-up
+        r = {"prefill": [prefill_speed(net, n, 1, repeats) for n in lengths],
+             "decode": [decode_speed(net, new_tokens, b, repeats=repeats) for b in batch_sizes]}
+        if memory:
+            r["memory"] = peak_memory(model, dtype, max(lengths), max(batch_sizes), new_tokens)
+        result["dtypes"][dtype] = r
+        load_avg = result["load_average"][0]
+        table = Table(title=f"{model} {dtype} ({result['threads']} threads, load average {load_avg:.1f})")
+        for col in ("measure", "size", "tokens/s", "p50 ms", "p90 ms", "p99 ms"):
+            table.add_column(col, justify="right")
+        for p in r["prefill"]:
+            table.add_row("prefill", f"L={p['prompt_tokens']}", f"{p['tokens_per_s']:.0f}", "", "", "")
+        for d in r["decode"]:
+            lat = d["latency_ms"]
+            table.add_row("decode", f"B={d['batch']}", f"{d['tokens_per_s']:.1f}", f"{lat['p50']:.1f}",
+                          f"{lat['p90']:.1f}", f"{lat['p99']:.1f}")
+        if memory:
+            m = r["memory"]
+            table.add_row("peak RSS MiB", f"{m['peak_rss_mib']:.0f}",
+                          f"model +{m['rss_after_load_mib'] - m['rss_before_load_mib']:.0f}", "", "", "")
+        console.print(table)
+        del net
+    if out is not None:
+        write_json(Path(out) / "speed.json", result)
+    return result
