@@ -1,0 +1,202 @@
+"""``llm4all compress``: quantise, prune or factorise a model and write a packed checkpoint.
+
+The method is one registered entry (``llm4all ls quantizers|pruners|factorizers``) chosen
+as ``{name: gptq, bits: 4, group_size: 128}``. Methods that need calibration statistics
+read windows from a token-shard directory (``--calib``). The output is a Hugging Face-like
+directory: ``config.json``, the tokenizer, ``model.safetensors`` with packed tensors and
+``llm4all_quant.json`` describing them (format in docs/compress.md); ``load_compressed``
+(and ``llm4all.models.load.load``) turns it back into a runnable model.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from llm4all.compress.formats import FORMAT, dense_from_sparse, sparse_tensors
+from llm4all.compress.method import Method
+from llm4all.errors import UserError, did_you_mean
+from llm4all.runs import atomic_dir, write_json
+
+QUANT_FILE = "llm4all_quant.json"
+
+
+def build_method(method: dict | str) -> Method:
+    """Look ``method['name']`` up in the quantizers, pruners and factorizers registries."""
+    from llm4all.catalog import FACTORIZERS, PRUNERS, QUANTIZERS
+
+    spec = {"name": method} if isinstance(method, str) else dict(method or {})
+    name = spec.get("name")
+    for registry in (QUANTIZERS, PRUNERS, FACTORIZERS):
+        if name in registry.names():
+            return registry.build(spec)
+    valid = QUANTIZERS.names() + PRUNERS.names() + FACTORIZERS.names()
+    raise UserError(f"--method: unknown method {name!r}; {did_you_mean(str(name), valid)}")
+
+
+def module_specs(model: nn.Module) -> dict[str, dict]:
+    """llm4all_quant.json entries: every compressed module, plus Linears whose shape changed."""
+    specs = {}
+    for name, m in model.named_modules():
+        if hasattr(m, "spec"):
+            specs[name] = m.spec()
+        elif isinstance(m, nn.Linear) and name != "lm_head":
+            kind = getattr(m, "llm4all_kind", "dense")
+            if kind == "sparse" or getattr(m, "llm4all_resized", False):
+                specs[name] = {"kind": kind, "in_features": m.in_features,
+                               "out_features": m.out_features, "bias": m.bias is not None}
+    return specs
+
+
+def save_compressed(model: nn.Module, tokenizer, out: Path, info: dict) -> dict:
+    """Write ``model`` (with compressed modules) as a packed checkpoint directory."""
+    from safetensors.torch import save_file
+
+    specs = module_specs(model)
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    tensors: dict[str, torch.Tensor] = {}
+    for key, t in model.state_dict().items():
+        owner, _, leaf = key.rpartition(".")
+        if tied and key == "lm_head.weight":
+            continue
+        if specs.get(owner, {}).get("kind") == "sparse" and leaf == "weight":
+            for k, v in sparse_tensors(t.detach()).items():
+                tensors[f"{owner}.{k}"] = v.contiguous()
+            continue
+        if t.is_floating_point() and not (owner in specs and leaf == "scales"):
+            t = t.to(torch.float16)  # embeddings, norms, dense weights: fp16 on disk
+        tensors[key] = t.detach().contiguous()
+    with atomic_dir(out) as tmp:
+        model.config.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
+        write_json(tmp / QUANT_FILE, {"format": FORMAT, "dense_dtype": "float16", **info,
+                                      "modules": specs})
+    return specs
+
+
+def load_compressed(path: str | Path, dtype: str = "float32"):
+    """Load a packed checkpoint into a runnable model: ``(model, tokenizer)``.
+
+    Dense tensors (embeddings, norms) are cast to ``dtype``; packed weights stay packed.
+    """
+    import transformers
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from llm4all.compress.qlinear import from_spec
+    from llm4all.models.load import DTYPES, _quiet
+
+    path = Path(path)
+    meta_file = path / QUANT_FILE
+    if not meta_file.is_file():
+        raise UserError(f"{path}: not a compressed checkpoint (no {QUANT_FILE})")
+    meta = json.loads(meta_file.read_text())
+    if meta.get("format") != FORMAT:
+        raise UserError(f"{meta_file}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    torch_dtype = getattr(torch, DTYPES.get(dtype, "float32"))
+    with _quiet(transformers):
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+    specs = meta["modules"]
+    for name, spec in specs.items():
+        model.set_submodule(name, from_spec(spec))
+    state = load_file(str(path / "model.safetensors"))
+    for name, spec in specs.items():
+        if spec["kind"] == "sparse":
+            shape = (spec["out_features"], spec["in_features"])
+            mask, values = state.pop(f"{name}.mask"), state.pop(f"{name}.values")
+            state[f"{name}.weight"] = dense_from_sparse(mask, values, shape, torch_dtype)
+    for key, t in state.items():
+        owner, _, leaf = key.rpartition(".")
+        kind = specs.get(owner, {}).get("kind", "dense")
+        if t.is_floating_point() and kind in ("dense", "sparse", "lowrank"):
+            state[key] = t.to(torch_dtype)
+        elif t.is_floating_point() and leaf == "bias":
+            state[key] = t.float()
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.get_input_embeddings().weight
+        missing = [k for k in missing if k != "lm_head.weight"]
+    if missing or unexpected:
+        raise UserError(f"{path}: model.safetensors does not match {QUANT_FILE}: "
+                        f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+    for name, attrs in meta.get("attributes", {}).items():  # e.g. per-layer num_key_value_groups
+        for attr, value in attrs.items():
+            setattr(model.get_submodule(name), attr, value)
+    for name, m in list(model.named_modules()):  # non-persistent buffers (rotary inv_freq)
+        if any(b.is_meta for b in m.buffers(recurse=False)):
+            model.set_submodule(name, type(m)(config=config))
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        raise UserError(f"{path}: some tensors were not in model.safetensors")
+    with _quiet(transformers):
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return model.eval(), tokenizer
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))
+
+
+def main(model: str, *, out: Path, method: dict, calib: Path | None = None, calib_tokens: int = 32768,
+         seq_len: int = 256, calib_dtype: Literal["bfloat16", "float32"] = "bfloat16",
+         sequential: Literal["quantized", "original"] = "quantized",
+         seed: int = 0) -> dict:
+    """Compress MODEL with one quantizer, pruner or factorizer and write a packed checkpoint.
+
+    Args:
+        model: a registered name, an HF directory or a .gguf file.
+        out: output directory (config.json, tokenizer, model.safetensors, llm4all_quant.json).
+        method: the method and its options as YAML, e.g. "{name: gptq, bits: 4, group_size: 64}".
+        calib: token-shard directory for calibration (needed by gptq, wanda, sparsegpt, llm_int8, ...).
+        calib_tokens: calibration tokens, drawn as windows of seq_len from the train split.
+        seq_len: calibration window length in tokens.
+        calib_dtype: dtype of the calibration forward passes (bfloat16 or float32).
+        sequential: feed layer l the "quantized" outputs of layers < l (GPTQ) or the "original" ones.
+        seed: seed for the calibration windows.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from llm4all.compress.calibrate import calibration_windows, compress_layers
+    from llm4all.models.load import DTYPES, load
+
+    start = time.perf_counter()
+    chosen = build_method(method)  # unknown names and options fail before any work
+    if calib_dtype not in DTYPES:
+        raise UserError(f"--calib-dtype: unknown dtype {calib_dtype!r}; valid: bfloat16, float32")
+    if chosen.stats != "none" and calib is None:
+        raise UserError(f"--calib: method {chosen.name!r} needs calibration data (a token-shard directory)")
+    net, tokenizer = load(model)
+    unique = {t.data_ptr(): t for t in net.state_dict().values()}  # a tied head counted once
+    before = sum(t.numel() * t.element_size() for t in unique.values())
+    ids = calibration_windows(Path(calib), calib_tokens, seq_len, seed) if chosen.stats != "none" else None
+    console = Console()
+    if chosen.transform is not None:
+        report = chosen.transform(net, ids)
+    else:
+        report = compress_layers(net, chosen, ids, dtype=getattr(torch, DTYPES[calib_dtype]),
+                                 sequential=sequential,
+                                 progress=lambda i, n: console.print(f"layer {i}/{n}", end="\r"))
+    info = {"method": {"name": chosen.name, **chosen.options}, "source": str(model),
+            "calibration": {"data": str(calib) if calib else None,
+                            "tokens": report.get("calibration_tokens", 0), "seq_len": seq_len,
+                            "dtype": calib_dtype, "sequential": sequential, "seed": seed},
+            "attributes": report.pop("attributes", {}), "report": report, "notes": chosen.notes}
+    save_compressed(net, tokenizer, Path(out), info)
+    result = {"out": str(out), "method": info["method"], "seconds": round(time.perf_counter() - start, 1),
+              "compress_seconds": report["seconds"], "bytes_fp32_in_memory": before,
+              "bytes_on_disk": dir_bytes(Path(out))}
+    write_json(Path(out) / "llm4all.json", {"compressed_from": str(model), **result})
+    table = Table(title=f"compress {model} -> {out}", show_header=False)
+    for k, v in result.items():
+        table.add_row(k, str(v))
+    console.print(table)
+    return result

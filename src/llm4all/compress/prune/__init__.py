@@ -1,0 +1,1 @@
+"""Pruners: each module registers its entries in ``llm4all.catalog.PRUNERS``."""

@@ -1,0 +1,226 @@
+"""Runtime modules of a compressed model: packed weights as buffers, CPU forward passes.
+
+* ``QuantLinear``: b-bit group-wise weights (RTN, GPTQ). Each forward unpacks the codes and
+  de-quantises them into a scratch buffer shared by all layers (one per shape and dtype, so
+  a 30-layer model holds one de-quantised matrix at a time, not thirty), then calls
+  ``F.linear``: resident memory is the packed weights plus the largest layer in fp32.
+* ``Int8Linear``: int8 per-channel weights with per-token int8 activations (dynamic W8A8,
+  Xiao et al. 2023 "SmoothQuant" baseline) and an optional set of fp16 outlier input
+  columns (LLM.int8(), Dettmers et al. 2022); the int8 product runs through
+  ``torch._int_mm`` (int32 accumulation).
+* ``TernaryLinear``: BitNet b1.58 weights {−1, 0, +1}·γ (2 bits each) with per-token 8-bit
+  activations, the inference form of ``quantize.bitnet.BitLinear``; also through _int_mm.
+* ``LowRankLinear``: W ≈ U·V as two thin products.
+
+Every module has ``spec()`` (its entry in llm4all_quant.json), ``dense_weight()`` (the
+weight it applies, for fake-quantised comparisons) and is rebuilt from a spec by
+``from_spec`` before its buffers are loaded.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llm4all.compress.formats import pack, pack_ternary, storage_bits, unpack, unpack_ternary
+
+_SCRATCH: dict[tuple, torch.Tensor] = {}
+
+
+def _scratch(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A reusable buffer (not thread-safe: the result is valid until the next call)."""
+    key = (shape, dtype)
+    if key not in _SCRATCH:
+        _SCRATCH[key] = torch.empty(shape, dtype=dtype)
+    return _SCRATCH[key]
+
+
+def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token absmax int8: x ≈ q · s with q ∈ [−127, 127]; returns (q int8, s (…, 1) fp32)."""
+    s = x.abs().amax(-1, keepdim=True).float().clamp(min=1e-8) / 127.0
+    return torch.round(x.float() / s).clamp_(-127, 127).to(torch.int8), s
+
+
+def _int8_matmul(xq: torch.Tensor, wq_t: torch.Tensor) -> torch.Tensor:
+    """(T, in) int8 @ (in, out) int8 -> (T, out) int32."""
+    return torch._int_mm(xq.contiguous(), wq_t)
+
+
+class QuantLinear(nn.Module):
+    """Group-wise b-bit Linear: W[o, i] = (code − zero[o, g]) · scale[o, g], g = i // group_size."""
+
+    def __init__(self, in_features: int, out_features: int, bits: int, group_size: int | None,
+                 symmetric: bool, bias: bool = False):
+        super().__init__()
+        self.in_features, self.out_features, self.bits = in_features, out_features, bits
+        self.group_size = group_size or in_features
+        self.symmetric = symmetric
+        groups = in_features // self.group_size
+        cols = -(-in_features * storage_bits(bits) // 8)
+        self.register_buffer("qweight", torch.zeros(out_features, cols, dtype=torch.uint8))
+        self.register_buffer("scales", torch.zeros(out_features, groups, dtype=torch.float16))
+        if not symmetric:
+            self.register_buffer("zeros", torch.zeros(out_features, groups, dtype=torch.uint8))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+
+    @classmethod
+    def from_codes(cls, codes, scales, zeros, bits, group_size, bias=None) -> QuantLinear:
+        out_features, in_features = codes.shape
+        m = cls(in_features, out_features, bits, group_size, zeros is None, bias is not None)
+        m.qweight.copy_(pack(codes, bits))
+        m.scales.copy_(scales)
+        if zeros is not None:
+            m.zeros.copy_(zeros)
+        if bias is not None:
+            m.bias = bias.detach().float().clone()
+        return m
+
+    def spec(self) -> dict:
+        return {"kind": "int", "bits": self.bits, "group_size": self.group_size,
+                "symmetric": self.symmetric, "in_features": self.in_features,
+                "out_features": self.out_features, "bias": self.bias is not None}
+
+    def dense_weight(self, dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None):
+        rows, cols, gs = self.out_features, self.in_features, self.group_size
+        w = torch.empty(rows, cols, dtype=torch.float32) if out is None else out
+        w.copy_(unpack(self.qweight, self.bits, cols))
+        w3 = w.view(rows, cols // gs, gs)  # (out, groups, group_size)
+        if self.symmetric:
+            w3.sub_(2 ** (self.bits - 1))
+        else:
+            w3.sub_(self.zeros.float()[..., None])
+        w3.mul_(self.scales.float()[..., None])
+        return w if dtype == torch.float32 else w.to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.dense_weight(x.dtype, out=_scratch((self.out_features, self.in_features), torch.float32))
+        return F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
+
+
+class Int8Linear(nn.Module):
+    """Dynamic W8A8 Linear: int8 per-channel weights, per-token int8 activations, fp16 outliers."""
+
+    def __init__(self, in_features: int, out_features: int, n_outliers: int = 0, bias: bool = False):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("qweight_t", torch.zeros(in_features, out_features, dtype=torch.int8))
+        self.register_buffer("scales", torch.zeros(out_features, dtype=torch.float32))
+        self.register_buffer("outlier_idx", torch.zeros(n_outliers, dtype=torch.int64))
+        self.register_buffer("outlier_weight", torch.zeros(out_features, n_outliers, dtype=torch.float16))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+
+    @classmethod
+    def from_weight(cls, weight: torch.Tensor, outliers: torch.Tensor | None = None, bias=None):
+        """Absmax int8 per output row on the non-outlier columns; outlier columns kept in fp16."""
+        out_features, in_features = weight.shape
+        idx = torch.zeros(0, dtype=torch.int64) if outliers is None else outliers.long()
+        m = cls(in_features, out_features, len(idx), bias is not None)
+        w = weight.detach().float().clone()
+        m.outlier_weight.copy_(w[:, idx])
+        w[:, idx] = 0
+        scale = w.abs().amax(1).clamp(min=1e-8) / 127.0  # (out,)
+        m.scales.copy_(scale)
+        m.qweight_t.copy_(torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).T)
+        m.outlier_idx.copy_(idx)
+        if bias is not None:
+            m.bias = bias.detach().float().clone()
+        return m
+
+    def spec(self) -> dict:
+        return {"kind": "int8", "in_features": self.in_features, "out_features": self.out_features,
+                "outliers": int(self.outlier_idx.numel()), "bias": self.bias is not None}
+
+    def dense_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        w = self.qweight_t.T.float() * self.scales[:, None]
+        w[:, self.outlier_idx] = self.outlier_weight.float()
+        return w.to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, self.in_features)  # (T, in)
+        if self.outlier_idx.numel():
+            xo = x2[:, self.outlier_idx]  # (T, k) stays in floating point
+            x2 = x2.clone()
+            x2[:, self.outlier_idx] = 0
+        xq, sx = quantize_activations(x2)
+        y = _int8_matmul(xq, self.qweight_t).float() * sx * self.scales  # (T, out)
+        if self.outlier_idx.numel():
+            y += xo.float() @ self.outlier_weight.float().T
+        if self.bias is not None:
+            y += self.bias
+        return y.to(x.dtype).view(*shape[:-1], self.out_features)
+
+
+class TernaryLinear(nn.Module):
+    """BitNet b1.58 inference Linear: ternary weights · γ, per-token absmax 8-bit activations."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("qweight", torch.zeros(out_features, -(-in_features // 4), dtype=torch.uint8))
+        self.register_buffer("scales", torch.ones(1))  # γ = mean |W|
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+
+    @classmethod
+    def from_ternary(cls, ternary: torch.Tensor, gamma: float, bias=None) -> TernaryLinear:
+        out_features, in_features = ternary.shape
+        m = cls(in_features, out_features, bias is not None)
+        m.qweight.copy_(pack_ternary(ternary))
+        m.scales.fill_(gamma)
+        if bias is not None:
+            m.bias = bias.detach().float().clone()
+        return m
+
+    def spec(self) -> dict:
+        return {"kind": "ternary", "in_features": self.in_features,
+                "out_features": self.out_features, "bias": self.bias is not None}
+
+    def dense_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return (unpack_ternary(self.qweight, self.in_features).float() * self.scales).to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        xq, sx = quantize_activations(x.reshape(-1, self.in_features))
+        wt = unpack_ternary(self.qweight, self.in_features).T  # (in, out) int8, transient
+        y = _int8_matmul(xq, wt.contiguous()).float() * (sx * self.scales)
+        if self.bias is not None:
+            y += self.bias
+        return y.to(x.dtype).view(*shape[:-1], self.out_features)
+
+
+class LowRankLinear(nn.Module):
+    """W ≈ U·V: y = U (V x) + b with U (out, r), V (r, in)."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = False):
+        super().__init__()
+        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.V = nn.Parameter(torch.zeros(rank, in_features))
+        self.U = nn.Parameter(torch.zeros(out_features, rank))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    def spec(self) -> dict:
+        return {"kind": "lowrank", "in_features": self.in_features, "out_features": self.out_features,
+                "rank": self.rank, "bias": self.bias is not None}
+
+    def dense_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return (self.U.float() @ self.V.float()).to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.linear(x, self.V), self.U, self.bias)
+
+
+def from_spec(spec: dict) -> nn.Module:
+    """An empty runtime module for a llm4all_quant.json entry (buffers loaded afterwards)."""
+    kind, i, o, b = spec["kind"], spec["in_features"], spec["out_features"], spec.get("bias", False)
+    if kind == "int":
+        return QuantLinear(i, o, spec["bits"], spec["group_size"], spec["symmetric"], b)
+    if kind == "int8":
+        return Int8Linear(i, o, spec["outliers"], b)
+    if kind == "ternary":
+        return TernaryLinear(i, o, b)
+    if kind == "lowrank":
+        return LowRankLinear(i, o, spec["rank"], b)
+    if kind in ("dense", "sparse"):
+        return nn.Linear(i, o, bias=b)
+    raise ValueError(f"unknown module kind {kind!r} in llm4all_quant.json")

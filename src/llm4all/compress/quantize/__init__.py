@@ -1,0 +1,1 @@
+"""Quantizers: each module registers its entries in ``llm4all.catalog.QUANTIZERS``."""

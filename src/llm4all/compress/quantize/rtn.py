@@ -1,0 +1,106 @@
+"""Round-to-nearest integer quantisation: absmax / zero-point, per channel or per group.
+
+Per-channel int8 absmax and zero-point quantisation follow Dettmers et al. 2022
+("LLM.int8()", section 2); group-wise int4 round-to-nearest is the RTN baseline of Frantar
+et al. 2023 ("GPTQ", section 5). Codes are unsigned b-bit integers: symmetric quantisation
+stores c = q + 2^(b−1) with q = round(w / s), s = max|w| / (2^(b−1) − 1); asymmetric stores
+c = round(w / s) + z with s = (max(w, 0) − min(w, 0)) / (2^b − 1), z = round(−min(w, 0) / s)
+(zero is always exactly representable, as in the GPTQ reference quantiser).
+Scales are rounded to float16 (their storage type) before any code is computed.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from llm4all.catalog import QUANTIZERS
+from llm4all.compress.formats import BITS
+from llm4all.compress.method import InputStats, Method
+from llm4all.errors import UserError
+
+
+class Quantized(NamedTuple):
+    codes: torch.Tensor  # uint8 (out, in)
+    scales: torch.Tensor  # float16 (out, groups)
+    zeros: torch.Tensor | None  # uint8 (out, groups); None when symmetric
+    bits: int
+    group_size: int
+
+    def dequantize(self) -> torch.Tensor:
+        out, cols = self.codes.shape
+        zero = 2 ** (self.bits - 1) if self.zeros is None else self.zeros.float()[..., None]
+        w = (self.codes.float().view(out, -1, self.group_size) - zero) * self.scales.float()[..., None]
+        return w.view(out, cols)
+
+
+def check_bits_group(bits: int, group_size: int | None, in_features: int, where: str = "") -> int:
+    """Validate (bits, group_size) for a layer with ``in_features`` columns; returns the group size."""
+    where = f"{where}: " if where else ""
+    if bits not in BITS:
+        raise UserError(f"{where}bits must be one of {', '.join(map(str, BITS))}, got {bits}")
+    if group_size is None or group_size in (0, -1):
+        return in_features
+    if group_size < 1 or in_features % group_size:
+        raise UserError(f"{where}group_size {group_size} does not divide the input dimension "
+                        f"{in_features}; use a divisor of {in_features} or -1 for per-channel")
+    return group_size
+
+
+def quant_params(w: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point of each row of ``w`` (…, n) -> (…,) fp32 scale (fp16-exact), (…,) zero."""
+    maxq = 2**bits - 1
+    if symmetric:
+        scale = w.abs().amax(-1) / (2 ** (bits - 1) - 1)
+    else:
+        lo, hi = w.amin(-1).clamp(max=0), w.amax(-1).clamp(min=0)
+        scale = (hi - lo) / maxq
+    scale = scale.clamp(min=1e-7, max=6e4).half().float()
+    if symmetric:
+        return scale, torch.full_like(scale, 2 ** (bits - 1))
+    return scale, torch.round(-lo / scale).clamp(0, maxq)
+
+
+def quantize_codes(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
+    """c = clamp(round(w / s) + z, 0, 2^b − 1) (float tensor of integer values)."""
+    return torch.clamp(torch.round(w / scale) + zero, 0, 2**bits - 1)
+
+
+def rtn_quantize(W: torch.Tensor, bits: int, group_size: int | None = None,
+                 symmetric: bool = True) -> Quantized:
+    """Round-to-nearest quantisation of W (out, in) with one (scale, zero) per row and group."""
+    out, cols = W.shape
+    gs = check_bits_group(bits, group_size, cols)
+    w = W.detach().float().view(out, cols // gs, gs)  # (out, groups, gs)
+    scale, zero = quant_params(w, bits, symmetric)  # (out, groups)
+    codes = quantize_codes(w, scale[..., None], zero[..., None], bits).view(out, cols)
+    return Quantized(codes.to(torch.uint8), scale.half(), None if symmetric else zero.to(torch.uint8),
+                     bits, gs)
+
+
+def to_module(q: Quantized, linear: nn.Linear) -> nn.Module:
+    from llm4all.compress.qlinear import QuantLinear
+
+    return QuantLinear.from_codes(q.codes, q.scales, q.zeros, q.bits, q.group_size, linear.bias)
+
+
+@QUANTIZERS.register("rtn")
+def rtn(bits: int = 4, group_size: int | None = 128, symmetric: bool = False) -> Method:
+    """Round-to-nearest b-bit weights per group (absmax or zero-point; Frantar et al. 2023 baseline)."""
+    check_bits_group(bits, None, 1, "rtn")
+
+    def compress(name: str, linear: nn.Linear, stats: InputStats | None) -> nn.Module:
+        check_bits_group(bits, group_size, linear.in_features, name)
+        return to_module(rtn_quantize(linear.weight, bits, group_size, symmetric), linear)
+
+    return Method("rtn", {"bits": bits, "group_size": group_size, "symmetric": symmetric}, compress)
+
+
+@QUANTIZERS.register("int8")
+def int8(symmetric: bool = True) -> Method:
+    """Per-channel int8 weights, absmax (symmetric) or zero-point (Dettmers et al. 2022, section 2)."""
+    method = rtn(bits=8, group_size=None, symmetric=symmetric)
+    method.name = "int8"
+    return method
