@@ -25,6 +25,7 @@ earlier), ``${run_dir}``, ``${demo_corpus}`` (the bundled demo corpus) and ``${d
 from __future__ import annotations
 
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from typing import Any
 import yaml
 
 from llm4all.errors import UserError, did_you_mean
-from llm4all.runs import is_done, mark_done, write_json
+from llm4all.runs import is_done, mark_done, write_json, write_yaml
 from llm4all.signature import bind, params, resolved
 
 TOP_KEYS = ("name", "description", "run_dir", "stages")
@@ -184,7 +185,11 @@ def run(recipe: str, *, run_dir: Path | None = None, only: list[str] | None = No
             console.print(f"{label}: would run -> {out}")
             continue
         console.rule(label)
+        if out.exists() and (force or not _same_config(out, config)):
+            shutil.rmtree(out)  # another configuration's partial or finished output
         (out / "DONE").unlink(missing_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+        write_yaml(out / "config.yaml", config)  # an interrupted run with this config resumes
         start = time.perf_counter()
         stage["fn"](**stage["kwargs"])
         seconds = time.perf_counter() - start
