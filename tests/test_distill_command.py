@@ -2,10 +2,10 @@ import json
 
 import pytest
 
-from conftest import build_tiny_model, tiny_texts
 from llm4all.data.tokenize import main as tokenize
 from llm4all.distill.command import main as distill
 from llm4all.errors import UserError
+from tinymodels import build_tiny_model, tiny_texts
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_texts
 from llm4all.errors import UserError
 from llm4all.export.gguf import export_gguf, ggml_type, permute_qk, unpermute_qk
 from llm4all.export.hf import export_hf, sha256
+from tinymodels import tiny_texts
 
 
 def build_bpe_model(path: Path, tied: bool, seed: int = 0) -> Path:

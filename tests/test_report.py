@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import build_tiny_model, tiny_texts
 from llm4all.errors import UserError
 from llm4all.recipe import run as run_recipe
 from llm4all.report import collect
 from llm4all.report.html import main as report
+from tinymodels import build_tiny_model, tiny_texts
 
 CHROMIUM = Path("/usr/bin/chromium")
 TINY = {"seq_len": 32, "micro_batch": 4, "steps": 3, "warmup": 1, "precision": "fp32", "eval_every": 2,

@@ -19,8 +19,8 @@ L = 16  # window length of the unit tests
 
 @pytest.fixture(scope="module")
 def shards(tiny_model, tmp_path_factory) -> Path:
-    from conftest import tiny_texts
     from llm4all.data.tokenize import main as tokenize
+    from tinymodels import tiny_texts
 
     tmp = tmp_path_factory.mktemp("cache-shards")
     docs = tmp / "docs.jsonl"
@@ -103,7 +103,7 @@ def test_resume_skips_finished_shards_and_recomputes_a_partial_one(teacher, shar
 def test_k_equal_vocab_sparse_loss_equals_dense(teacher, shards, tmp_path):
     from transformers import LlamaForCausalLM
 
-    from conftest import build_tiny_model
+    from tinymodels import build_tiny_model
 
     V = teacher.config.vocab_size
     build_cache(teacher, shards, tmp_path / "c", seq_len=L, top_k=V, dtype="float32", max_windows=4)

@@ -5,13 +5,13 @@ import sys
 import pytest
 import torch
 
-from conftest import build_tiny_model, tiny_texts
 from llm4all.data.shards import TokenShards
 from llm4all.data.tokenize import main as tokenize
 from llm4all.errors import UserError
 from llm4all.train.command import main as train
 from llm4all.train.sampler import WindowSampler
 from llm4all.train.schedule import lr_factor
+from tinymodels import build_tiny_model, tiny_texts
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import build_tiny_model
 from llm4all.compress.command import main as compress
 from llm4all.compress.quantize.rtn import rtn_quantize
 from llm4all.errors import UserError
 from llm4all.models.load import load
+from tinymodels import build_tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_texts
 from llm4all.cli import COMMANDS
 from llm4all.curate.diversity import (
     coefficient_with_ci,
@@ -25,6 +24,7 @@ from llm4all.curate.diversity import (
 )
 from llm4all.curate.signals.model import cached_model
 from llm4all.errors import UserError
+from tinymodels import tiny_texts
 
 
 @pytest.fixture(autouse=True)
