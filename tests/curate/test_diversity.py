@@ -26,15 +26,7 @@ from llm4all.curate.signals.model import cached_model
 from llm4all.errors import UserError
 from tinymodels import tiny_texts
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on the shared 2-core test machine two OpenMP threads wait on each
-    other's barriers (measured: a tiny-model Fisher 0.2 s vs 10 s, a teacher one 0.6 s vs 2-5 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_task2vec_distance_hand_values():
