@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from llm4all.errors import UserError
-from llm4all.runs import atomic_dir, config_hash, write_json
+from llm4all.runs import config_hash, write_json
 from llm4all.train.loop import (
     LoopConfig,
     Precision,
@@ -229,6 +229,7 @@ def main(
     from llm4all.catalog import KD_LOSSES, OPTIMIZERS
     from llm4all.data.shards import TokenShards
     from llm4all.models.load import load, load_tokenizer
+    from llm4all.models.load import save as save_model
 
     KD_LOSSES.get(divergence)
     OPTIMIZERS.get(optimizer)
@@ -319,11 +320,9 @@ def main(
         return metrics
     if hasattr(net, "kd_projector"):
         del net.kd_projector
-    with atomic_dir(out / "model") as tmp:
-        net.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        write_json(tmp / "llm4all.json", {"made_by": "llm4all distill", "teacher": teacher, "source": source,
-                                          "arguments": arguments, "metrics": metrics})
+    save_model(net, tokenizer, out / "model", {"made_by": "llm4all distill", "teacher": teacher,
+                                                "source": source, "arguments": arguments,
+                                                "metrics": metrics})
     result = {**metrics, "mode": mode, "student_params": n_params,
               "seconds_total": round(time.perf_counter() - start, 2)}
     write_json(out / "result.json", result)

@@ -147,6 +147,15 @@ def load(model: str | Path, dtype: str = "float32", device: str = "cpu"):
     return net.to(device).eval(), load_tokenizer(path)
 
 
+def save(net, tokenizer, path: Path, provenance: dict, state_dict: dict | None = None) -> Path:
+    """Write an HF model directory atomically: weights, tokenizer, and llm4all.json provenance."""
+    with atomic_dir(path) as tmp:
+        net.save_pretrained(tmp, state_dict=state_dict)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / "llm4all.json", provenance)
+    return Path(path)
+
+
 def convert(model: str, out: Path | None = None) -> Path:
     """Convert a model (registered name or .gguf) to a safetensors HF directory.
 

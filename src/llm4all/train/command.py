@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 
 from llm4all.errors import UserError
-from llm4all.runs import atomic_dir, config_hash, write_json
+from llm4all.runs import config_hash, write_json
 from llm4all.train.loop import (
     LoopConfig,
     Precision,
@@ -231,11 +231,10 @@ def _save_model(net, tokenizer, path: Path, arguments: dict, metrics: dict, sour
                 lora_rank: int, state_dict: dict | None = None):
     if lora_rank:
         net = net.merge_and_unload()  # W + (alpha / r) · B·A folded into W
-    with atomic_dir(path) as tmp:
-        net.save_pretrained(tmp, state_dict=state_dict)
-        tokenizer.save_pretrained(tmp)
-        write_json(tmp / "llm4all.json", {"made_by": "llm4all train", "source": source,
-                                          "arguments": arguments, "metrics": metrics})
+    from llm4all.models.load import save
+
+    save(net, tokenizer, path, {"made_by": "llm4all train", "source": source, "arguments": arguments,
+                                "metrics": metrics}, state_dict)
 
 
 def _forgetting(before: dict, after: dict) -> dict:
