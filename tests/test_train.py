@@ -184,3 +184,9 @@ def test_fused_cross_entropy_matches_the_plain_loss_and_gradients(tiny_model):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         bf16 = fused_linear_cross_entropy(h, w, y, chunk=7)
     assert bf16.item() == pytest.approx(torch.nn.functional.cross_entropy(h @ w.t(), y).item(), rel=0.02)
+    # a target whose probability underflows fp32 (logit gap ~200 nats) still gets its exact loss
+    w_far = w.clone()
+    w_far[y[0]] = -25.0 * h[0] / h[0].norm() ** 2 * 8
+    exact = torch.nn.functional.cross_entropy(h @ w_far.t(), y)
+    assert exact.item() > 2.0 and torch.isfinite(exact)
+    assert fused_linear_cross_entropy(h, w_far, y, chunk=7).item() == pytest.approx(exact.item(), rel=1e-5)

@@ -231,7 +231,7 @@ def memory(model: str = "", mode: Literal["train", "inference"] = "train", batch
            attention: Literal["flash", "math"] = "flash", lora_rank: int = 0,
            base_dtype: str = "",
            sharding: Literal["none", "zero1", "zero2", "zero3", "fsdp"] = "none",
-           gpus: int = 1, kv_dtype: str = "",
+           gpus: int = 1, kv_dtype: str = "", head: Literal["hf", "fused"] = "hf",
            hardware: str = "", hardware_file: Path | None = None, hidden: int = 0, layers: int = 0,
            heads: int = 0, kv_heads: int = 0, intermediate: int = 0, vocab: int = 0,
            tied_embeddings: bool = False, measure: bool = False, steps: int = 3,
@@ -253,6 +253,8 @@ def memory(model: str = "", mode: Literal["train", "inference"] = "train", batch
         sharding: none, zero1, zero2, zero3 or fsdp (over --gpus).
         gpus: data-parallel GPUs.
         kv_dtype: KV-cache dtype for inference (default: --dtype).
+        head: output head + loss in training: hf (full logits, as transformers computes them) or
+            fused (llm4all train's chunked head + loss, which never holds all the logits).
         hardware: name from the hardware table: say whether it fits, and how to make it fit.
         hardware_file: YAML file adding/overriding hardware entries.
         hidden: hidden size (instead of, or overriding, --model).
@@ -273,7 +275,7 @@ def memory(model: str = "", mode: Literal["train", "inference"] = "train", batch
     setup = Setup(mode=mode, batch=batch, seq=seq, dtype=dtype, master_weights=master_weights,
                   optimizer=optimizer, recompute=recompute, attention=attention,
                   lora_rank=lora_rank, base_dtype=base_dtype, sharding=sharding, gpus=gpus,
-                  kv_dtype=kv_dtype)
+                  kv_dtype=kv_dtype, head=head)
     parts = breakdown(arch, setup)
     need = total(parts)
     result = {"params": arch.n_params(), "arch": arch.to_dict(), "setup": setup.__dict__,

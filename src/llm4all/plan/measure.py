@@ -100,7 +100,13 @@ def _child(job: dict) -> dict:  # pragma: no cover - runs in the subprocess
         for _ in range(job["steps"]):
             t = time.perf_counter()
             with torch.autocast("cpu", dtype=dtype, enabled=autocast):
-                loss = model(input_ids=ids, labels=ids).loss
+                if st.head == "fused":
+                    from llm4all.train.fused_ce import fused_linear_cross_entropy
+
+                    hidden = model.model(input_ids=ids).last_hidden_state
+                    loss = fused_linear_cross_entropy(hidden, model.lm_head.weight, ids)
+                else:
+                    loss = model(input_ids=ids, labels=ids).loss
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=False)  # gradients stay allocated, as the model counts them

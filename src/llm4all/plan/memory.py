@@ -53,6 +53,9 @@ SHARDING = ("none", "zero1", "zero2", "zero3", "fsdp")
 RECOMPUTE = ("none", "selective", "full")
 
 
+FUSED_CHUNK = 1024  # positions per chunk of llm4all's fused head + loss (train/fused_ce.py)
+
+
 @dataclass(frozen=True)
 class Setup:
     """How a model is run: everything besides the architecture that decides memory."""
@@ -70,6 +73,7 @@ class Setup:
     sharding: str = "none"  # ZeRO stage / FSDP over ``gpus``
     gpus: int = 1
     kv_dtype: str = ""  # KV-cache dtype; "" = dtype
+    head: str = "hf"  # "hf": full (B·T, V) logits; "fused": llm4all's chunked head + loss
 
     def __post_init__(self):
         checks = {"mode": ("train", "inference"), "dtype": tuple(DTYPE_BYTES),
@@ -202,7 +206,15 @@ def breakdown(arch: Arch, setup: Setup) -> dict[str, float]:
     if setup.attention == "math":
         acts += 4 * b * s * s  # the 4-D additive causal mask eager attention builds once
     out["activations"] = acts
-    out["logits"] = s * b * arch.vocab * (12 + (e if e < 4 else 0))
+    if setup.head == "fused":  # train/fused_ce.py: FUSED_CHUNK positions at a time, never (B·T, V)
+        c, half = min(FUSED_CHUNK, s * b), e if e < 4 else 0
+        # a chunk's logits (e bytes) and their fp32 softmax, then the softmax and its e-byte copy;
+        # (V, H): the fp32 weight gradient, its e-byte compute copy, a chunk's product in e and
+        # fp32, and in backward a tied embedding's own dense gradient before the two are summed
+        out["logits"] = (c * arch.vocab * (4 + half) + arch.vocab * arch.hidden * (12 + 2 * half)
+                         + 4 * s * b * arch.hidden)
+    else:
+        out["logits"] = s * b * arch.vocab * (12 + (e if e < 4 else 0))
     return out
 
 

@@ -29,22 +29,30 @@ class _FusedLinearCE(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for s in range(0, n, chunk):
             h = hidden[s : s + chunk].to(compute_dtype)
-            logits = (h @ w.t()).float()  # (c, V)
-            lse = torch.logsumexp(logits, dim=-1)
+            rows = torch.arange(h.shape[0], device=hidden.device)
             y = labels[s : s + chunk]
-            total += (lse - logits.gather(1, y[:, None])[:, 0]).sum()
-            grad = torch.softmax(logits, dim=-1)  # dloss/dlogits = softmax - onehot, / N
-            grad[torch.arange(grad.shape[0]), y] -= 1.0
-            grad = (grad / n).to(compute_dtype)
-            grad_hidden[s : s + chunk] = (grad @ w).to(hidden.dtype)
-            grad_weight += (grad.t() @ h).to(weight.dtype)
+            probs = (h @ w.t()).float()  # (c, V) logits, computed in the compute dtype
+            torch.softmax(probs, dim=-1, out=probs)  # in place: one (c, V) fp32 buffer at a time
+            p_y = probs[rows, y]
+            nll = -torch.log(p_y)
+            lost = p_y < 1e-30  # p_y underflowed (a logit gap beyond ~69 nats): recompute those rows
+            if lost.any():
+                exact = (h[lost] @ w.t()).float()
+                nll[lost] = torch.logsumexp(exact, dim=-1) - exact.gather(1, y[lost][:, None])[:, 0]
+            total += nll.sum()
+            probs[rows, y] -= 1.0  # dloss/dlogits = (softmax - onehot) / N
+            grad = probs.to(compute_dtype)
+            del probs
+            # the 1/N of the mean goes onto the small (c, H) operands, not the (c, V) one
+            grad_hidden[s : s + chunk] = ((grad @ w) / n).to(hidden.dtype)
+            grad_weight += (grad.t() @ (h / n)).to(weight.dtype)
         ctx.save_for_backward(grad_hidden, grad_weight)
         return total / n
 
     @staticmethod
     def backward(ctx, grad_output):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden * grad_output, grad_weight * grad_output, None, None, None
+        grad_hidden, grad_weight = ctx.saved_tensors  # in place: the graph is not backpropagated twice
+        return grad_hidden.mul_(grad_output), grad_weight.mul_(grad_output), None, None, None
 
 
 def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,

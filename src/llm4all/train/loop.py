@@ -27,6 +27,7 @@ from typing import Literal
 
 import torch
 
+from llm4all.malloc import keep_freed_memory
 from llm4all.train import checkpoint
 from llm4all.train.optim import build_optimizer
 from llm4all.train.schedule import Schedule, lr_factor
@@ -156,6 +157,8 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, sampler, cfg: LoopConfig, out: 
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     dist_ = dist_ or Dist()
+    if dist_.device.type == "cpu":
+        keep_freed_memory()  # large temporaries without page faults (malloc.py)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_root = out / "checkpoints"
     model.to(dist_.device)
