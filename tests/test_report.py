@@ -8,12 +8,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from llm4all.errors import UserError
 from llm4all.recipe import run as run_recipe
-from llm4all.report import collect
+from llm4all.report import answer, collect, plots, sections
 from llm4all.report.html import main as report
 from tinymodels import build_tiny_model, tiny_texts
 
@@ -96,6 +97,10 @@ def test_stages_are_found_by_command_and_variants_measured(run_dir):
     net = AutoModelForCausalLM.from_pretrained(run_dir / "distill" / "model")
     assert by["distill"]["params"] == sum(p.numel() for p in net.parameters())
     assert by["int4"]["params"] == by["distill"]["params"]
+    assert by["int4"]["source"] == "distill" and by["int4"]["method"]["bits"] == 4
+    assert answer.short_role(by["int4"]) == "compressed: RTN int4, groups of 16"
+    result = json.loads((run_dir / "distill" / "result.json").read_text())
+    assert by["distill"]["val_ppl"] == result["val_ppl"]
     assert by["int4"]["size_bytes"] < 0.6 * by["distill"]["size_bytes"]  # 4-bit Linears vs fp32
     assert by["distill"]["train_flops"] == 6.0 * by["distill"]["params"] * by["distill"]["train_tokens"]
 
@@ -103,7 +108,7 @@ def test_stages_are_found_by_command_and_variants_measured(run_dir):
 @pytest.mark.slow
 def test_report_stage_writes_one_self_contained_page(run_dir):
     page = (run_dir / "report" / "report.html").read_text()
-    for heading in ("Headline", "What you get", "Quality against size", "Training and distillation",
+    for heading in ("Headline", "Every model", "Quality against size", "Training and distillation",
                     "Curation", "Planted junk", "Planned against measured", "Stage timings"):
         assert heading in page, heading
     assert page.count("<svg") >= 7 and "<title>tiny run</title>" in page
@@ -174,3 +179,105 @@ def test_page_renders_in_headless_chromium(run_dir, tmp_path):
     for heading in ("Headline", "Quality against size", "Training and distillation", "Curation",
                     "Stage timings"):
         assert f">{heading}" in dom
+
+
+@pytest.mark.slow
+def test_the_page_leads_with_the_answer_and_drops_empty_columns(run_dir):
+    page = (run_dir / "report" / "report.html").read_text()
+    head = page[page.index('id="headline"'):page.index('id="pareto"')]
+    assert '<div class="lead"><ul><li>Teacher <b>teacher</b>' in head  # the tiny teacher's directory name
+    assert "Distilled student <b>distill</b>: perplexity" in head and "than the teacher" in head
+    assert "From scratch, <b>scratch</b>" in head and "distillation gives" in head
+    assert "<b>int4</b> (compressed: RTN int4, groups of 16)" in head and "against distill" in head
+    # the table marks each model with its chart marker; hollow for a training-loop perplexity (scratch)
+    row = head[head.index("scratch</td>") - 200:head.index("scratch</td>")]
+    assert any(g in row for g in plots.HOLLOW.values()) and not any(g in row for g in plots.GLYPHS.values())
+    # no eval speed / eval tasks stage in this run: their columns are absent, the note says how to add them
+    assert "decode tokens/s" not in head.split("Not measured in this run")[0]
+    assert ("add an eval speed stage (decode tokens/s (batch 1), latency p50 (ms / token), peak RSS (MiB)) "
+            "and an eval tasks stage (task accuracy)") in head
+    pareto = page[page.index('id="pareto"'):page.index('id="training"')]
+    for name in ("teacher", "distill", "scratch", "int4"):  # one legend names every model
+        assert f">{name} (" in pareto, name
+    assert "time to score one token" in pareto  # eval perplexity throughput when no decode latency
+
+
+def variant(name: str, role: str, **facts) -> dict:
+    v = collect._new(name, role, None)
+    v.update(facts)
+    return v
+
+
+TEACHER = variant("t", "teacher", ppl=30.0, ppl_source="eval perplexity (e)", size_bytes=512 * 2**20,
+                  params=134_000_000, eval_tokens_per_s=150.0)
+STUDENT = variant("s", "distilled student", ppl=1350.0, ppl_source="eval perplexity (e)", val_ppl=1360.0,
+                  size_bytes=216 * 2**20, params=56_000_000, train_tokens=61_440, eval_tokens_per_s=450.0)
+BASELINE = variant("b", "from scratch", ppl=2000.0, ppl_source="train validation", val_ppl=2000.0,
+                   size_bytes=87 * 2**20, params=23_000_000, train_tokens=61_440)
+INT8 = variant("q", "compressed (rtn bits=8 group_size=-1)", ppl=1377.0, ppl_source="eval perplexity (e)",
+               size_bytes=81 * 2**20, params=56_000_000, source="s",
+               method={"name": "rtn", "bits": 8, "group_size": -1})
+GGUF = variant("g", "export (gguf q8_0)", size_bytes=59 * 2**20, source="s")
+
+
+def test_answer_compares_each_model_with_its_reference():
+    lines = answer.answer([TEACHER, STUDENT, BASELINE, INT8, GGUF], "12 of 12 stages.", "Curation kept 3.")
+    assert lines[0] == "Teacher <b>t</b>: perplexity 30, 512.0 MiB, 134.00 M parameters."
+    # 1350 / 30 = 45×; 512 / 216 = 2.37×; 450 / 150 = 3.0×
+    assert lines[1] == ("Distilled student <b>s</b>: perplexity 1,350, 45.0× the teacher's 30; 216.0 MiB, "
+                        "2.4× smaller than the teacher (56.00 M parameters); scores text 3.0× as fast "
+                        "(450 against 150 tokens/s).")
+    # validation perplexities of the two training loops: 1 − 1360 / 2000 = 32% lower
+    assert lines[2] == ("From scratch, <b>b</b> (23.00 M parameters) reaches validation perplexity 2,000 "
+                        "against the student's 1,360 after the same 61,440 training tokens: distillation "
+                        "gives 32% lower perplexity.")
+    # 216 / 81 = 2.67×; 1377 / 1350 − 1 = +2.0%
+    assert lines[3] == ("<b>q</b> (compressed: RTN int8, per channel): 81.0 MiB, 2.7× smaller than s; "
+                        "perplexity 1,377 (+2.0% against s).")
+    assert lines[4] == "<b>g</b> (export: GGUF q8_0): 59.0 MiB, 3.7× smaller than s; perplexity not measured."
+    assert lines[5:] == ["Curation kept 3.", "12 of 12 stages."]
+    assert answer.change(99.0, 100.0) == "−1.0%" and answer.change(300.0, 100.0) == "3.0×"
+    assert answer.change(64.35, 64.36) == "±0.0%"
+    close = variant("c", "distilled student", ppl=29.7, ppl_source="eval perplexity (e)")
+    assert "perplexity 29.7, −1.0% against the teacher's 30" in answer.answer([TEACHER, close], ".", None)[1]
+    assert answer.times(2.0, 1.0) == "2.0× larger"
+
+
+def test_variant_table_keeps_only_measured_columns():
+    html_table, missing = answer.variant_table([TEACHER, STUDENT, INT8])
+    assert "decode tokens/s (batch 1)" in missing and "task accuracy" in missing
+    assert "validation perplexity (training loop)" not in missing and "size on disk" not in missing
+    assert "decode tokens/s" not in html_table and "<td>1,360</td>" in html_table
+    assert "<td>32.05</td>" in html_table  # bits / weight of the teacher: 8 · 512 MiB / 134 M
+    assert answer.short_role(variant("x", "compressed (gptq)", method={"name": "gptq", "bits": 4,
+                                                                      "group_size": 128})) \
+        == "compressed: GPTQ int4, groups of 128"
+    assert answer.short_role(variant("x", "compressed (bitnet)", method={"name": "bitnet", "bits": 1.58})) \
+        == "compressed: BitNet 1.58-bit"
+    assert answer.short_role(variant("x", "compressed (wanda)", method={"name": "wanda", "sparsity": 0.5})) \
+        == "compressed: wanda, sparsity 0.5"
+
+
+def test_small_pure_helpers():
+    from scipy.stats import ks_2samp
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=300), rng.normal(0.5, 1.3, size=200)
+    assert sections.ks_distance(a, b) == pytest.approx(ks_2samp(a, b).statistic, abs=1e-12)
+    assert sections.ks_distance(np.array([1.0, np.nan]), np.array([np.inf])) == 0.0
+    assert sections.ks_distance(np.array([0.0, 1.0]), np.array([5.0])) == 1.0
+    # 1% of words edited: (0.99)^5 = 0.95099 of the 5-gram shingles kept, J = 0.95099 / 1.04901
+    assert sections.j_of_edits(0.01) == pytest.approx(0.906559, abs=1e-6)
+    assert [plots.tick_label(v) for v in (0.5, 20, 2000, 3e5, 1.6e21, 5e-4)] == \
+        ["0.5", "20", "2,000", "3e5", "2e21", "5e-4"]
+    assert plots.heavy_tailed(np.r_[np.ones(95), np.full(5, 100.0)])
+    assert not plots.heavy_tailed(np.r_[np.ones(95), np.full(5, -100.0)])
+    assert collect.planted_kind({"planted": "near_copy", "rate": 0.03}) == "near_copy 3%"
+    assert collect.planted_kind({"planted": "symbols"}) == "symbols" and collect.planted_kind({}) is None
+    assert sections.fmt(61440, "count") == "61,440" and sections.fmt(2.09e13, "count") == "2.09e13"
+    plan = {"params": 134515008, "total_bytes": 3653071872, "setup": {
+        "mode": "train", "batch": 8, "seq": 128, "dtype": "bf16", "master_weights": True,
+        "optimizer": "adamw", "gpus": 1}}
+    assert sections.plan_setup({"model": "smollm2-135m"}, plan) == (
+        "Training <b>smollm2-135m</b> (134.52 M parameters), bf16, adamw, fp32 master weights, "
+        "batch 8 × 128 tokens, 1 device: planned peak <b>3.40 GiB</b>.")

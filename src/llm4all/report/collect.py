@@ -151,7 +151,8 @@ def _new(name: str, role: str, path: Path | None, stage: str | None = None) -> d
     return {"name": name, "role": role, "path": str(path) if path else None, "stage": stage,
             "size_bytes": None, "params": None, "ppl": None, "ppl_source": None, "eval_tokens_per_s": None,
             "decode_tokens_per_s": None, "latency_ms": None, "peak_mib": None, "tasks_acc": None,
-            "train_flops": None, "train_seconds": None, "train_tokens": None, "val_loss": None}
+            "train_flops": None, "train_seconds": None, "train_tokens": None, "val_loss": None,
+            "val_ppl": None, "method": None, "source": None, "config": {}}
 
 
 def _role_of_trained(config: dict, model_dir: Path) -> str:
@@ -198,7 +199,8 @@ def variants(found: list[dict]) -> tuple[list[dict], list[str]]:
                     f"@{s['name']}/model", f"@{s['name']}")
             result = read_json(path / "result.json") or {}
             v.update(val_loss=result.get("val_loss"), train_tokens=result.get("tokens"),
-                     train_seconds=result.get("seconds_total", result.get("seconds")))
+                     train_seconds=result.get("seconds_total", result.get("seconds")),
+                     val_ppl=result.get("val_ppl"), config=cfg)
             if result.get("val_ppl") is not None:
                 v["ppl"], v["ppl_source"] = result["val_ppl"], f"{cmd} validation"
             if cmd == "distill":
@@ -211,7 +213,8 @@ def variants(found: list[dict]) -> tuple[list[dict], list[str]]:
             method = meta.get("method") or cfg.get("method") or {}
             label = " ".join(f"{v}" if k == "name" else f"{k}={v}" for k, v in dict(method).items()) \
                 if isinstance(method, dict) else str(method)
-            add(_key(path), _new(s["name"], f"compressed ({label})", path, s["name"]), f"@{s['name']}")
+            v = add(_key(path), _new(s["name"], f"compressed ({label})", path, s["name"]), f"@{s['name']}")
+            v["method"] = dict(method) if isinstance(method, dict) else {"name": str(method)}
         elif cmd == "export":
             files = sorted(path.glob("*.gguf")) or ([path] if any(path.glob("*.safetensors")) else [])
             for f in files:
@@ -265,11 +268,13 @@ def variants(found: list[dict]) -> tuple[list[dict], list[str]]:
             v["train_flops"] = 6.0 * v["params"] * SMOLLM2_135M_TOKENS
             v["train_tokens"] = SMOLLM2_135M_TOKENS
     for v in unique:  # a compressed or exported model has its source's dense parameter count
-        if v["params"] is None and v["role"].startswith(("export", "compressed")):
+        if v["role"].startswith(("export", "compressed")):
             stage = next((s for s in found if s["name"] == v["stage"]), None)
-            src = table.get(_key(str((stage or {}).get("config", {}).get("model", ""))))
+            model = str((stage or {}).get("config", {}).get("model", ""))
+            src = table.get(_key(model)) or table.get(in_run(model))
             if src is not None:
-                v["params"] = src["params"]
+                v["params"] = v["params"] or src["params"]
+                v["source"] = src["name"]
     order = ("teacher", "distilled", "student", "continued", "from scratch", "compressed", "export", "model")
     unique.sort(key=lambda v: next((i for i, o in enumerate(order) if v["role"].startswith(o)), len(order)))
     return unique, notes
@@ -286,6 +291,14 @@ def _jsonl_zst(path: Path):
         for line in io.TextIOWrapper(raw, encoding="utf-8"):
             if line.strip():
                 yield json.loads(line)
+
+
+def planted_kind(meta: dict) -> str | None:
+    """The planted kind of a document (``meta.planted``), near copies split by their edit rate."""
+    kind = meta.get("planted")
+    if kind and isinstance(meta.get("rate"), int | float):
+        return f"{kind} {meta['rate']:.0%}"
+    return kind
 
 
 def curation(path: Path) -> dict:
@@ -306,7 +319,7 @@ def curation(path: Path) -> dict:
     try:
         for doc in _jsonl_zst(path / "removed.jsonl.zst"):
             out["removed"][doc.get("id")] = doc.get("step", "?")
-            kind = (doc.get("meta") or {}).get("planted")
+            kind = planted_kind(doc.get("meta") or {})
             if kind:
                 row = planted.setdefault(kind, {"planted": 0, "removed": 0})
                 row["planted"] += 1
@@ -314,7 +327,7 @@ def curation(path: Path) -> dict:
                 row[f"by {doc.get('step', '?')}"] = row.get(f"by {doc.get('step', '?')}", 0) + 1
         if planted or (path / "kept.jsonl.zst").exists():
             for doc in _jsonl_zst(path / "kept.jsonl.zst"):
-                kind = (doc.get("meta") or {}).get("planted")
+                kind = planted_kind(doc.get("meta") or {})
                 if kind:
                     planted.setdefault(kind, {"planted": 0, "removed": 0})["planted"] += 1
     except (OSError, ValueError) as e:

@@ -1,9 +1,11 @@
 """``llm4all report RUN``: one self-contained HTML page that a person reads in a minute.
 
-Sections, in reading order: the headline (what each model variant gives: quality, size,
-parameters, speed), quality against size / latency / memory / training compute as Pareto
-charts, training and distillation curves, curation (removals by step and reason, signal
-histograms kept vs removed, planted-junk recall), planned against measured memory and compute,
+Sections, in reading order: the headline (the answer first — each model against the one it
+should be compared with: student against teacher, baseline against student, compressed against
+its source — then one table of every model: quality, size, parameters, speed; ``answer.py``),
+quality against size / latency / memory / training compute as Pareto charts, training and
+distillation curves, curation (removals by step and reason, the signal histograms that best
+separate kept from removed, planted-junk recall), planned against measured memory and compute,
 other evaluations, and stage timings. Plots are inline SVG (matplotlib's SVG backend) with the
 numbers behind them in collapsed tables; the page loads nothing from anywhere (no scripts,
 fonts or stylesheets). Stages are recognised by the ``command`` in their ``config.yaml``
@@ -16,7 +18,7 @@ import time
 from pathlib import Path
 
 from llm4all.errors import UserError
-from llm4all.report import collect
+from llm4all.report import answer, collect, plots
 from llm4all.report import sections as sec
 from llm4all.runs import atomic_path
 
@@ -25,6 +27,8 @@ def build(run: Path, title: str | None = None) -> tuple[str, dict]:
     """(HTML text, summary) of the report of run directory ``run``."""
     found = [s for s in collect.stages(run) if s["command"] != "report"]
     variants, notes = collect.variants(found)
+    for i, v in enumerate(variants):  # one marker shape per model, in the table and every chart
+        v["marker"] = plots.MARKERS[i % len(plots.MARKERS)]
     curations = {s["name"]: collect.curation(s["path"]) for s in found if s["command"] == "curate"}
     for s in found:
         if not s["done"]:
@@ -32,7 +36,7 @@ def build(run: Path, title: str | None = None) -> tuple[str, dict]:
         elif s["command"] == "unknown":
             notes.append(f"stage {s['name']}: unrecognised (no command in config.yaml), skipped")
     first_cur = next(iter(curations.values()), None)
-    parts = [("headline", "Headline", sec.headline(run, found, variants, first_cur, notes)),
+    parts = [("headline", "Headline", answer.headline(run, found, variants, first_cur, notes)),
              ("pareto", "Quality against size, latency, memory and cost", sec.pareto_section(variants)),
              ("training", "Training and distillation", sec.training_section(found)),
              ("curation", "Curation", "".join(sec.curation_section(n, c) for n, c in curations.items())),

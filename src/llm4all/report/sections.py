@@ -6,7 +6,6 @@ Every plot is followed by the numbers behind it in a collapsed ``<details>`` tab
 from __future__ import annotations
 
 import html
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,10 +21,11 @@ h3{font-size:16px;margin:20px 0 6px} .sub{color:#666;margin:0 0 16px} nav a{marg
 table{border-collapse:collapse;margin:8px 0;font-size:13px}
 th,td{padding:4px 10px;border-bottom:1px solid #e4e4e4;text-align:right;vertical-align:top}
 th{background:#f5f5f5} td.l,th.l{text-align:left} td:not(.l),td:first-child{white-space:nowrap}
-.lead{font-size:16px;background:#f6f9fc;border-left:4px solid #1f77b4;padding:10px 14px}
+.lead{font-size:15px;background:#f6f9fc;border-left:4px solid #1f77b4;padding:6px 14px}
+.lead ul{margin:4px 0;padding-left:18px} .lead li{margin:3px 0}
 details{margin:6px 0 14px} summary{cursor:pointer;color:#1f5fa0;font-size:13px}
 svg{max-width:100%;height:auto} .note{color:#777;font-size:13px}
-.swatch{display:inline-block;width:10px;height:10px;border-radius:5px;margin-right:6px}
+.glyph{display:inline-block;width:16px;font-size:13px}
 """
 TEACHER_NOTE = ("The default teacher, SmolLM2-135M-Instruct (Allal et al. 2025), ships as a Q4_1 GGUF: "
                 "its weights here are the 4-bit values de-quantised to fp32, not the original bf16 "
@@ -40,8 +40,10 @@ def fmt(v: Any, kind: str = "") -> str:
     if v is None or (isinstance(v, float) and not np.isfinite(v)):
         return "—"
     if kind == "bytes":
-        return (f"{v / 2**10:,.1f} KB" if v < 2**20 else f"{v / 2**20:,.1f} MB" if v < 2**30
-                else f"{v / 2**30:,.2f} GB")
+        return (f"{v / 2**10:,.1f} KiB" if v < 2**20 else f"{v / 2**20:,.1f} MiB" if v < 2**30
+                else f"{v / 2**30:,.2f} GiB")
+    if kind == "count":  # 61,440 tokens; 2.09e13 FLOPs
+        return f"{v:,.0f}" if v < 1e7 else f"{v:.2e}".replace("e+", "e")
     if kind == "params":
         return f"{v / 1e6:,.2f} M" if v < 1e9 else f"{v / 1e9:,.2f} B"
     if isinstance(v, bool) or not isinstance(v, int | float):
@@ -57,12 +59,12 @@ def table(headers: list[str], rows: list[list[Any]], left: int = 1) -> str:
         return f'<{tag} class="l">{text}</{tag}>' if i < left else f"<{tag}>{text}</{tag}>"
 
     head = "".join(cell("th", i, esc(h)) for i, h in enumerate(headers))
-    body = "".join("<tr>" + "".join(cell("td", i, c if isinstance(c, _Raw) else fmt(c))
+    body = "".join("<tr>" + "".join(cell("td", i, c if isinstance(c, Raw) else fmt(c))
                                     for i, c in enumerate(r)) + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-class _Raw(str):
+class Raw(str):
     """Already-escaped HTML for a table cell."""
 
 
@@ -77,71 +79,12 @@ def section(anchor: str, title: str, body: str) -> tuple[str, str, str]:
 
 # -- sections -------------------------------------------------------------------------------------
 
-VARIANT_COLUMNS = ["model", "role", "perplexity", "size on disk", "parameters", "bits / weight",
-                   "decode tok/s (B=1)", "latency p50 ms/token", "peak RSS MiB", "task acc",
-                   "training compute"]
-
-
-def variant_rows(variants: list[dict]) -> list[list[Any]]:
-    rows = []
-    for v in variants:
-        bits = 8 * v["size_bytes"] / v["params"] if v["size_bytes"] and v["params"] else None
-        dot = f'<span class="swatch" style="background:{plots.role_colour(v["role"])}"></span>'
-        rows.append([_Raw(dot + esc(v["name"])), v["role"], v["ppl"], fmt(v["size_bytes"], "bytes"),
-                     fmt(v["params"], "params"), bits, v["decode_tokens_per_s"], v["latency_ms"],
-                     v["peak_mib"],
-                     v["tasks_acc"], f"{v['train_flops']:.2e} FLOPs" if v["train_flops"] else None])
-    return rows
-
-
-def headline(run: Path, found: list[dict], variants: list[dict], cur: dict | None, notes: list[str]) -> str:
-    done = [s for s in found if s["done"]]
-    seconds = sum(s["seconds"] or 0 for s in done)
-    parts = [f"{len(done)} of {len(found)} stages finished ({seconds / 60:.1f} min of stage time)."]
-    teacher = next((v for v in variants if v["role"] == "teacher" and v["ppl"]), None)
-    for v in variants:
-        if v is teacher or not v["ppl"]:
-            continue
-        text = f"<b>{esc(v['name'])}</b> ({esc(v['role'])}): perplexity {v['ppl']:.4g}"
-        if teacher and v["size_bytes"] and teacher["size_bytes"]:
-            ratio = teacher["size_bytes"] / v["size_bytes"]
-            text += f", {ratio:.1f}× smaller" if ratio >= 1 else f", {1 / ratio:.1f}× larger"
-        parts.append(text + ".")
-    if teacher:
-        size = f", {fmt(teacher['size_bytes'], 'bytes')} on disk" if teacher["size_bytes"] else ""
-        parts.insert(1, f"Teacher <b>{esc(teacher['name'])}</b>: perplexity {teacher['ppl']:.4g}{size}; "
-                        "each model below is compared with it.")
-    if cur and cur["summary"]:
-        s = cur["summary"]
-        parts.append(f"Curation kept {s.get('kept', 0):,} of {s.get('read', 0):,} documents.")
-        planted = cur["planted"]
-        if planted:
-            caught = sum(r["removed"] for r in planted.values())
-            total = sum(r["planted"] for r in planted.values())
-            parts.append(f"It caught {caught} of {total} planted junk documents "
-                         f"({100 * caught / total:.0f}%).")
-    if not variants:
-        parts.append("No model was trained, compressed or evaluated in this run yet.")
-    body = f'<p class="lead">{" ".join(parts)}</p>'
-    if variants:
-        body += "<h3>What you get</h3>" + table(VARIANT_COLUMNS, variant_rows(variants), left=2)
-        sources = sorted({v["ppl_source"] for v in variants if v["ppl_source"]})
-        body += ('<p class="note">Perplexity from: ' + "; ".join(esc(s) for s in sources) +
-                 ". Numbers from different sources (window length, tokens) are not strictly comparable. "
-                 "Bits / weight = 8 × size on disk / parameters (a compressed model counts its dense "
-                 "parameters). Training compute ≈ 6·N·D (Kaplan et al. 2020).</p>")
-    if any(v["name"].startswith("smollm2") for v in variants):
-        body += f'<p class="note">{esc(TEACHER_NOTE)} Its training compute uses the 2T pre-training tokens ' \
-                "reported for SmolLM2-135M.</p>"
-    if notes:
-        body += '<p class="note">Notes: ' + "; ".join(esc(n) for n in notes) + ".</p>"
-    return body
-
-
 def pareto_section(variants: list[dict]) -> str:
-    points = [v for v in variants if v["ppl"]]
-    candidates = [("size_bytes", "size on disk (MB)", 2**20),
-                  ("latency_ms", "decode latency (ms / token)", 1.0),
+    points = [dict(v, score_ms=1000 / v["eval_tokens_per_s"] if v["eval_tokens_per_s"] else None)
+              for v in variants if v["ppl"]]
+    candidates = [("size_bytes", "size on disk (MiB)", 2**20),
+                  ("latency_ms", "decode latency (ms / token, batch 1)", 1.0),
+                  ("score_ms", "time to score one token (ms, eval perplexity)", 1.0),
                   ("peak_mib", "peak memory (MiB)", 1.0), ("train_flops", "training compute (FLOPs)", 1.0)]
     metrics = [m for m in candidates if sum(1 for p in points if p.get(m[0])) >= 2]
     if not metrics:
@@ -149,10 +92,14 @@ def pareto_section(variants: list[dict]) -> str:
     missing = [label for key, label, _ in candidates[1:] if key not in [k for k, *_ in metrics]]
     body = plots.pareto(points, metrics)
     body += ('<p class="note">Down and to the left is better; the dashed line joins the models that no other '
-             "model beats on both axes.")
+             "model beats on both axes. Filled markers: perplexity from an <code>eval perplexity</code> "
+             "stage; hollow: the training loop's validation perplexity (a different evaluation).")
+    if any(k == "score_ms" for k, *_ in metrics):
+        body += (" Time to score a token = 1 / the eval perplexity stage's tokens per second (a forward pass "
+                 "over whole windows, not generation), measured while other work shared the machine.")
     if missing:
-        body += (f" Not enough measurements for: {esc(', '.join(missing))} "
-                 "(run <code>llm4all eval speed</code>).")
+        body += (f" Not measured for two or more models: {esc(', '.join(missing))} "
+                 "(<code>llm4all eval speed</code> measures decode latency and peak memory).")
     body += "</p>"
     return body + numbers(["model", "perplexity"] + [m[1] for m in metrics],
                           [[p["name"], p["ppl"]] + [p.get(k) and p[k] / s for k, _, s in metrics]
@@ -170,14 +117,40 @@ def training_section(found: list[dict]) -> str:
     for name, metrics in runs.items():
         last = metrics[-1]
         val = [m for m in metrics if "val_loss" in m]
-        rows.append([name, last.get("step"), last.get("tokens"), last.get("loss"),
+        rows.append([name, last.get("step"), last.get("tokens"), last.get("ce", last.get("loss")),
+                     last.get("loss") if "kd" in last else None,
                      val[-1]["val_loss"] if val else None, val[-1].get("val_ppl") if val else None,
                      float(np.mean([m["tokens_per_s"] for m in metrics if "tokens_per_s" in m] or [np.nan]))])
-    body += table(["stage", "steps", "tokens", "last loss", "val loss", "val ppl", "mean tokens/s"], rows)
+    body += table(["stage", "steps", "tokens", "last training CE (nats)", "last KD objective",
+                   "validation loss (nats)", "validation perplexity", "mean tokens/s"], rows)
+    body += ('<p class="note">A distillation run\'s own loss mixes the KL to the teacher with the hard-label '
+             "cross-entropy, so the left panel plots its cross-entropy (<code>ce</code>) beside the "
+             "baseline's loss: the same quantity for both.</p>")
     detail = [[n, m.get("step"), m.get("tokens"), m.get("loss"), m.get("lr"), m.get("val_loss"), m.get("kd"),
                m.get("ce")] for n, ms in runs.items() for m in ms]
     return body + numbers(["stage", "step", "tokens", "loss", "lr", "val loss", "kd", "ce"], detail,
                           "every logged step")
+
+
+def j_of_edits(rate: float, n: int = 5) -> float:
+    """Expected word n-gram Jaccard of a text and a copy with ``rate`` of its words edited.
+
+    An edit touches the n shingles containing the word, so (1 − rate)ⁿ of the shingles
+    survive: J = s / (2 − s) with s = (1 − rate)ⁿ (equal-size sets sharing a fraction s).
+    """
+    shared = (1 - rate) ** n
+    return shared / (2 - shared)
+
+
+def ks_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sample Kolmogorov–Smirnov distance sup |F_a − F_b| over the finite values (0 if one is empty)."""
+    a, b = np.sort(a[np.isfinite(a)]), np.sort(b[np.isfinite(b)])
+    if not a.size or not b.size:
+        return 0.0
+    at = np.concatenate([a, b])
+    fa = np.searchsorted(a, at, side="right") / a.size
+    fb = np.searchsorted(b, at, side="right") / b.size
+    return float(np.abs(fa - fb).max())
 
 
 def curation_section(name: str, cur: dict) -> str:
@@ -186,36 +159,47 @@ def curation_section(name: str, cur: dict) -> str:
     if s:
         body += (f"<p>Read {s.get('read', 0):,} documents: kept {s.get('kept', 0):,}, "
                  f"removed {s.get('removed', 0):,} (every removal is in removed.jsonl.zst with its "
-                 "step and reason).</p>")
+                 "step and reason).</p><!--steps-->")
         rows = [(step, reason, n) for step, reasons in (s.get("removed_by_step") or {}).items()
                 for reason, n in reasons.items()]
         if rows:
             steps = list(dict.fromkeys(r[0] for r in rows))
             shown = rows[:24]
-            body += plots.hbars([f"{st}: {r}"[:60] for st, r, _ in shown], [n for *_, n in shown],
-                                "documents removed",
+            body += plots.hbars([r[:48] for _, r, _ in shown], [n for *_, n in shown],
+                                "documents removed (each document counted under one reason)",
                                 [plots.PALETTE[steps.index(st) % 10] for st, *_ in shown],
-                                salt=f"removals-{name}")
+                                salt=f"removals-{name}",
+                                legend={f"step {st}": plots.PALETTE[i % 10] for i, st in enumerate(steps)})
             if len(rows) > len(shown):
                 body += (f'<p class="note">{len(rows) - len(shown)} more (step, reason) pairs '
                          "in the table.</p>")
             body += numbers(["step", "reason", "removed"], [list(r) for r in rows])
         steps = s.get("steps") or []
         if steps:
-            body += table(["step", "in", "kept", "removed", "seconds"],
-                          [[r.get("step"), r.get("in"), r.get("kept"), r.get("removed"), r.get("seconds")]
-                           for r in steps])
+            body = body.replace("<!--steps-->", table(
+                ["step, in order", "documents in", "kept", "removed", "seconds"],
+                [[r.get("step"), r.get("in"), r.get("kept"), r.get("removed"), r.get("seconds")]
+                 for r in steps]))
     sig = cur["signals"]
     if sig and sig["columns"]:
         removed = np.array([i in cur["removed"] for i in sig["ids"]])
-        cols = {k: np.asarray(v, dtype=np.float64) for k, v in list(sig["columns"].items())[:16]}
-        body += "<h3>Signals: kept against removed documents</h3>" + plots.histograms(cols, removed)
-        if len(sig["columns"]) > 16:
-            body += f'<p class="note">First 16 of {len(sig["columns"])} signal columns shown.</p>'
-        stats = [[k, float(np.nanmean(v[~removed])) if (~removed).any() else None,
+        every = {k: np.asarray(v, dtype=np.float64) for k, v in sig["columns"].items()}
+        ks = {k: ks_distance(v[~removed], v[removed]) for k, v in every.items()}
+        order = sorted(every, key=lambda k: -ks[k])  # most telling first
+        cols = {k: every[k] for k in order[:16]}
+        body += "<h3>Signals: kept against removed documents</h3>" + plots.histograms(
+            cols, removed, titles={k: f"{k} (KS {ks[k]:.2f})" for k in cols})
+        body += ('<p class="note">Each histogram is normalised to its own group (kept, removed); bins span '
+                 "the 1st–99th percentile and values beyond are counted in the end bins; heavy-tailed "
+                 "signals are on a log axis. KS = Kolmogorov–Smirnov distance between the kept and removed "
+                 "distributions (0: alike, 1: fully separated)")
+        body += (f"; the 16 signals with the largest KS of {len(every)} are shown.</p>" if len(every) > 16
+                 else ".</p>")
+        stats = [[k, ks[k], float(np.nanmean(v[~removed])) if (~removed).any() else None,
                   float(np.nanmean(v[removed])) if removed.any() else None,
-                  float(np.nanpercentile(v, 1)), float(np.nanpercentile(v, 99))] for k, v in cols.items()]
-        body += numbers(["signal", "mean kept", "mean removed", "p1", "p99"], stats)
+                  float(np.nanpercentile(v, 1)), float(np.nanpercentile(v, 99))]
+                 for k, v in ((k, every[k]) for k in order)]
+        body += numbers(["signal", "KS", "mean kept", "mean removed", "p1", "p99"], stats, "every signal")
     planted = cur["planted"]
     if planted:
         kinds = sorted(planted)
@@ -224,6 +208,15 @@ def curation_section(name: str, cur: dict) -> str:
         body += plots.hbars(kinds, [100 * r for r in recall], "recall (% of planted documents removed)",
                             annotate=[f"{planted[k]['removed']}/{planted[k]['planted']}" for k in kinds],
                             salt=f"planted-{name}")
+        rates = sorted({float(k.rsplit(" ", 1)[1][:-1]) / 100 for k in kinds
+                        if k.startswith("near_copy ") and k.endswith("%")})
+        if rates:
+            js = ", ".join(f"{j_of_edits(e):.2f} at {e:.0%}" for e in rates)
+            body += ('<p class="note">near_copy r%: copies with a fraction r of their words edited. Each '
+                     "edited word changes up to 5 word 5-gram shingles, so a copy keeps about (1−r)⁵ of "
+                     f"them and its Jaccard similarity to the source is about (1−r)⁵ / (2 − (1−r)⁵): {js}. "
+                     "MinHash dedup removes only copies at or above its threshold (0.8 in the quickstart) — "
+                     "the heavier edits are, by that definition, not near-duplicates.</p>")
         by = sorted({c for r in planted.values() for c in r if c.startswith("by ")})
         body += numbers(["kind", "planted", "removed", "recall"] + by,
                         [[k, planted[k]["planted"], planted[k]["removed"], r]
@@ -247,14 +240,16 @@ def plan_section(found: list[dict], variants: list[dict]) -> str:
         body += f"<h3>{esc(s['name'])} ({esc(s['command'])})</h3>"
         if "components_bytes" in plan:
             measured = (plan.get("measured") or {}).get("peak_bytes")
+            body += f"<p>{plan_setup(s['config'], plan)}</p>"
             body += plots.stacked_memory(plan["components_bytes"], measured)
             rows = [[k, v / 2**30] for k, v in plan["components_bytes"].items()]
             rows.append(["planned total", plan.get("total_bytes", 0) / 2**30])
             if measured is not None:
                 rows.append(["measured peak (plan memory --measure)", measured / 2**30])
             else:
-                body += ('<p class="note">No measurement: add <code>measure: true</code> to this stage to '
-                         "compare the plan with the peak memory of a real run.</p>")
+                body += ('<p class="note">Planned only — nothing in this run measured that setup. Add '
+                         "<code>measure: true</code> to this stage to run a few real steps of it and draw "
+                         "their peak memory beside the plan.</p>")
             verdict = plan.get("verdict")
             if verdict:
                 body += (f"<p>On {esc(verdict.get('hardware'))}: "
@@ -282,6 +277,26 @@ def plan_section(found: list[dict], variants: list[dict]) -> str:
                                                            f"{plan['tokens']:.3g} tokens") +
                          "; no trained model in this run to compare with.</p>")
     return body
+
+
+def plan_setup(config: dict, plan: dict) -> str:
+    """One sentence: what the memory plan is for (model, mode, precision, optimizer, batch × sequence)."""
+    setup = plan.get("setup") or {}
+    mode = {"train": "Training", "infer": "Inference with", "inference": "Inference with"}.get(
+        str(setup.get("mode")), str(setup.get("mode", "")).capitalize())
+    parts = [f"{mode} <b>{esc(config.get('model', '?'))}</b>"]
+    if plan.get("params"):
+        parts.append(f"({fmt(plan['params'], 'params')} parameters)")
+    extra = [str(setup[k]) for k in ("dtype", "optimizer") if setup.get(k)]
+    if setup.get("master_weights") and str(setup.get("dtype", "")).lower() not in ("fp32", "float32"):
+        extra.append("fp32 master weights")
+    if setup.get("batch") and setup.get("seq"):
+        extra.append(f"batch {setup['batch']} × {setup['seq']} tokens")
+    if setup.get("gpus"):
+        extra.append(f"{setup['gpus']} device{'s' if setup['gpus'] != 1 else ''}")
+    total = plan.get("total_bytes")
+    return (" ".join(parts) + (", " + ", ".join(esc(e) for e in extra) if extra else "")
+            + (f": planned peak <b>{fmt(total, 'bytes')}</b>." if total else "."))
 
 
 def evals_section(found: list[dict]) -> str:

@@ -27,11 +27,11 @@ from typing import Any, NamedTuple
 
 from llm4all.catalog import DEDUPERS
 
-_NON_WORD = re.compile(r"[^\w\s]+")
+NON_WORD = re.compile(r"[^\w\s]+")
 #: byte -> byte for ASCII text: lowercase word characters, everything else (punctuation,
 #: symbols, control characters, whitespace) a space; bytes >= 128 never occur in ASCII text
 ASCII_TABLE = bytes(
-    i if i >= 128 else 32 if _NON_WORD.match(chr(i)) or chr(i).isspace() else ord(chr(i).lower())
+    i if i >= 128 else 32 if NON_WORD.match(chr(i)) or chr(i).isspace() else ord(chr(i).lower())
     for i in range(256)
 )
 
@@ -58,7 +58,7 @@ def normalize(text: str) -> str:
 def normalize_unicode(text: str) -> str:
     """The general path of ``normalize``, for any text (``normalize`` uses it for non-ASCII)."""
     text = unicodedata.normalize("NFKC", text).lower()
-    return " ".join(_NON_WORD.sub(" ", text).split())
+    return " ".join(NON_WORD.sub(" ", text).split())
 
 
 def text_hash(text: str) -> bytes:

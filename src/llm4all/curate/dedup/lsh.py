@@ -3,17 +3,20 @@
 Leskovec, Rajaraman & Ullman, "Mining of Massive Datasets" ch. 3.4: cut each signature into
 b bands of r rows; two documents become a candidate pair when all r rows of at least one
 band agree, which happens with probability 1 − (1 − s^r)^b for Jaccard similarity s — an
-S-curve whose steepest point is near (1/b)^(1/r). Candidates are (optionally) verified by
-their estimated Jaccard ≥ threshold, joined into clusters (connected components, i.e.
-union-find, of the verified pairs), and every cluster keeps one deterministic survivor.
+S-curve whose steepest point is near (1/b)^(1/r). Candidates are verified (exactly on their
+shingle sets, by their estimated Jaccard, or not at all: ``verify``), joined into clusters
+(connected components, i.e. union-find, of the verified pairs), and every cluster keeps one
+deterministic survivor.
 
 Memory: the clustering needs every signature at once — ``num_perm × 4`` bytes per document
-(uint32) plus its id and length; texts are never held beyond one batch.
+(uint32) plus its id and length; texts are never held beyond one batch. Exact verification
+adds the shingle hashes on disk (``verify.py``), 4 bytes per shingle.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
 from functools import lru_cache
 from typing import Literal
 
@@ -24,10 +27,14 @@ from scipy.sparse.csgraph import connected_components
 
 from llm4all.catalog import DEDUPERS
 from llm4all.curate.dedup.exact import Decision
-from llm4all.curate.dedup.minhash import minhash_signatures
-from llm4all.errors import UserError
+from llm4all.curate.dedup.minhash import signatures_and_shingles
+from llm4all.curate.dedup.verify import ShingleStore, set_jaccard
+from llm4all.errors import UserError, did_you_mean
 
 _ALL_PAIRS_MAX = 32  # buckets up to this size give all pairs; larger ones a star on the first
+VERIFY = ("exact", "estimate", "none")  # not "off": YAML reads off/no as false
+MISS = 0.01  # exact verification: P(a pair at Jaccard = threshold is never a candidate) ≤ 1%
+SIGMAS = 3.0  # ... and its estimate is pre-screened at threshold − 3σ (loses ≤ 0.13% more)
 
 
 @lru_cache(maxsize=64)
@@ -49,6 +56,35 @@ def lsh_params(threshold: float, num_perm: int, fp_weight: float = 0.5) -> tuple
             if error < best:
                 best, params = error, (b, r)
     return params
+
+
+def _fp_area(b: int, r: int, threshold: float) -> float:
+    """∫₀ᵗ P(s) ds with P(s) = 1 − (1 − s^r)^b: candidates below the threshold (work)."""
+    return quad(lambda s: 1 - (1 - s**r) ** b, 0.0, threshold)[0]
+
+
+@lru_cache(maxsize=64)
+def recall_params(threshold: float, num_perm: int, miss: float = MISS) -> tuple[int, int]:
+    """(bands, rows) that miss a pair at Jaccard = threshold with probability ≤ ``miss``.
+
+    1 − P(s) = (1 − s^r)^b falls with s, so the bound holds for every pair above the
+    threshold too. Among the (b, r) with b·r ≤ num_perm meeting it — for each r the smallest
+    b = ⌈ln miss / ln(1 − t^r)⌉ — the one with the least false-positive area ∫₀ᵗ P(s) ds,
+    i.e. the fewest candidate pairs to verify; if none meets it, the smallest miss.
+    t = 0.8, 128 permutations → 16 bands × 6 rows: miss 0.77% at s = 0.8 (datasketch's 9 × 13
+    misses 60% there), at the price of a wider S-curve (P(0.5) = 0.22 against 0.001).
+    """
+    if not 0.0 < threshold < 1.0:
+        raise UserError(f"minhash: threshold must be in (0, 1), got {threshold}")
+    best, params = float("inf"), (0, 0)
+    for r in range(1, num_perm + 1):
+        b = int(np.ceil(np.log(miss) / np.log1p(-(threshold**r))))
+        if 1 <= b <= num_perm // r and (area := _fp_area(b, r, threshold)) < best:
+            best, params = area, (b, r)
+    if params != (0, 0):
+        return params
+    misses = {(num_perm // r, r): (1 - threshold**r) ** (num_perm // r) for r in range(1, num_perm + 1)}
+    return min(misses, key=misses.get)
 
 
 def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
@@ -103,31 +139,47 @@ def near_duplicates(
     threshold: float = 0.8,
     bands: int | None = None,
     rows: int | None = None,
-    verify: bool = False,
+    verify: Literal["exact", "estimate", "none"] = "none",
     lengths: np.ndarray | None = None,
+    shingles: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cluster near-duplicates: (cluster, survivor, jaccard), each (n_docs,).
 
     ``cluster[i]`` numbers the clusters of ≥ 2 documents 0, 1, ... by their first member
     in input order (−1 for a document with no near-duplicate); ``survivor[i]`` is the index
     of the document kept for i's cluster (i itself when kept) — the first in input order,
-    or with ``lengths`` the longest (ties: the first); ``jaccard[i]`` is the estimated
-    Jaccard similarity of i and its survivor. With ``verify``, only candidate pairs whose
-    estimated Jaccard is ≥ threshold are joined; without, every candidate pair is.
+    or with ``lengths`` the longest (ties: the first); ``jaccard[i]`` is the Jaccard
+    similarity of i and its survivor (exact with ``verify="exact"``, else estimated).
+
+    ``verify`` decides which candidate pairs are joined: ``"none"`` every one (the S-curve
+    decides, as datasketch does); ``"estimate"`` those whose estimated Jaccard is ≥
+    threshold; ``"exact"`` those whose estimate is ≥ threshold − 3σ (σ = √(t(1−t)/num_perm))
+    and whose exact Jaccard on ``shingles`` = ((T,) hashes, (n_docs,) counts) is ≥ threshold.
+    ``bands`` None picks (bands, rows) with ``recall_params`` under exact verification and
+    with ``lsh_params`` (datasketch's rule) otherwise; ``rows`` None is num_perm // bands.
     """
     n, num_perm = signatures.shape
+    if verify not in VERIFY:
+        raise UserError(f"minhash: verify must be one of {', '.join(VERIFY)}, got {verify!r}")
+    if verify == "exact" and shingles is None:
+        raise UserError("minhash: verify='exact' needs the documents' shingles")
     if bands is None:
-        bands, rows = lsh_params(threshold, num_perm)
+        bands, rows = (recall_params if verify == "exact" else lsh_params)(threshold, num_perm)
     rows = rows or num_perm // bands
     if n == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
-    pairs = candidate_pairs(signatures, bands, rows)
-    if verify and len(pairs):
+    pairs = candidate_pairs(signatures, bands, rows)  # (m, 2), sorted, i < j
+    exact = np.zeros(len(pairs))  # exact Jaccard of each pair kept, under verify="exact"
+    if verify != "none" and len(pairs):
         sim = np.concatenate([  # estimated Jaccard of each pair, 64k pairs at a time
             np.mean(signatures[p[:, 0]] == signatures[p[:, 1]], axis=1)
             for p in np.array_split(pairs, -(-len(pairs) // 65536))
         ])
-        pairs = pairs[sim >= threshold]
+        slack = SIGMAS * np.sqrt(threshold * (1 - threshold) / num_perm) if verify == "exact" else 0
+        pairs = pairs[sim >= threshold - slack - 1e-12]
+        if verify == "exact":
+            exact = set_jaccard(pairs, *shingles)
+            pairs, exact = pairs[exact >= threshold - 1e-12], exact[exact >= threshold - 1e-12]
     graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
     _, label = connected_components(graph, directed=False)  # union-find over the pairs
     # survivor of each component: smallest index, or longest document (ties: smallest index)
@@ -143,32 +195,53 @@ def near_duplicates(
     np.minimum.at(first, label, np.arange(n))
     multi = np.unique(first[label][size > 1])
     cluster = np.where(size > 1, np.searchsorted(multi, first[label]), -1)
-    jaccard = np.mean(signatures == signatures[survivor], axis=1)
+    if verify == "exact":  # exact Jaccard to the survivor: a verified pair's, else computed
+        jaccard = np.ones(n)
+        moved = np.flatnonzero(survivor != np.arange(n))
+        key = np.minimum(moved, survivor[moved]) * n + np.maximum(moved, survivor[moved])
+        where = np.minimum(np.searchsorted(pairs[:, 0] * n + pairs[:, 1], key), len(pairs) - 1)
+        known = (pairs[where, 0] * n + pairs[where, 1]) == key if len(pairs) else key < 0
+        jaccard[moved[known]] = exact[where[known]]
+        other = moved[~known]
+        jaccard[other] = set_jaccard(np.stack([other, survivor[other]], axis=1), *shingles)
+    else:
+        jaccard = np.mean(signatures == signatures[survivor], axis=1)
     return cluster, survivor, jaccard
 
 
 @DEDUPERS.register("minhash")
 class MinHashDedup:
-    """Near-duplicates by MinHash + LSH (Broder 1997; MMDS ch. 3; Lee et al. 2022).
+    """Near-duplicates by MinHash + LSH, verified exactly (Broder 1997; MMDS ch. 3; Lee et al. 2022).
 
     Broder 1997 MinHash of word n-gram shingles, LSH banding from "Mining of Massive
     Datasets" ch. 3, with the practice and defaults of Lee et al. 2022, "Deduplicating
     Training Data Makes Language Models Better" (5-gram shingles, Jaccard ≥ 0.8; they use
     9,000 permutations in 450 bands of 20, we default to datasketch's 128). ``dedup(docs)``
     consumes ``(id, text)`` pairs batch by batch, keeps only signatures (``num_perm × 4``
-    bytes per document), and after the last document yields one ``Decision`` per document
-    in input order.
+    bytes per document) and, to verify, the shingle hashes in a temporary file, and after
+    the last document yields one ``Decision`` per document in input order.
+
+    Default (``verify: exact``): LSH is tuned for recall, verification for precision.
+    Bands and rows are chosen so that a pair at exactly the threshold fails to become a
+    candidate with probability ≤ 1% (``recall_params``: 16 × 6 at t = 0.8, 128
+    permutations, against datasketch's 9 × 13, which misses 60% of such pairs and 7% of
+    those at s = 0.9); each candidate is screened by its estimate (≥ t − 3σ, σ = √(t(1−t)/num_perm),
+    one-sided loss ≤ 0.13%) and joined only if its exact shingle-set Jaccard is ≥ t, so no
+    pair below the threshold is joined (the exact check of CodeParrot's and BigCode's
+    near-dedup scripts; see ``verify.py``).
 
     Args:
         threshold: Jaccard similarity at or above which two documents are near-duplicates.
         num_perm: permutations (signature length).
-        bands: LSH bands; None picks bands and rows from the threshold (datasketch's rule).
+        bands: LSH bands; None picks bands and rows from the threshold and ``verify``.
+        rows: rows per band; None is num_perm // bands.
         ngram: words per shingle.
         seed: seed of the permutations.
         survivor: which document of a cluster is kept: the first in input order, or the
             longest (in characters; ties go to the first).
-        verify: join a candidate pair only if its estimated Jaccard is ≥ threshold (off:
-            every candidate pair of the LSH S-curve is joined, as datasketch does).
+        verify: join a candidate pair if its exact shingle-set Jaccard is ≥ threshold
+            (``exact``), if its estimated Jaccard is (``estimate``), or always (``none``: the
+            LSH S-curve of datasketch's banding decides, as in datasketch).
         batch_size: documents hashed together (texts held at once).
     """
 
@@ -177,10 +250,11 @@ class MinHashDedup:
         threshold: float = 0.8,
         num_perm: int = 128,
         bands: int | None = None,
+        rows: int | None = None,
         ngram: int = 5,
         seed: int = 1,
         survivor: Literal["first", "longest"] = "first",
-        verify: bool = False,
+        verify: Literal["exact", "estimate", "none"] = "exact",
         batch_size: int = 1024,
     ):
         for name, value in (("num_perm", num_perm), ("ngram", ngram), ("batch_size", batch_size)):
@@ -188,36 +262,58 @@ class MinHashDedup:
                 raise UserError(f"minhash: {name} must be >= 1, got {value}")
         if survivor not in ("first", "longest"):
             raise UserError(f"minhash: survivor must be 'first' or 'longest', got {survivor!r}")
+        if isinstance(verify, bool):  # YAML's yes/no/on/off/true/false
+            raise UserError(f"minhash: verify must be one of exact, estimate, none, got the boolean "
+                            f"{verify} (YAML reads yes/no/on/off as booleans; write none for no check)")
+        if verify not in VERIFY:
+            raise UserError(f"minhash: verify must be one of exact, estimate, none, got {verify!r}; "
+                            f"{did_you_mean(str(verify), VERIFY)}")
         if bands is not None and not 1 <= bands <= num_perm:
             raise UserError(f"minhash: bands must be in 1..num_perm={num_perm}, got {bands}")
+        if rows is not None and (bands is None or not 1 <= bands * rows <= num_perm):
+            raise UserError(f"minhash: rows needs bands, with bands·rows <= num_perm={num_perm}; "
+                            f"got bands={bands}, rows={rows}")
         lsh_params(threshold, num_perm)  # validates the threshold before any work
-        self.threshold, self.num_perm, self.bands, self.ngram = threshold, num_perm, bands, ngram
-        self.seed, self.survivor, self.verify, self.batch_size = seed, survivor, verify, batch_size
+        self.threshold, self.num_perm, self.bands, self.rows = threshold, num_perm, bands, rows
+        self.ngram, self.seed, self.survivor, self.verify = ngram, seed, survivor, verify
+        self.batch_size = batch_size
 
     def signatures(
-        self, docs: Iterable[tuple[str, str]]
+        self, docs: Iterable[tuple[str, str]], store: ShingleStore | None = None
     ) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """(ids, (n_docs, num_perm) uint32 signatures, (n_docs,) lengths in characters)."""
+        """(ids, (n_docs, num_perm) uint32 signatures, (n_docs,) lengths in characters).
+
+        With a ``store``, every batch's shingle hashes are appended to it.
+        """
         ids: list[str] = []
         lengths: list[int] = []
         parts = [np.empty((0, self.num_perm), np.uint32)]
         batch: list[str] = []
+
+        def flush() -> None:
+            sig, hashes, counts = signatures_and_shingles(batch, self.num_perm, self.ngram, self.seed)
+            parts.append(sig)
+            if store is not None:
+                store.add(hashes, counts)
+            batch.clear()
+
         for doc_id, text in docs:
             ids.append(doc_id)
             lengths.append(len(text))
             batch.append(text)
             if len(batch) == self.batch_size:
-                parts.append(minhash_signatures(batch, self.num_perm, self.ngram, self.seed))
-                batch = []
-        parts.append(minhash_signatures(batch, self.num_perm, self.ngram, self.seed))
+                flush()
+        flush()
         return ids, np.concatenate(parts), np.array(lengths, np.int64)
 
     def __call__(self, docs: Iterable[tuple[str, str]]) -> Iterator[Decision]:
-        ids, sig, lengths = self.signatures(docs)
-        cluster, survivor, jaccard = near_duplicates(
-            sig, self.threshold, self.bands, None, self.verify,
-            lengths if self.survivor == "longest" else None,
-        )
+        with ShingleStore() if self.verify == "exact" else nullcontext() as store:
+            ids, sig, lengths = self.signatures(docs, store)
+            cluster, survivor, jaccard = near_duplicates(
+                sig, self.threshold, self.bands, self.rows, self.verify,
+                lengths if self.survivor == "longest" else None,
+                store.arrays() if store is not None else None,
+            )
         for i, doc_id in enumerate(ids):
             if survivor[i] == i:
                 yield Decision(doc_id, True)

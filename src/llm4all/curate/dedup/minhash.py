@@ -5,7 +5,9 @@ of the shingle universe, P[min π(A) = min π(B)] = |A ∩ B| / |A ∪ B| (Jacca
 fraction of equal entries of two signatures estimates the Jaccard similarity of two
 documents' shingle sets. The pipeline, all deterministic across runs and machines:
 
-1. ``normalize`` (see ``exact.py``): words separated by single spaces, as UTF-8 bytes;
+1. ``normalize`` (see ``exact.py``): words separated by single spaces, as UTF-8 bytes, for a
+   whole batch in numpy (``normalized_bytes``: a byte table for ASCII, NFKC + lowercase in
+   Python then a vectorised UTF-8 decode for other text);
 2. each run of ``ngram`` consecutive words -> one shingle: the Karp–Rabin polynomial hash
    Σ_k c_k·P^k mod 2⁶⁴ of its bytes c_0 c_1 ... (words and the single spaces between them),
    computed for a whole batch at once from prefix sums of c_k·P^k and the inverse powers
@@ -29,15 +31,18 @@ Collisions: 32-bit shingle hashes make two distinct shingles of a pair of 1,000-
 documents collide with probability ≈ 10⁶/2³² ≈ 2·10⁻⁴, which shifts a Jaccard estimate by
 at most ~1/1,000; 32-bit signature values tie by chance with probability 2⁻³² per entry.
 Signatures are uint32: ``num_perm × 4`` bytes per document (512 bytes at 128).
+``signatures_and_shingles`` also returns the shingle hashes, for exact verification
+(``verify.py``).
 """
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 
 import numpy as np
 
-from llm4all.curate.dedup.exact import ASCII_TABLE, normalize_unicode
+from llm4all.curate.dedup.exact import ASCII_TABLE, NON_WORD
 from llm4all.errors import UserError
 
 _P = 0x9E3779B97F4A7C15  # odd 64-bit base of the polynomial hash (2⁶⁴/golden ratio, Knuth)
@@ -45,6 +50,8 @@ _FMIX = (np.uint64(33), np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85E
 _CHUNK = 4096  # shingles per (num_perm, chunk) uint64 block hashed at once (4 MiB at 128)
 _BATCH_CHARS = 1 << 22  # characters normalised together: byte-level arrays stay ~150 MiB
 _POWERS = (np.ones(1, np.uint64), np.ones(1, np.uint64))  # (P^k, P^−k) for k < len, grown
+_POWER_BLOCK = 4096  # powers computed as (P^4096)^j · P^i
+_SPACE_OUT: dict[int, bool] = {}  # code point -> normalize turns it into a space (cached)
 
 
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -58,14 +65,24 @@ def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(P^k, P^−k) mod 2⁶⁴ for k = 0..n−1, each (≥ n,) uint64."""
+    """(P^k, P^−k) mod 2⁶⁴ for k = 0..n−1, each (≥ n,) uint64.
+
+    Blocked: P^(4096·j + i) = (P^4096)^j · P^i, two short cumulative products and one outer
+    product (a cumulative product is sequential and ~20× slower per element than a multiply).
+    """
     global _POWERS
     if len(_POWERS[0]) < n:
         size = max(n, 2 * len(_POWERS[0]))
-        up = np.full(size, _P, np.uint64)
-        down = np.full(size, pow(_P, -1, 2**64), np.uint64)
-        up[0] = down[0] = 1
-        _POWERS = (np.cumprod(up), np.cumprod(down))  # uint64 products wrap mod 2⁶⁴
+        rows = -(-size // _POWER_BLOCK)
+
+        def table(base: int) -> np.ndarray:
+            small = np.full(_POWER_BLOCK, base, np.uint64)
+            big = np.full(rows, pow(base, _POWER_BLOCK, 2**64), np.uint64)
+            small[0] = big[0] = 1
+            # uint64 products wrap mod 2⁶⁴
+            return (np.cumprod(big)[:, None] * np.cumprod(small)[None, :]).reshape(-1)[:size]
+
+        _POWERS = (table(_P), table(pow(_P, -1, 2**64)))
     return _POWERS
 
 
@@ -80,18 +97,45 @@ def _fmix64(h: np.ndarray) -> np.ndarray:
     return h
 
 
+def _spaced_out(codes: np.ndarray) -> np.ndarray:
+    """(k,) bool: which code points ``normalize`` turns into spaces (non-word or whitespace).
+
+    Decided by ``normalize``'s own pattern once per distinct code point, then cached.
+    """
+    distinct, inverse = np.unique(codes, return_inverse=True)
+    flags = [_SPACE_OUT.get(c) for c in distinct.tolist()]
+    for i, c in enumerate(distinct.tolist()):
+        if flags[i] is None:
+            flags[i] = _SPACE_OUT[c] = bool(NON_WORD.match(chr(c))) or chr(c).isspace()
+    return np.array(flags, bool)[inverse]
+
+
 def normalized_bytes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """(B,) uint8 of every ``normalize(text)`` + newline, back to back; (n_docs + 1,) offsets.
 
-    Inside a document, words are split by single spaces (a normalised document has no
-    byte < 32), so a newline can only be a document separator.
+    ASCII text: one ``bytes.translate`` (``ASCII_TABLE``). Other text: NFKC and lowercase in
+    Python, the same table on its ASCII bytes, then in numpy for the whole batch: decode the
+    UTF-8 multi-byte code points, and overwrite those that ``normalize``'s pattern turns into
+    spaces (punctuation, symbols, Unicode whitespace) with spaces — the regex runs once per
+    distinct code point, not once per character. Runs of spaces collapse to one. Inside a
+    document, words are split by single spaces (no byte < 32 is left), so a newline can only
+    be a document separator. The words are exactly ``normalize(text).split()``.
     """
-    # ASCII: one table lookup per byte, space runs collapsed below in numpy
-    parts = [
-        t.encode().translate(ASCII_TABLE) if t.isascii() else normalize_unicode(t).encode()
-        for t in texts
-    ]
-    data = np.frombuffer(b"\n".join(parts) + b"\n", np.uint8) if parts else np.zeros(0, np.uint8)
+    parts = [(t if t.isascii() else unicodedata.normalize("NFKC", t).lower()).encode().translate(ASCII_TABLE)
+             for t in texts]
+    data = np.frombuffer(b"\n".join(parts) + b"\n", np.uint8).copy() if parts else np.zeros(0, np.uint8)
+    lead = np.flatnonzero(data >= 0xC0)  # first byte of each multi-byte code point
+    if len(lead):
+        first = data[lead].astype(np.int64)
+        size = 2 + (first >= 0xE0) + (first >= 0xF0)  # bytes of the code point: 2, 3 or 4
+        code = first & (0x1F >> (size - 2))  # payload bits of the lead byte
+        for k in (1, 2, 3):  # 6 payload bits per continuation byte; data ends with "\n"
+            more = size > k
+            code[more] = (code[more] << 6) | (data[lead[more] + k] & 0x3F)
+        out = _spaced_out(code)
+        starts, sizes = lead[out], size[out]
+        offset = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        data[np.repeat(starts, sizes) + offset] = 32
     space = data == 32
     keep = ~space  # keep all but spaces after a space or at the start
     keep[1:] |= ~space[:-1]
@@ -150,20 +194,35 @@ def minhash_signatures(
     Broder 1997 MinHash with multiply-add-shift permutations (see module docstring).
     The same (text, num_perm, ngram, seed) gives the same signature in any batch, order or run.
     """
+    return signatures_and_shingles(texts, num_perm, ngram, seed)[0]
+
+
+def signatures_and_shingles(
+    texts: Sequence[str], num_perm: int = 128, ngram: int = 5, seed: int = 1
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``minhash_signatures`` plus the shingle hashes they were taken over.
+
+    Returns:
+        (n_docs, num_perm) uint32 signatures; (T,) uint32 shingle hashes, documents back to
+        back in input order (repeats kept); (n_docs,) int64 shingles per document.
+    """
     if ngram < 1:
         raise UserError(f"minhash: ngram must be >= 1, got {ngram}")
     a, b = permutations(num_perm, seed)
     out = np.empty((len(texts), num_perm), np.uint32)
+    hashes, counts = [np.zeros(0, np.uint32)], [np.zeros(0, np.int64)]
     buf = np.empty((num_perm, _CHUNK), np.uint64)
     size = np.cumsum([len(t) for t in texts])  # characters up to each text
     lo = 0
     while lo < len(texts):  # sub-batches of ~_BATCH_CHARS bound the byte-level arrays
         hi = max(int(np.searchsorted(size, size[lo] - len(texts[lo]) + _BATCH_CHARS)), lo + 1)
         with np.errstate(over="ignore"):
-            x, counts = shingle_hashes(texts[lo:hi], ngram)  # (T,) hashes, (hi−lo,) counts
-            out[lo:hi] = _signatures(x, counts, a, b, buf)
+            x, n = shingle_hashes(texts[lo:hi], ngram)  # (T,) hashes, (hi−lo,) counts
+            out[lo:hi] = _signatures(x, n, a, b, buf)
+        hashes.append(x.astype(np.uint32))  # < 2³² by construction
+        counts.append(n.astype(np.int64))
         lo = hi
-    return out
+    return out, np.concatenate(hashes), np.concatenate(counts)
 
 
 def _signatures(
