@@ -86,6 +86,32 @@ def test_lora_trains_adapters_and_merges_exactly(shards, tmp_path):
     assert {k for k, _ in merged.named_parameters()} == {k for k, _ in base.named_parameters()}
 
 
+@pytest.mark.slow
+def test_bitnet_training_saves_a_ternary_model_that_computes_what_it_trained(shards, tmp_path):
+    from llm4all.compress.qlinear import TernaryLinear
+    from llm4all.compress.quantize.bitnet import BitLinear, bitnet_convert
+    from llm4all.models.load import load
+
+    data, model = shards
+    train(data, out=tmp_path / "bit", model=str(model), steps=30, bitnet=True, **BASE)
+    curve = losses(tmp_path / "bit")
+    assert sum(curve[-5:]) / 5 < sum(curve[:5]) / 5 - 0.1  # it learns through the ternary rounding
+    ternary, _ = load(str(tmp_path / "bit" / "model"))
+    latent, _ = load(str(tmp_path / "bit" / "model-latent"))
+    assert any(isinstance(m, TernaryLinear) for m in ternary.modules())
+    bitnet_convert(latent)
+    assert any(isinstance(m, BitLinear) for m in latent.modules())
+    ids = torch.randint(0, 64, (2, 24))
+    with torch.no_grad():
+        want, got = latent(ids).logits, ternary(ids).logits
+    # the packed int8 x ternary product is the fake-quantised training forward, up to the fp16
+    # storage of embeddings and norms in the packed checkpoint
+    assert torch.allclose(got, want, atol=1e-2 * want.abs().max().item())
+    assert (got.argmax(-1) == want.argmax(-1)).float().mean() > 0.95
+    latent_bytes = (tmp_path / "bit" / "model-latent" / "model.safetensors").stat().st_size
+    assert (tmp_path / "bit" / "model" / "model.safetensors").stat().st_size < latent_bytes
+
+
 def test_replay_reports_forgetting(shards, tmp_path):
     data, model = shards
     result = train(data, out=tmp_path / "cpt", model=str(model), steps=4, replay=data,

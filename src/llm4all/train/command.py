@@ -93,6 +93,7 @@ def main(
     replay_fraction: float = 0.05,
     lora_rank: int = 0,
     lora_alpha: float = 16.0,
+    bitnet: bool = False,
     strategy: Literal["ddp", "fsdp"] = "ddp",
     peak_tflops: float = 0.0,
     log_to: list[str] | None = None,
@@ -133,6 +134,10 @@ def main(
         replay_fraction: fraction of each batch drawn from --replay.
         lora_rank: train LoRA adapters of this rank instead of all weights (0: full training).
         lora_alpha: LoRA scaling numerator (scale = alpha / rank).
+        bitnet: train BitNet b1.58 (ternary weights, 8-bit activations, straight-through
+            estimator) in every decoder Linear: pre-training from a preset, or quantisation-aware
+            training of a checkpoint. OUT/model is then the 2-bit packed ternary model and
+            OUT/model-latent the latent weights (continue training from there with --bitnet).
         strategy: ddp or fsdp when launched with torchrun.
         peak_tflops: hardware peak (dense bf16 TFLOP/s per process) to report MFU; 0 hides it.
         log_to: extra loggers: tensorboard, mlflow (local store in OUT).
@@ -165,8 +170,15 @@ def main(
     if activation_checkpointing:
         net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         net.config.use_cache = False
+    if lora_rank and bitnet:
+        raise UserError("--bitnet and --lora-rank exclusive: BitNet trains the full weights")
     if lora_rank:
         net = _add_lora(net, lora_rank, lora_alpha)
+    if bitnet:
+        from llm4all.compress.quantize.bitnet import bitnet_convert
+
+        bitnet_convert(net)
+        source += ", BitNet b1.58 BitLinear"
     sampler = WindowSampler(shards, seq_len, seed, curriculum=curriculum, mixture=mixture, total_steps=steps)
     evals = {"": validation_fn(shards.tokens("validation", eval_tokens), seq_len, precision)}
     if replay is not None:
@@ -205,7 +217,10 @@ def main(
         full_state = get_model_state_dict(net, options=StateDictOptions(full_state_dict=True,
                                                                         cpu_offload=True))
     if dist_.rank == 0:
-        _save_model(net, tokenizer, out / "model", arguments, metrics, source, lora_rank, full_state)
+        if bitnet:
+            _save_bitnet(net, tokenizer, out, arguments, metrics, source, full_state)
+        else:
+            _save_model(net, tokenizer, out / "model", arguments, metrics, source, lora_rank, full_state)
         result = {**metrics, "seconds_total": round(time.perf_counter() - start, 2)}
         if before:
             result["forgetting"] = _forgetting(before, metrics)
@@ -235,6 +250,26 @@ def _save_model(net, tokenizer, path: Path, arguments: dict, metrics: dict, sour
 
     save(net, tokenizer, path, {"made_by": "llm4all train", "source": source, "arguments": arguments,
                                 "metrics": metrics}, state_dict)
+
+
+def _save_bitnet(net, tokenizer, out: Path, arguments: dict, metrics: dict, source: str,
+                 state_dict: dict | None) -> None:
+    """OUT/model-latent: the latent weights (BitLinear's state is an nn.Linear's); OUT/model: the
+    same model ternarised and packed, 2 bits per decoder weight (compress/qlinear.TernaryLinear)."""
+    import copy
+
+    from llm4all.compress.command import save_compressed
+    from llm4all.compress.quantize.bitnet import ternarize
+    from llm4all.models.load import save
+
+    info = {"made_by": "llm4all train --bitnet", "source": source, "arguments": arguments,
+            "metrics": metrics}
+    save(net, tokenizer, out / "model-latent", info, state_dict)
+    deployable = copy.deepcopy(net)
+    if state_dict is not None:
+        deployable.load_state_dict(state_dict)
+    save_compressed(ternarize(deployable).eval(), tokenizer, out / "model",
+                    {"method": {"name": "bitnet"}, "made_by": "llm4all train --bitnet"})
 
 
 def _forgetting(before: dict, after: dict) -> dict:
