@@ -52,6 +52,27 @@ def test_output_identical_to_target_greedy(seed, k):
     assert accepted[-1] == 1.0  # the target as its own draft: every proposal is accepted
 
 
+def test_chain_draft_asks_the_model_only_when_the_lookup_has_nothing():
+    target = random_llama(3, 8)
+    prompt = [5, 6, 7, 8, 5, 6, 7]  # "5 6 7" repeats: the lookup proposes 8 first
+    ref = greedy(target, prompt, 24)
+    calls = []
+
+    class Counting(ModelDraft):
+        def propose(self, seq, k):
+            calls.append(len(seq))
+            return super().propose(seq, k)
+
+    chain = make_draft("ngram:3|layers:2", target)
+    chain.drafts[1].__class__ = Counting
+    out, stats = speculative(target, chain, prompt, 24, k=3)
+    assert out == ref and stats["proposed"] > 0
+    lookup_steps = sum(1 for n in range(len(prompt), len(prompt) + 24)
+                       if NgramDraft(3).propose((prompt + ref)[:n], 3))
+    assert len(calls) < stats["target_forwards"]  # the model was skipped when the lookup matched
+    assert lookup_steps > 0
+
+
 def test_perfect_draft_needs_one_forward_per_k_plus_1_tokens():
     target = random_llama(2, 3)
     out, stats = speculative(target, ModelDraft(target), [1, 2, 3], 24, k=3)

@@ -18,7 +18,9 @@ back with ``DynamicCache.crop`` to the tokens that were kept. Drafts:
 - ``dtype:bfloat16``: the target itself with bf16 weights (a low-precision copy, agreeing with
   the target almost always; worth it only where bf16 runs much faster than fp32);
 - ``ngram:N``: prompt-lookup decoding (Saxena 2023; transformers' ``prompt_lookup_num_tokens``):
-  copy the tokens that followed the last earlier occurrence of the final N tokens. No model.
+  copy the tokens that followed the last earlier occurrence of the final N tokens. No model;
+- ``A|B``: a chain -- ask A, and B only when A proposes nothing: ``ngram:3|STUDENT`` copies
+  from the context when it can (free) and lets the student guess otherwise.
 """
 
 from __future__ import annotations
@@ -90,6 +92,23 @@ class NgramDraft:
         pass
 
 
+class ChainDraft:
+    """The first draft that proposes anything wins; model drafts catch up on skipped tokens."""
+
+    def __init__(self, drafts: list):
+        self.drafts = drafts
+
+    def propose(self, seq: list[int], k: int) -> list[int]:
+        for draft in self.drafts:
+            if out := draft.propose(seq, k):
+                return out
+        return []
+
+    def keep(self, n: int) -> None:
+        for draft in self.drafts:
+            draft.keep(n)
+
+
 def greedy(model, prompt: list[int], max_new_tokens: int, eos_token_id: int | None = None) -> list[int]:
     """The target alone: greedy decoding with a KV cache, one token per forward pass."""
     import torch
@@ -138,7 +157,9 @@ def speculative(target, draft, prompt: list[int], max_new_tokens: int, k: int = 
 
 
 def make_draft(spec: str, target, dtype: str = "float32"):
-    """A draft from a spec: layers:N, every:K, dtype:D, ngram:N, or a model name/path (module docstring)."""
+    """A draft from a spec: layers:N, every:K, dtype:D, ngram:N, a model name/path, or A|B."""
+    if "|" in spec:
+        return ChainDraft([make_draft(part, target, dtype) for part in spec.split("|")])
     kind, _, arg = spec.partition(":")
     if kind == "dtype" and arg in ("bfloat16", "float16"):
         import copy
@@ -233,7 +254,8 @@ def main(
         target: the model whose greedy output is reproduced (name, HF directory or .gguf).
         draft: one or more drafts: a model sharing the tokenizer, layers:N (target's first N
             layers + head), every:K (student init from every K-th layer), dtype:bfloat16 (the
-            target in bf16) or ngram:N (prompt lookup).
+            target in bf16), ngram:N (prompt lookup), or A|B (B only when A has nothing, e.g.
+            "ngram:3|runs/x/distill/model").
         prompts: a text file with one prompt per line, or "demo" (8 held-out demo documents).
         max_new_tokens: tokens generated per prompt.
         k: draft tokens proposed per target forward pass.
