@@ -3,15 +3,18 @@
 Claim (issue 7): GPTQ int4 beats RTN int4 at the same group size; GPTQ runs in ≤ 60 s on
 2 CPU cores; the int4 perplexity increase is below optimum-quanto's qint4.
 
-Every method is compressed in this process (timed), then evaluated in its own subprocess
-(so peak RSS is that method's alone): perplexity on the first ``--eval-tokens`` tokens of
-the demo validation split (context 512, non-overlapping windows), size on disk, peak RSS,
-latency of one forward pass over 512 tokens (median of 3). Peers quantise the fp32 model in
-their subprocess (their peak RSS therefore includes the fp32 load; their size on disk is
-their own state dict saved with safetensors / torch.save).
+Every method is compressed in this process (timed; calibration as `llm4all compress`
+defaults, 16,384 tokens), then evaluated in its own subprocess: perplexity on the first
+``--eval-tokens`` tokens of the demo validation split (context 512, non-overlapping windows),
+size on disk, model RSS (resident bytes added by loading the weights, measured after the
+modeling code, tokenizer and a weightless skeleton are already in memory), peak RSS (VmHWM)
+and the latency of one forward pass over 512 tokens. Peers quantise the fp32 model in their
+subprocess (their RSS therefore includes what the fp32 load left behind; their size on disk
+is their own state dict saved with safetensors / torch.save).
 
-Run: .venv/bin/python benchmarks/compress.py [--quick]
-Last line: the ratio gptq int4 ppl increase / quanto qint4 ppl increase.
+Run: .venv/bin/python benchmarks/compress.py [--only ROW ...] [--resume] [--calib-tokens N]
+(rows are appended to /tmp/llm4all-compress-bench/rows.jsonl; --resume keeps them, so the run
+can be split into several shorter ones). Last line: gptq int4 ppl increase / quanto qint4's.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ METHODS = {
     "rtn int4 g64": {"name": "rtn", "bits": 4, "group_size": G},
     "gptq int4 g64": {"name": "gptq", "bits": 4, "group_size": G},
     "gptq int4 g64 act-order": {"name": "gptq", "bits": 4, "group_size": G, "act_order": True},
+    "gptq int4 g64 + int8 embeddings": {"name": "gptq", "bits": 4, "group_size": G, "embeddings": "int8"},
     "llm.int8": {"name": "llm_int8"},
     "w8a8": {"name": "w8a8"},
     "magnitude 50%": {"name": "magnitude", "sparsity": 0.5},
@@ -49,15 +53,27 @@ PEERS = ["quanto qint8", "quanto qint4", "torchao int8"]
 
 
 def evaluate(kind: str, path: str, eval_tokens: int) -> dict:
-    """Runs in a subprocess: load one model, measure ppl, latency and peak RSS."""
+    """Runs in a subprocess: load one model, measure ppl, latency, model RSS and peak RSS."""
+    import gc
+
     import psutil
     import torch
+    import transformers
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    import llm4all.compress.command  # noqa: F401  (code, not weights: imported before the baseline)
     from llm4all.data.shards import TokenShards
     from llm4all.evaluate.perplexity import perplexity
-    from llm4all.models.load import load
+    from llm4all.models.load import _quiet, load, resolve
 
     size = None
+    source = resolve("smollm2-135m" if kind in ("fp32", "bf16") or kind.startswith(("quanto", "torchao"))
+                     else path)
+    with _quiet(transformers):  # modeling code, tokenizer and a weightless skeleton: not the model
+        with torch.device("meta"):
+            AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source))
+        AutoTokenizer.from_pretrained(source)
+    gc.collect()
     before = psutil.Process().memory_info().rss
     if kind in ("fp32", "bf16"):
         net, _ = load("smollm2-135m", "float32" if kind == "fp32" else "bfloat16")
@@ -71,7 +87,8 @@ def evaluate(kind: str, path: str, eval_tokens: int) -> dict:
     for t in net.state_dict().values():  # fault in lazily mmap'd weights before measuring
         with contextlib.suppress(Exception):
             t.reshape(-1)[::256].sum()
-    loaded = psutil.Process().memory_info().rss - before  # resident bytes the model added
+    gc.collect()
+    loaded = psutil.Process().memory_info().rss - before  # resident bytes the weights added
     if kind.startswith("quanto"):  # quanto's qtensors fail under inference_mode ("Cannot set
         torch.inference_mode = lambda *a, **k: torch.no_grad()  # version_counter"): use no_grad
     tokens = TokenShards(SHARDS).tokens("validation", eval_tokens)
@@ -131,7 +148,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--eval", nargs=2)
     ap.add_argument("--eval-tokens", type=int, default=2048)
-    ap.add_argument("--calib-tokens", type=int, default=4096)
+    ap.add_argument("--calib-tokens", type=int, default=None, help="default: llm4all compress's own")
     ap.add_argument("--only", nargs="*")
     ap.add_argument("--resume", action="store_true", help="keep the rows already in rows.jsonl")
     args = ap.parse_args()
@@ -166,7 +183,10 @@ def main() -> None:
         out = WORK / name.replace(" ", "_").replace("%", "pct").replace(":", "-")
         t = time.perf_counter()
         try:
-            compress("smollm2-135m", out=out, method=spec, calib=SHARDS, calib_tokens=args.calib_tokens)
+            tokens = {"calib_tokens": args.calib_tokens} if args.calib_tokens else {}
+            spec = dict(spec)
+            extra = {"embeddings": spec.pop("embeddings")} if "embeddings" in spec else {}
+            compress("smollm2-135m", out=out, method=spec, calib=SHARDS, **tokens, **extra)
         except Exception as e:  # a failing method is reported, not fatal to the benchmark
             done(name, {"error": f"{type(e).__name__}: {e}"[:160]})
             continue

@@ -7,6 +7,8 @@ from llm4all.distill.command import main as distill
 from llm4all.errors import UserError
 from tinymodels import build_tiny_model, tiny_texts
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
@@ -76,3 +78,28 @@ def test_bad_inputs(setup, tmp_path):
     with pytest.raises(UserError, match="vocabularies map .* differently"):
         distill(root / "shards", out=tmp_path / "x", teacher=str(other), **COMMON)
     assert not (tmp_path / "x" / "model").exists()
+
+
+def test_cache_sampler_uses_every_cached_window_once_per_epoch():
+    import numpy as np
+
+    from llm4all.distill.command import CacheSampler
+
+    class Rows:  # a stand-in cache: returns the row numbers it is asked for
+        n_windows, seq_len = 10, 4
+
+        def tokens(self, idx):
+            return np.asarray(idx), None
+
+        def batch(self, idx):
+            return None, None, None
+
+    sampler = CacheSampler(Rows(), seed=3)
+    drawn = np.concatenate([sampler.batch(step, 0, 4, 1)[0] for step in range(5)])  # 20 draws = 2 epochs
+    assert sorted(drawn[:10]) == list(range(10)) and sorted(drawn[10:]) == list(range(10))
+    assert list(drawn[:10]) != list(drawn[10:])  # a new order each epoch
+    again = CacheSampler(Rows(), seed=3)
+    assert np.array_equal(again.batch(3, 0, 4, 1)[0], drawn[12:16])  # a pure function of (seed, step)
+    # two processes x two micro-batches split one step's draws without overlap
+    parts = [again.batch(1, m, 2, 2, rank=r, world=2)[0] for r in range(2) for m in range(2)]
+    assert np.array_equal(np.concatenate(parts), again.rows(1, 8))

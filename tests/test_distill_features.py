@@ -18,6 +18,8 @@ from llm4all.distill.features import (
 )
 from llm4all.errors import UserError
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def _randn(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))

@@ -12,6 +12,8 @@ from llm4all.catalog import KD_LOSSES
 from llm4all.distill.losses import DIVERGENCES, kd_and_ce, kd_loss, sparse_kd
 from llm4all.errors import UserError
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 NAMES = ["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "total_variation"]
 
 

@@ -205,6 +205,32 @@ def test_export_hf_round_trip(tiny_model, tmp_path):
     assert (logits(back.float(), ids) - logits(source, ids)).abs().max().item() < 1e-2
 
 
+@pytest.mark.parametrize("method", [{"name": "gptq", "bits": 4, "group_size": 32}, {"name": "wanda"}])
+def test_compressed_checkpoint_exports_its_dequantised_weights(bpe_model, tmp_path, method):
+    """A packed checkpoint (int8 embeddings too) exports as the dense model it computes."""
+    from transformers import AutoModelForCausalLM
+
+    from llm4all.compress.command import main as compress
+    from llm4all.data.tokenize import main as tokenize
+    from llm4all.models.load import load
+
+    docs = tmp_path / "docs.jsonl"
+    lines = [json.dumps({"id": str(i), "text": t}) for i, t in enumerate(tiny_texts(60))]
+    docs.write_text("\n".join(lines) + "\n")
+    tokenize([docs], out=tmp_path / "shards", tokenizer=str(bpe_model), workers=1)
+    packed_dir = tmp_path / "packed"
+    compress(str(bpe_model), out=packed_dir, method=method, calib=tmp_path / "shards", calib_tokens=512,
+             seq_len=64, embeddings="int8")
+    packed, _ = load(packed_dir)
+    ids = list(range(4, 40))
+    export_hf(packed_dir, tmp_path / "hf", dtype="float32")
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert (logits(hf, ids) - logits(packed, ids)).abs().max().item() < 1e-4
+    export_gguf(packed_dir, tmp_path / "q.gguf", type="f32")
+    back, _ = hf_gguf(tmp_path / "q.gguf")
+    assert (logits(back, ids) - logits(packed, ids)).abs().max().item() < 1e-4
+
+
 def test_cli_export(bpe_model, tmp_path, capsys):
     from llm4all.cli import main as cli
 

@@ -14,6 +14,8 @@ from llm4all.distill.losses import KD_LOSSES, sparse_kd
 from llm4all.distill.teacher_cache import LOG_REST_MIN, TeacherCache, build_cache, main
 from llm4all.errors import UserError
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 L = 16  # window length of the unit tests
 
 
@@ -55,8 +57,10 @@ def test_cache_equals_topk_of_log_softmax_and_rest_is_leftover_mass(teacher, sha
     assert index["ids_dtype"] == "uint16" and index["complete"]
     cache = TeacherCache(tmp_path / "c")
     picks = [0, 3, 4, cache.n_windows - 1]  # shard boundaries included
+    assert sorted(cache.windows.tolist()) == list(range(cache.n_windows))  # every aligned window, once
+    aligned = cache.windows[picks]
     with torch.no_grad():
-        logp = torch.log_softmax(teacher(_window_inputs(shards, picks)).logits.float(), -1)  # (4, L, V)
+        logp = torch.log_softmax(teacher(_window_inputs(shards, aligned)).logits.float(), -1)  # (4, L, V)
     vals, ids = logp.topk(8, dim=-1)
     got_ids, got_logp, got_rest = cache.batch(picks)
     assert got_ids.dtype == torch.int64 and got_logp.shape == (4, L, 8) and got_rest.shape == (4, L)
@@ -71,13 +75,14 @@ def test_cache_equals_topk_of_log_softmax_and_rest_is_leftover_mass(teacher, sha
     ids1, logp1, rest1 = cache.window(3)
     assert ids1.shape == (L, 8) and ids1.dtype == np.uint16 and isinstance(ids1, np.memmap)
     x, y = cache.tokens([3])
-    torch.testing.assert_close(x, _window_inputs(shards, [3]))
+    torch.testing.assert_close(x, _window_inputs(shards, aligned[1:2]))
     assert torch.equal(x[0, 1:], y[0, :-1])
     with pytest.raises(IndexError):
         cache.window(cache.n_windows)
-    # bytes per token: k·(2 + 2) + 2 plus the .npy headers
-    headers = 3 * 128 * len(index["shard_files"]) / (index["n_windows"] * L)
-    assert index["bytes_per_token"] == pytest.approx(8 * 4 + 2 + headers, abs=1e-3)
+    # bytes per token: k·(2 + 2) + 2, the 8-byte window number per L tokens, the .npy headers
+    n = index["n_windows"]
+    headers = 128 * (3 * len(index["shard_files"]) + 1) / (n * L)
+    assert index["bytes_per_token"] == pytest.approx(8 * 4 + 2 + 8 / L + headers, abs=1e-3)
 
 
 def test_resume_skips_finished_shards_and_recomputes_a_partial_one(teacher, shards, tmp_path):
@@ -93,11 +98,31 @@ def test_resume_skips_finished_shards_and_recomputes_a_partial_one(teacher, shar
     third = build_cache(teacher, shards, out, **kw)
     assert third["computed_tokens"] == 3 * L and third["reused_shards"] == 2
     assert (out / "rest-00001.npy").stat().st_mtime_ns != before["rest-00001.npy"]
-    # growing max_windows reuses the full shards and recomputes only the short last one
+    # growing max_windows extends the same sample: full shards reused, the short last one recomputed
+    seven = TeacherCache(out).windows
     grown = build_cache(teacher, shards, out, **{**kw, "max_windows": 9})
     assert grown["computed_tokens"] == 3 * L and grown["n_windows"] == 9
+    assert np.array_equal(TeacherCache(out).windows[:7], seven)
     with pytest.raises(UserError, match="top_k=4"):
         build_cache(teacher, shards, out, **{**kw, "top_k": 5})
+
+
+def test_a_partial_cache_samples_the_whole_split_not_its_head(teacher, shards, tmp_path):
+    from llm4all.data.shards import TokenShards
+    from llm4all.distill.teacher_cache import n_windows_of, window_order
+
+    n_aligned = n_windows_of(TokenShards(shards).num_tokens("train"), L)
+    index = build_cache(teacher, shards, tmp_path / "c", seq_len=L, top_k=4, dtype="float32", max_windows=6)
+    assert index["aligned_windows"] == n_aligned > 12 and index["seed"] == 0
+    rows = TeacherCache(tmp_path / "c").windows
+    assert rows.tolist() == window_order(n_aligned, 0)[:6].tolist() and len(set(rows.tolist())) == 6
+    assert rows.max() >= 6  # not the first six windows
+    other = build_cache(teacher, shards, tmp_path / "d", seq_len=L, top_k=4, dtype="float32", max_windows=6,
+                        seed=1)
+    assert other["seed"] == 1 and TeacherCache(tmp_path / "d").windows.tolist() != rows.tolist()
+    with pytest.raises(UserError, match="seed=0"):  # another sample cannot resume this one
+        build_cache(teacher, shards, tmp_path / "c", seq_len=L, top_k=4, dtype="float32", max_windows=6,
+                    seed=1)
 
 
 def test_k_equal_vocab_sparse_loss_equals_dense(teacher, shards, tmp_path):
@@ -167,7 +192,7 @@ def test_real_teacher_on_demo_windows_reports_bytes_per_token(tmp_path):
                  batch_size=8, max_windows=8)
     print(f"\nbytes/token {index['bytes_per_token']}, {index['tokens_per_second']} tokens/s (bf16)")
     assert index["ids_dtype"] == "uint16" and index["vocab_size"] == 49152
-    assert index["bytes_per_token"] == pytest.approx(64 * 4 + 2 + 3 * 128 / (8 * 128), abs=1e-3)  # + headers
+    assert index["bytes_per_token"] == pytest.approx(64 * 4 + 2 + 8 / 128 + 4 * 128 / (8 * 128), abs=1e-3)
     cache = TeacherCache(tmp_path / "cache")
     ids, logp, rest = cache.batch(range(8))
     mass = logp.exp().sum(-1) + rest.exp()

@@ -4,7 +4,8 @@ A quantizer, pruner or factorizer entry (``llm4all ls quantizers``) is a functio
 options that returns a ``Method``: which calibration statistics it needs and how it turns
 one ``nn.Linear`` (with those statistics) into its compressed replacement. The driver
 (``calibrate.compress_layers``) walks the decoder layers, gathers the statistics, calls
-``compress`` on every Linear and feeds the next layer with the compressed layer's outputs.
+``compress`` on every Linear (or ``compress_group`` on Linears sharing one input) and feeds
+the next layer with the compressed layer's outputs.
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ class InputStats:
 
     ``hessian`` is H = 2/N · XᵀX (Frantar et al. 2023, eq. 1 up to the constant) in fp32,
     ``sumsq`` the per-column Σx² (Wanda's ‖X_j‖₂² , Sun et al. 2024) and ``absmax`` the
-    per-column max |x| (LLM.int8() outlier features, Dettmers et al. 2022).
+    per-column max |x| (LLM.int8() outlier features, Dettmers et al. 2022). Methods asking for
+    ``"hessian"`` get ``hessian`` and ``sumsq`` (its diagonal), not ``absmax`` (None).
     """
 
     hessian: torch.Tensor | None
     sumsq: torch.Tensor
-    absmax: torch.Tensor
+    absmax: torch.Tensor | None
     tokens: int
 
 
@@ -42,6 +44,8 @@ class Method:
     options: dict
     compress: Callable[[str, nn.Linear, InputStats | None], nn.Module]
     stats: str = "none"
+    #: optional: compress Linears that read the same input at once (GPTQ stacks their rows)
+    compress_group: Callable[[list[str], list[nn.Linear], InputStats | None], list[nn.Module]] | None = None
     #: run a whole-model transform instead of the per-Linear driver (structured pruning)
     transform: Callable | None = None
     notes: list[str] = field(default_factory=list)

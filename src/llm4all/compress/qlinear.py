@@ -210,8 +210,13 @@ class LowRankLinear(nn.Module):
         return F.linear(F.linear(x, self.V), self.U, self.bias)
 
 
-def from_spec(spec: dict) -> nn.Module:
+def from_spec(spec: dict, dtype: torch.dtype = torch.float32) -> nn.Module:
     """An empty runtime module for a llm4all_quant.json entry (buffers loaded afterwards)."""
+    if spec["kind"] == "embedding":
+        from llm4all.compress.embedding import PackedEmbedding
+
+        return PackedEmbedding(spec["num_embeddings"], spec["embedding_dim"], spec["dtype"], dtype,
+                               spec["role"])
     kind, i, o, b = spec["kind"], spec["in_features"], spec["out_features"], spec.get("bias", False)
     if kind == "int":
         return QuantLinear(i, o, spec["bits"], spec["group_size"], spec["symmetric"], b)
@@ -222,5 +227,7 @@ def from_spec(spec: dict) -> nn.Module:
     if kind == "lowrank":
         return LowRankLinear(i, o, spec["rank"], b)
     if kind in ("dense", "sparse"):
-        return nn.Linear(i, o, bias=b)
+        linear = nn.Linear(i, o, bias=b)
+        linear.llm4all_kind, linear.llm4all_resized = kind, kind == "dense"  # re-saved in the same form
+        return linear
     raise ValueError(f"unknown module kind {kind!r} in llm4all_quant.json")

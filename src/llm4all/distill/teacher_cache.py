@@ -1,11 +1,18 @@
 """Offline KD: the teacher's top-k log-probabilities per token, computed once and cached on disk.
 
-The cache covers ALIGNED windows of a token-shard split: window i is
-``tokens[i·L : i·L + L + 1]`` (inputs its first L tokens, labels its last L), so a distillation
-sampler draws window indices and finds the teacher's outputs for exactly those inputs. Layout::
+The cache covers ALIGNED windows of a token-shard split: aligned window w is
+``tokens[w·L : w·L + L + 1]`` (inputs its first L tokens, labels its last L), so a distillation
+sampler draws cached rows and finds the teacher's outputs for exactly those inputs. Row i of
+the cache holds aligned window ``windows[i]``, a seeded random permutation of all of the split's
+aligned windows cut to ``max_windows``: a partial cache is a uniform sample of the whole split,
+not its first documents (a split is stored in document order, so its head is one source, and a
+student trained on the head of a sorted or curated split learns that source only). The
+permutation is fixed by (number of aligned windows, seed), so a larger ``max_windows`` extends
+the same sample and reuses the finished shards. Layout::
 
-    index.json         teacher, shards, split, seq_len, top_k, n_windows, shard list, dtypes,
-                       bytes_per_token, seconds, tokens_per_second
+    index.json         teacher, shards, split, seq_len, top_k, n_windows, aligned_windows, seed,
+                       shard list, dtypes, bytes_per_token, seconds, tokens_per_second
+    windows.npy        (n,) int64 aligned-window number of each cached row
     ids-00000.npy      (n, L, k) uint16 (int32 if the vocabulary exceeds 65,536) teacher top-k ids
     logp-00000.npy     (n, L, k) float16 their log-probabilities at T = 1, sorted descending
     rest-00000.npy     (n, L) float16 log of the leftover mass 1 − Σ_k p (floored at LOG_REST_MIN)
@@ -39,6 +46,11 @@ FORMAT = "llm4all-teacher-topk/1"
 def n_windows_of(n_tokens: int, seq_len: int) -> int:
     """Number of aligned windows of L + 1 tokens (consecutive windows share one token)."""
     return max(0, (n_tokens - 1) // seq_len)
+
+
+def window_order(n_aligned: int, seed: int) -> np.ndarray:
+    """(n_aligned,) int64: the order in which a cache takes the split's aligned windows."""
+    return np.random.default_rng(seed).permutation(n_aligned).astype(np.int64)
 
 
 def topk_logprobs(logits, k: int):
@@ -88,8 +100,11 @@ def _save(path: Path, array: np.ndarray) -> None:
 
 def build_cache(teacher_model, shards_dir: Path, out: Path, *, split: str = "train", seq_len: int = 256,
                 top_k: int = 64, batch_size: int = 8, dtype: str = "bfloat16", max_windows: int | None = None,
-                windows_per_shard: int = 512, teacher_name: str | None = None) -> dict:
-    """Cache the teacher's top-k log-probabilities over the aligned windows of a token-shard split.
+                windows_per_shard: int = 512, teacher_name: str | None = None, seed: int = 0) -> dict:
+    """Cache the teacher's top-k log-probabilities over aligned windows of a token-shard split.
+
+    All aligned windows, or ``max_windows`` of them drawn uniformly without replacement
+    (``window_order(n_aligned, seed)``; module docstring).
 
     ``dtype`` is the compute dtype: a float32 model runs under CPU autocast to it (a model
     loaded in that dtype already runs natively). Returns the written index.
@@ -106,8 +121,8 @@ def build_cache(teacher_model, shards_dir: Path, out: Path, *, split: str = "tra
     vocab = int(teacher_model.get_output_embeddings().weight.shape[0])
     if top_k > vocab:
         raise UserError(f"--top-k {top_k} exceeds the teacher's vocabulary of {vocab}")
-    n = n_windows_of(tokens.size, seq_len)
-    n = n if max_windows is None else min(n, max_windows)
+    n_aligned = n_windows_of(tokens.size, seq_len)
+    n = n_aligned if max_windows is None else min(n_aligned, max_windows)
     if n < 1:
         raise UserError(f"{shards_dir}: split {split!r} has {tokens.size} tokens, fewer than one window "
                         f"of --seq-len {seq_len} + 1")
@@ -122,11 +137,15 @@ def build_cache(teacher_model, shards_dir: Path, out: Path, *, split: str = "tra
         "shards": str(Path(shards_dir).resolve()), "split": split, "seq_len": seq_len, "top_k": top_k,
         "vocab_size": vocab, "windows_per_shard": windows_per_shard, "dtype": dtype,
         "ids_dtype": np.dtype(ids_dtype).name, "logp_dtype": "float16", "log_rest_min": LOG_REST_MIN,
+        "aligned_windows": n_aligned, "seed": seed,
     }
     out = Path(out)
     _check_resumable(out, settings)
     spans = [(j, s, min(s + windows_per_shard, n)) for j, s in enumerate(range(0, n, windows_per_shard))]
     write_json(out / "index.json", {**settings, "n_windows": n, "complete": False})
+    order = window_order(n_aligned, seed)[:n]  # (n,) aligned window of each cached row
+    if not (out / "windows.npy").is_file() or not np.array_equal(np.load(out / "windows.npy"), order):
+        _save(out / "windows.npy", order)
     for stale in out.glob("*-*.npy"):  # shards beyond this run's count (an earlier, larger run)
         if int(stale.stem.split("-")[-1]) >= len(spans):
             stale.unlink()
@@ -143,7 +162,7 @@ def build_cache(teacher_model, shards_dir: Path, out: Path, *, split: str = "tra
             for i in range(a, b, batch_size):
                 e = min(i + batch_size, b)
                 x = torch.from_numpy(np.stack([np.asarray(tokens[w * seq_len:(w + 1) * seq_len],
-                                                          dtype=np.int64) for w in range(i, e)]))  # (B, L)
+                                                          dtype=np.int64) for w in order[i:e]]))  # (B, L)
                 t_ids, t_logp, t_rest = teacher_topk(teacher_model, x, top_k, autocast)
                 ids[i - a:e - a], logp[i - a:e - a] = t_ids.numpy(), t_logp.numpy()
                 rest[i - a:e - a] = t_rest.numpy()
@@ -155,7 +174,7 @@ def build_cache(teacher_model, shards_dir: Path, out: Path, *, split: str = "tra
                 _save(out / _shard_names(j)[key], array)
 
     seconds = time.perf_counter() - start
-    files = [out / name for j, _, _ in spans for name in _shard_names(j).values()]
+    files = [out / name for j, _, _ in spans for name in _shard_names(j).values()] + [out / "windows.npy"]
     index = {
         **settings, "n_windows": n, "tokens": n * seq_len,
         "shard_files": [{**_shard_names(j), "windows": b - a, "first_window": a} for j, a, b in spans],
@@ -200,6 +219,8 @@ class TeacherCache:
                             "`llm4all teacher-cache` with the same arguments to finish it")
         self.n_windows, self.seq_len = self.index["n_windows"], self.index["seq_len"]
         self.top_k = self.index["top_k"]
+        order = self.path / "windows.npy"  # absent in caches of the first windows only (identity)
+        self.windows = np.load(order) if order.is_file() else np.arange(self.n_windows, dtype=np.int64)
         self._firsts = np.asarray([s["first_window"] for s in self.index["shard_files"]])
         self._arrays: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._tokens = None
@@ -230,7 +251,7 @@ class TeacherCache:
                 torch.from_numpy(np.stack([r[2] for r in rows]).astype(np.float32)))
 
     def tokens(self, indices):
-        """(input_ids, labels), each (B, L) int64, of windows ``indices`` from the cached token shards."""
+        """(input_ids, labels), each (B, L) int64, of cached rows ``indices`` from the token shards."""
         import torch
 
         from llm4all.data.shards import TokenShards
@@ -238,14 +259,14 @@ class TeacherCache:
         if self._tokens is None:
             self._tokens = TokenShards(self.index["shards"]).tokens(self.index["split"])
         L = self.seq_len
-        w = np.stack([np.asarray(self._tokens[int(i) * L:int(i) * L + L + 1], dtype=np.int64)
-                      for i in indices])  # (B, L + 1)
+        starts = [int(self.windows[int(i)]) * L for i in indices]
+        w = np.stack([np.asarray(self._tokens[s:s + L + 1], dtype=np.int64) for s in starts])  # (B, L + 1)
         return torch.from_numpy(w[:, :-1].copy()), torch.from_numpy(w[:, 1:].copy())
 
 
 def main(teacher: str, data: Path, *, out: Path, split: str = "train", seq_len: int = 256, top_k: int = 64,
          batch_size: int = 8, dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16",
-         max_windows: int | None = None) -> dict:
+         max_windows: int | None = None, seed: int = 0) -> dict:
     """Cache a teacher's top-k next-token log-probabilities over token shards, for offline KD.
 
     Args:
@@ -253,11 +274,12 @@ def main(teacher: str, data: Path, *, out: Path, split: str = "train", seq_len: 
         data: a token-shard directory from `llm4all tokenize` (same tokenizer as the teacher).
         out: cache directory (a rerun with the same arguments resumes; finished shards are kept).
         split: which split of the shards to cache.
-        seq_len: window length L; window i is tokens[i·L : i·L + L + 1].
+        seq_len: window length L; aligned window w is tokens[w·L : w·L + L + 1].
         top_k: log-probabilities kept per token (e.g. 32-128).
         batch_size: windows per teacher forward pass.
         dtype: teacher compute dtype: bfloat16, float16 or float32.
-        max_windows: cache at most this many windows (the first ones).
+        max_windows: cache at most this many windows, drawn uniformly from the whole split.
+        seed: seed of the permutation that draws the windows.
     """
     from llm4all.data.shards import TokenShards
     from llm4all.models.load import load
@@ -267,9 +289,10 @@ def main(teacher: str, data: Path, *, out: Path, split: str = "train", seq_len: 
     model, tok = load(teacher, dtype=dtype)
     _check_vocab(shards, tok, teacher, model.config.vocab_size)
     index = build_cache(model, data, out, split=split, seq_len=seq_len, top_k=top_k, batch_size=batch_size,
-                        dtype=dtype, max_windows=max_windows, teacher_name=teacher)
+                        dtype=dtype, max_windows=max_windows, teacher_name=teacher, seed=seed)
     config = {"teacher": teacher, "data": str(data), "out": str(out), "split": split, "seq_len": seq_len,
-              "top_k": top_k, "batch_size": batch_size, "dtype": dtype, "max_windows": max_windows}
+              "top_k": top_k, "batch_size": batch_size, "dtype": dtype, "max_windows": max_windows,
+              "seed": seed}
     mark_done(out, config, time.perf_counter() - start)
     _print_summary(out, index)
     return index
@@ -296,7 +319,7 @@ def _print_summary(out: Path, index: dict) -> None:
     from rich.table import Table
 
     table = Table(title=f"teacher cache {out}", show_header=False)
-    for key in ("teacher", "split", "seq_len", "top_k", "n_windows", "tokens", "bytes_per_token",
-                "reused_shards", "seconds", "tokens_per_second"):
+    for key in ("teacher", "split", "seq_len", "top_k", "n_windows", "aligned_windows", "tokens",
+                "bytes_per_token", "reused_shards", "seconds", "tokens_per_second"):
         table.add_row(key, str(index[key]))
     Console().print(table)

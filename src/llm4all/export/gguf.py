@@ -212,6 +212,10 @@ def export_gguf(model: str | Path, out: str | Path,
     start = time.perf_counter()
     source = resolve(model)
     net, tokenizer = load(source, dtype="float32")
+    if (source / "llm4all_quant.json").exists():  # a compressed checkpoint: its de-quantised weights
+        from llm4all.compress.dense import densify
+
+        densify(net)
     result = write_gguf(net, tokenizer, out, type, model_dir=source, name=Path(str(model)).name)
     return {"format": "gguf", "out": str(out), "source": str(model), "type": type,
             "parameters": sum(p.numel() for p in net.parameters()), **result,

@@ -45,6 +45,7 @@ def export_hf(model: str | Path, out: str | Path,
 
     Returns a summary: output path, dtype, parameter count, safetensors bytes and SHA-256.
     """
+    import torch
     import transformers
 
     from llm4all.models.load import _quiet, load, resolve
@@ -57,6 +58,10 @@ def export_hf(model: str | Path, out: str | Path,
     start = time.perf_counter()
     source = resolve(model)
     net, tokenizer = load(source, dtype=dtype)
+    if (source / "llm4all_quant.json").exists():  # a compressed checkpoint: export its de-quantised weights
+        from llm4all.compress.dense import densify
+
+        densify(net, getattr(torch, dtype))
     params = sum(p.numel() for p in net.parameters())  # tied embeddings count once
     with atomic_dir(out) as tmp:
         with _quiet(transformers):
