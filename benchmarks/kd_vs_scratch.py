@@ -21,11 +21,12 @@ One process, on the demo corpus (English and French) tokenized with the teacher'
    round by round; first round dropped, median per token.
 
 The timed sections (cache, each training run, the cost rounds) each take the shared benchmark
-lock ``/tmp/llm4all-bench.lock`` themselves; do not wrap the script in flock. On a shared
-2-core CPU, ``--threads 1`` avoids two threads stalling on each other when another job holds
-a core (then lower ``--steps`` to stay in time).
+lock ``/tmp/llm4all-bench.lock`` themselves; do not wrap the script in flock. One torch thread
+by default: on the shared 2-core CPU two threads ran 500 tokens/s while the other core was
+idle and 35 tokens/s (barrier stalls) once another job took it. The defaults (80 steps) take
+about 15 minutes at one thread; ``--threads 2 --steps 160`` take as long on an idle machine.
 
-    .venv/bin/python benchmarks/kd_vs_scratch.py [--steps 160] [--micro-batch 4] [--windows N]
+    .venv/bin/python benchmarks/kd_vs_scratch.py [--steps 80] [--micro-batch 4] [--windows N]
 
 The last lines are the cost ratios, then distilled / CE-only perplexity.
 """
@@ -112,7 +113,7 @@ def step_costs(student, teacher, cache, micro_batch: int, rounds: int, lr: float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, nargs="+", default=[0, 2, 5, 8, 10, 13, 16, 18, 21, 24, 27, 29])
-    parser.add_argument("--steps", type=int, default=160)
+    parser.add_argument("--steps", type=int, default=80)
     parser.add_argument("--micro-batch", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--windows", type=int, default=None, help="cached windows (default: one epoch)")
@@ -120,9 +121,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--scratch-lr", type=float, default=3e-3)
     parser.add_argument("--alpha", type=float, default=0.5)
-    parser.add_argument("--eval-tokens", type=int, default=16384)
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads")
+    parser.add_argument("--eval-tokens", type=int, default=8192)
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (see the module docstring)")
     parser.add_argument("--work", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -140,10 +141,14 @@ def main() -> None:
                  val_fraction=0.02, workers=1)
     teacher32, _ = load("smollm2-135m")
     teacher32.requires_grad_(False)
-    with locked("teacher cache"):
-        index = build_cache(teacher32, shards, work / "cache", seq_len=args.seq_len, top_k=args.top_k,
-                            dtype="float32", max_windows=args.windows or args.steps * args.micro_batch,
-                            teacher_name="smollm2-135m")
+    built = work / "cache-build.json"  # the first build's index (a rerun with --work reuses the cache)
+    if not built.exists():
+        with locked("teacher cache"):
+            index = build_cache(teacher32, shards, work / "cache", seq_len=args.seq_len, top_k=args.top_k,
+                                dtype="float32", max_windows=args.windows or args.steps * args.micro_batch,
+                                teacher_name="smollm2-135m")
+        built.write_text(json.dumps(index))
+    index = json.loads(built.read_text())
     cache = TeacherCache(work / "cache")
     student = student_from_teacher(teacher32, layers=args.layers)
     common = dict(teacher="smollm2-135m", mode="offline", cache=work / "cache", seq_len=args.seq_len,
@@ -155,6 +160,9 @@ def main() -> None:
                             lr=args.scratch_lr)}
     results = {}
     for name, kw in runs.items():
+        if (work / name / "result.json").exists():  # a rerun with --work reuses finished runs
+            results[name] = json.loads((work / name / "result.json").read_text())
+            continue
         with locked(f"train {name}"):
             results[name] = distill(shards, out=work / name, **common, **kw)
     with locked("step cost"):
