@@ -71,6 +71,9 @@ def test_bad_inputs(setup, tmp_path):
     root, teacher = setup
     with pytest.raises(UserError, match="--alpha must be in"):
         distill(root / "shards", out=tmp_path / "x", teacher=str(teacher), alpha=1.5, **COMMON)
+    with pytest.raises(UserError, match="--sparse-mode bucket needs --temperature 1"):
+        distill(root / "shards", out=tmp_path / "x", teacher=str(teacher), temperature=2.0, **COMMON)
+    assert not (tmp_path / "x").exists()  # refused before the cache is built
     with pytest.raises(UserError, match="unknown kd_losses entry 'kl'"):
         distill(root / "shards", out=tmp_path / "x", teacher=str(teacher), divergence="kl", **COMMON)
     other = build_tiny_model(tmp_path / "other")

@@ -9,6 +9,7 @@ from torch import nn
 
 from llm4all.compress.calibrate import (
     Accumulator,
+    busy_cores,
     compress_layers,
     free_cores,
     layer0_inputs,
@@ -52,15 +53,21 @@ def test_accumulator_is_two_over_n_xtx_in_pieces():
 
 
 def test_thread_choice(monkeypatch):
-    monkeypatch.setattr("os.getloadavg", lambda: (1.2, 1.0, 1.0))
     monkeypatch.setattr("os.cpu_count", lambda: 2)
-    assert free_cores(3) == 3 and free_cores(0) == 1  # one of two cores busy elsewhere
-    monkeypatch.setattr("os.getloadavg", lambda: (0.1, 1.0, 1.0))
+    monkeypatch.setattr("llm4all.compress.calibrate.busy_cores", lambda: 0.95)
+    assert free_cores(3) == 3 and free_cores(0) == 1  # another process holds a whole core
+    monkeypatch.setattr("llm4all.compress.calibrate.busy_cores", lambda: 0.7)
     assert free_cores(0) == 2
+    monkeypatch.setattr("llm4all.compress.calibrate.busy_cores", lambda: 1.9)
+    assert free_cores(0) == 1
     before = torch.get_num_threads()
     with thread_limit(1) as n:
         assert n == 1 and torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+def test_busy_cores_is_a_fraction_of_the_machine():
+    assert 0.0 <= busy_cores(0.05) <= (__import__("os").cpu_count() or 1)
 
 
 def test_linear_groups_follow_call_order_and_shared_inputs(tiny):

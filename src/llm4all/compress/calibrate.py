@@ -67,14 +67,35 @@ def linears(layer: nn.Module) -> list[tuple[str, nn.Linear]]:
     return [(n, m) for n, m in layer.named_modules() if isinstance(m, nn.Linear)]
 
 
+def busy_cores(seconds: float = 0.25) -> float:
+    """Cores' worth of CPU time used (by other processes: we sleep) over ``seconds``, from
+    /proc/stat; the 1-minute load average where there is no /proc/stat."""
+    def sample() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # total, idle + iowait (jiffies)
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0]
+    cores = os.cpu_count() or 1
+    return cores * (1 - (idle1 - idle0) / max(total1 - total0, 1))
+
+
 def free_cores(requested: int = 0) -> int:
-    """Threads to use: ``requested``, or (0) the cores not busy with other processes, from the
-    1-minute load average. On this shared 2-core machine two threads with the other core busy
-    made the calibration 2× slower than one (OpenMP and OpenBLAS threads wait on each other:
-    forward 48 vs 36 s, Hessians 44 vs 21 s, GPTQ 39 vs 8 s, measured at load average 2–3)."""
+    """Threads to use: ``requested``, or (0) the cores that other processes leave free.
+
+    A core counts as taken when other processes keep it ≥ 85% busy. Measured on this shared
+    2-core machine (SmolLM2 GPTQ, 16k tokens): with another process using a full core, two
+    threads took 136 s and one 70 s (OpenMP and BLAS threads wait on each other); with one
+    using ~70% of a core, two threads took 45 s and one 60 s.
+    """
     if requested > 0:
         return requested
-    return max(1, min(os.cpu_count() or 1, round((os.cpu_count() or 1) - os.getloadavg()[0])))
+    cores = os.cpu_count() or 1
+    return max(1, min(cores, cores - int(busy_cores() + 0.15)))
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from llm4all.compress.embedding import PackedEmbedding, TiedHead
+from llm4all.compress.embedding import PackedEmbedding, TiedHead, embedding_spec
 from llm4all.compress.formats import FORMAT, dense_from_sparse, sparse_tensors
 from llm4all.compress.method import Method
 from llm4all.errors import UserError, did_you_mean
@@ -168,8 +168,7 @@ def _packed_embedding_specs(model: nn.Module, specs: dict, config) -> dict:
         name = names[id(module)]
         if name not in specs:
             rows, cols = module.weight.shape
-            out[name] = {"kind": "embedding", "dtype": "float16", "role": role,
-                         "num_embeddings": rows, "embedding_dim": cols}
+            out[name] = embedding_spec(rows, cols, "float16", role)
     return out
 
 

@@ -32,6 +32,12 @@ def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
+def embedding_spec(num_embeddings: int, embedding_dim: int, kind: str, role: str) -> dict:
+    """The llm4all_quant.json entry of a packed embedding (in/out features: its shape as a head)."""
+    return {"kind": "embedding", "dtype": kind, "role": role, "num_embeddings": num_embeddings,
+            "embedding_dim": embedding_dim, "in_features": embedding_dim, "out_features": num_embeddings}
+
+
 class PackedEmbedding(nn.Module):
     """Embedding rows stored in float16 or int8 (+ float16 row scales), de-quantised on use."""
 
@@ -60,8 +66,7 @@ class PackedEmbedding(nn.Module):
         return m
 
     def spec(self) -> dict:
-        return {"kind": "embedding", "dtype": self.kind, "role": self.role,
-                "num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim}
+        return embedding_spec(self.num_embeddings, self.embedding_dim, self.kind, self.role)
 
     def rows(self, start: int, end: int, dtype: torch.dtype) -> torch.Tensor:
         """Rows start:end de-quantised to ``dtype`` ((end − start, H), a new tensor)."""

@@ -274,6 +274,9 @@ def main(
     OPTIMIZERS.get(optimizer)
     if not 0 <= alpha <= 1:
         raise UserError(f"--alpha must be in [0, 1], got {alpha}")
+    if mode == "offline" and sparse_mode == "bucket" and temperature != 1.0:
+        raise UserError(f"--sparse-mode bucket needs --temperature 1 (the cached leftover mass is at T = 1), "
+                        f"got {temperature}; use --sparse-mode renormalize for other temperatures")
     out = Path(out)
     dist_ = setup_distributed("ddp")
     shards = TokenShards(data)
