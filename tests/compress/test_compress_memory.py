@@ -38,6 +38,7 @@ def test_int8_rows_hand_computed_and_error_bound():
 
 @pytest.mark.parametrize("kind", ["float16", "int8"])
 def test_packed_lookup_and_chunked_head_match_dense(kind, monkeypatch):
+    monkeypatch.setenv("LLM4ALL_QKERNEL", "0")  # the exact path (the kernels: test_compress_kernels.py)
     monkeypatch.setattr(embedding, "CHUNK", 7)  # several chunks and a ragged last one for 50 rows
     w = torch.randn(50, 16, generator=torch.Generator().manual_seed(1))
     emb = PackedEmbedding.from_weight(w, kind)
@@ -51,7 +52,8 @@ def test_packed_lookup_and_chunked_head_match_dense(kind, monkeypatch):
 
 
 @pytest.mark.parametrize("embeddings", ["float16", "int8"])
-def test_quantised_model_keeps_no_full_precision_matrix(tiny, tmp_path, embeddings):
+def test_quantised_model_keeps_no_full_precision_matrix(tiny, tmp_path, embeddings, monkeypatch):
+    monkeypatch.setenv("LLM4ALL_QKERNEL", "0")  # compare with the exact path
     out = tmp_path / "q"
     compress(str(tiny), out=out, method={"name": "rtn", "bits": 4, "group_size": 32}, embeddings=embeddings)
     net, _ = load(out)

@@ -20,8 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llm4all.compress.qlinear import kernels_enabled
+
 CHUNK = 4096  # vocabulary rows de-quantised at a time by the head (a 9 MiB fp32 matrix for 576 columns)
 KINDS = ("float16", "int8")
+DECODE_ROWS = 16  # up to this many rows, an int8 head runs PyTorch's int8 weight-only kernel
+_HAS_INT8_KERNEL = hasattr(torch.ops.aten, "_weight_int8pack_mm")
 
 
 def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,8 +88,22 @@ class PackedEmbedding(nn.Module):
         return F.embedding(ids, self.qweight).to(self.dtype) * scale
 
     def project(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Logits hidden @ Wᵀ ((…, H) -> (…, V)), CHUNK rows of W de-quantised at a time."""
+        """Logits hidden @ Wᵀ ((…, H) -> (…, V)), CHUNK rows of W de-quantised at a time.
+
+        Decoding on CPU (a few rows, no autograd) reads the stored matrix directly instead:
+        a float16 matrix-vector product for one row (2.1 ms against 5.5 ms chunked for
+        SmolLM2's 49,152 × 576 head on this machine), PyTorch's int8 weight-only kernel with
+        bf16 activations for up to ``DECODE_ROWS`` rows of an int8 matrix.
+        """
         h = hidden.reshape(-1, self.embedding_dim)  # (N, H)
+        decoding = h.device.type == "cpu" and not (torch.is_grad_enabled() and h.requires_grad)
+        if decoding and kernels_enabled():
+            if self.kind == "float16" and h.shape[0] == 1:
+                return F.linear(h.half(), self.weight).to(hidden.dtype).view(*hidden.shape[:-1], -1)
+            if self.kind == "int8" and h.shape[0] <= DECODE_ROWS and _HAS_INT8_KERNEL:
+                out = torch.ops.aten._weight_int8pack_mm(h.to(torch.bfloat16), self.qweight,
+                                                         self.scales.to(torch.bfloat16))
+                return out.to(hidden.dtype).view(*hidden.shape[:-1], self.num_embeddings)
         out = torch.empty(h.shape[0], self.num_embeddings, dtype=hidden.dtype)
         for start in range(0, self.num_embeddings, CHUNK):
             end = min(start + CHUNK, self.num_embeddings)

@@ -1,9 +1,16 @@
 """Runtime modules of a compressed model: packed weights as buffers, CPU forward passes.
 
-* ``QuantLinear``: b-bit group-wise weights (RTN, GPTQ). Each forward unpacks the codes and
-  de-quantises them into a scratch buffer shared by all layers (one per shape and dtype, so
-  a 30-layer model holds one de-quantised matrix at a time, not thirty), then calls
-  ``F.linear``: resident memory is the packed weights plus the largest layer in fp32.
+* ``QuantLinear``: b-bit group-wise weights (RTN, GPTQ). On CPU without autograd it runs
+  PyTorch's weight-only kernels, which never de-quantise the matrix: codes of at most 4 bits
+  through ``_weight_int4pack_mm_for_cpu`` (the "tinygemm" int4 kernel torchao uses), 8-bit
+  per-channel codes through ``_weight_int8pack_mm``; activations and outputs pass through
+  bf16 there (perplexity of the quickstart's GPTQ int4 student: 127.08 against 127.07 exact).
+  On first use the packed codes are re-laid out in place into the kernel's order (the same
+  bytes, so no second copy); ``state_dict`` writes llm4all's order back. Otherwise (GPU,
+  autograd, group-wise 8-bit, shapes the kernels refuse, or ``LLM4ALL_QKERNEL=0``) each
+  forward de-quantises into a scratch buffer shared by all layers (one per shape and dtype,
+  so a 30-layer model holds one de-quantised matrix at a time, not thirty) and calls
+  ``F.linear``.
 * ``Int8Linear``: int8 per-channel weights with per-token int8 activations (dynamic W8A8,
   Xiao et al. 2023 "SmoothQuant" baseline) and an optional set of fp16 outlier input
   columns (LLM.int8(), Dettmers et al. 2022); the int8 product runs through
@@ -18,6 +25,8 @@ weight it applies, for fake-quantised comparisons) and is rebuilt from a spec by
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +43,38 @@ def _scratch(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     if key not in _SCRATCH:
         _SCRATCH[key] = torch.empty(shape, dtype=dtype)
     return _SCRATCH[key]
+
+
+KERNEL_BLOCK_N = 64  # output rows per block in the CPU int4 kernel's weight layout
+KERNEL_GROUPS = (256, 128, 64, 32)  # group sizes the kernel accepts
+
+
+def to_kernel_layout(codes: torch.Tensor) -> torch.Tensor:
+    """4-bit codes (N, K) -> uint8 (N, K/2) in the CPU int4 kernel's order.
+
+    The order ``torch.ops.aten._convert_weight_to_int4pack_for_cpu`` produces (tested against
+    it): blocks of 64 output rows; within a block, for each input column k, 32 bytes whose low
+    nibble is row j's code and high nibble row j + 32's.
+    """
+    n, k = codes.shape
+    c = codes.to(torch.uint8).view(n // KERNEL_BLOCK_N, KERNEL_BLOCK_N, k).transpose(1, 2)  # (nb, K, 64)
+    half = KERNEL_BLOCK_N // 2
+    return (c[..., :half] | (c[..., half:] << 4)).reshape(n, k // 2)
+
+
+def from_kernel_layout(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """Inverse of ``to_kernel_layout``: uint8 codes (N, K)."""
+    p = packed.view(n // KERNEL_BLOCK_N, k, KERNEL_BLOCK_N // 2)
+    return torch.cat([p & 15, p >> 4], -1).transpose(1, 2).reshape(n, k)
+
+
+_HAS_KERNELS = all(hasattr(torch.ops.aten, op) for op in ("_weight_int4pack_mm_for_cpu",
+                                                         "_weight_int8pack_mm"))
+
+
+def kernels_enabled() -> bool:
+    """Whether the CPU weight-only kernels may run (``LLM4ALL_QKERNEL=0`` forces exact de-quantisation)."""
+    return _HAS_KERNELS and os.environ.get("LLM4ALL_QKERNEL", "1") != "0"
 
 
 def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,6 +104,7 @@ class QuantLinear(nn.Module):
         if not symmetric:
             self.register_buffer("zeros", torch.zeros(out_features, groups, dtype=torch.uint8))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        self._kernel: str | None = None  # "int4"/"int8" while qweight is in a CPU kernel's order
 
     @classmethod
     def from_codes(cls, codes, scales, zeros, bits, group_size, bias=None) -> QuantLinear:
@@ -81,10 +123,60 @@ class QuantLinear(nn.Module):
                 "symmetric": self.symmetric, "in_features": self.in_features,
                 "out_features": self.out_features, "bias": self.bias is not None}
 
+    def codes(self) -> torch.Tensor:
+        """The unsigned codes (out, in) as uint8, whichever order ``qweight`` is in."""
+        if self._kernel == "int4":
+            return from_kernel_layout(self.qweight, self.out_features, self.in_features)
+        if self._kernel == "int8":
+            return (self.qweight.view(torch.int8).to(torch.int16) + 128).to(torch.uint8)
+        return unpack(self.qweight, self.bits, self.in_features)
+
+    def _kernel_kind(self) -> str | None:
+        """Which CPU kernel can run this layer: int4 (≤ 4-bit codes), int8 (per-channel 8-bit)."""
+        if storage_bits(self.bits) == 4 and self.out_features % KERNEL_BLOCK_N == 0 and any(
+                self.group_size % g == 0 for g in KERNEL_GROUPS):
+            return "int4"
+        if self.bits == 8 and self.group_size == self.in_features:
+            return "int8"
+        return None
+
+    def _to_kernel(self, kind: str) -> None:
+        """Re-lay ``qweight`` out for ``kind``'s kernel (replacing the old order) and build its scales."""
+        codes = self.codes()
+        scales = self.scales.float()  # (out, groups)
+        zeros = torch.full_like(scales, 2.0 ** (self.bits - 1)) if self.symmetric else self.zeros.float()
+        if kind == "int4":
+            # the kernel computes (q − 8)·s + m per group, so m = (8 − zero)·s gives our (q − zero)·s;
+            # a group it does not take (per-channel, 192, ...) is its divisors' groups, scales repeated
+            group = next(g for g in KERNEL_GROUPS if self.group_size % g == 0)
+            sz = torch.stack([scales, (8.0 - zeros) * scales], -1)  # (out, groups, 2)
+            sz = sz.repeat_interleave(self.group_size // group, dim=1)  # (out, in / group, 2)
+            self._kernel_scales = sz.transpose(0, 1).contiguous().to(torch.bfloat16)
+            self._kernel_group = group
+            self.qweight = to_kernel_layout(codes).contiguous()
+        else:
+            # (q − zero)·s = (q − 128)·s + (128 − zero)·s: an int8 product plus s·(128 − zero)·Σx
+            self._kernel_scales = scales[:, 0].to(torch.bfloat16)
+            self._kernel_shift = ((128.0 - zeros[:, 0]) * scales[:, 0]) if not self.symmetric else None
+            self.qweight = (codes.to(torch.int16) - 128).to(torch.int8).view(torch.uint8)
+        self._kernel = kind
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self._kernel is not None:  # always saved in llm4all's order
+            destination[prefix + "qweight"] = pack(self.codes(), self.bits)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if self._kernel is not None:  # loading brings llm4all's order (and its shape) back
+            cols = -(-self.in_features * storage_bits(self.bits) // 8)
+            self.qweight = torch.empty(self.out_features, cols, dtype=torch.uint8, device=self.qweight.device)
+            self._kernel = None
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def dense_weight(self, dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None):
         rows, cols, gs = self.out_features, self.in_features, self.group_size
         w = torch.empty(rows, cols, dtype=torch.float32) if out is None else out
-        w.copy_(unpack(self.qweight, self.bits, cols))
+        w.copy_(self.codes())
         w3 = w.view(rows, cols // gs, gs)  # (out, groups, group_size)
         if self.symmetric:
             w3.sub_(2 ** (self.bits - 1))
@@ -94,8 +186,29 @@ class QuantLinear(nn.Module):
         return w if dtype == torch.float32 else w.to(dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type == "cpu" and self.qweight.device.type == "cpu"
+                and not (torch.is_grad_enabled() and x.requires_grad) and kernels_enabled()):
+            if self._kernel is None and (kind := self._kernel_kind()) is not None:
+                self._to_kernel(kind)
+            if self._kernel is not None:
+                return self._kernel_forward(x)
         w = self.dense_weight(x.dtype, out=_scratch((self.out_features, self.in_features), torch.float32))
         return F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
+
+    def _kernel_forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, self.in_features)
+        xb = x2.to(torch.bfloat16)
+        if self._kernel == "int4":
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(xb, self.qweight, self._kernel_group,
+                                                           self._kernel_scales).to(x.dtype)
+        else:
+            y = torch.ops.aten._weight_int8pack_mm(xb, self.qweight.view(torch.int8),
+                                                   self._kernel_scales).to(x.dtype)
+            if self._kernel_shift is not None:
+                y += x2.sum(-1, keepdim=True) * self._kernel_shift.to(x.dtype)
+        if self.bias is not None:
+            y += self.bias.to(x.dtype)
+        return y.view(*x.shape[:-1], self.out_features)
 
 
 class Int8Linear(nn.Module):
