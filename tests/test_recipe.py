@@ -47,6 +47,20 @@ def test_changed_config_reruns_the_stage(tiny_model, docs_jsonl, tmp_path):
     assert again["stages"]["eval_tiny"]["status"] == "ran"
 
 
+def test_a_rerun_stage_reruns_what_reads_it(tiny_model, docs_jsonl, tmp_path):
+    stages = two_stage(tiny_model, docs_jsonl)
+    stages["report"] = {"run": "${run_dir}"}  # reads every earlier stage
+    recipe = write_recipe(tmp_path, stages)
+    run(str(recipe), run_dir=tmp_path / "run")
+    forced = run(str(recipe), run_dir=tmp_path / "run", only=["tokenize"], force=True)
+    assert list(forced["stages"]) == ["tokenize"]
+    # eval_tiny's and report's configs are unchanged, but tokenize finished after them
+    again = run(str(recipe), run_dir=tmp_path / "run")
+    status = [again["stages"][n]["status"] for n in ("tokenize", "eval_tiny", "report")]
+    assert status == ["skipped", "ran", "ran"]
+    assert {s["status"] for s in run(str(recipe), run_dir=tmp_path / "run")["stages"].values()} == {"skipped"}
+
+
 def test_from_requires_known_stage_and_runs_the_rest(tiny_model, docs_jsonl, tmp_path):
     recipe = write_recipe(tmp_path, two_stage(tiny_model, docs_jsonl))
     with pytest.raises(UserError, match="no stage 'eval'"):

@@ -15,7 +15,9 @@ A recipe is data, never code::
 Each stage's keys are exactly the keyword arguments of its command's function (``llm4all
 CMD --help``); all stages are validated before anything runs, and an error names the recipe
 file and the key. A stage whose output directory has a ``DONE`` marker and the same resolved
-config is skipped on rerun; ``--only`` and ``--from`` pick stages, ``--force`` reruns them.
+config is skipped on rerun, unless a stage it reads (a ``${STAGE}`` it names; every earlier
+stage for one that reads ``${run_dir}``, like the report) ran again since: then it reruns too.
+``--only`` and ``--from`` pick stages, ``--force`` reruns them.
 
 Substitutions in strings: ``${STAGE}`` (that stage's output directory, which must come
 earlier), ``${run_dir}``, ``${demo_corpus}`` (the bundled demo corpus) and ``${demo_planted}``
@@ -33,7 +35,7 @@ from typing import Any
 import yaml
 
 from llm4all.errors import UserError, did_you_mean
-from llm4all.runs import is_done, mark_done, write_json, write_yaml
+from llm4all.runs import DONE, is_done, mark_done, write_json, write_yaml
 from llm4all.signature import bind, params, resolved
 
 TOP_KEYS = ("name", "description", "run_dir", "stages")
@@ -116,8 +118,11 @@ def load_recipe(recipe: str | Path, run_dir: Path | None = None) -> tuple[Path, 
             raise UserError(f"{where}: expected a mapping of options")
         command = str(options.pop("command", name))
         fn = _command(command, where)
-        needs = sorted({m for m in _VAR.findall(str(options))
-                        if m in variables and m not in ("run_dir", "demo_corpus", "demo_planted")})
+        refs = set(_VAR.findall(str(options)))
+        needs = sorted(m for m in refs if m in variables and m not in ("run_dir", "demo_corpus",
+                                                                       "demo_planted"))
+        # what it reads: the stages it names, or every earlier stage if it reads the whole run (report)
+        inputs = [s["name"] for s in out] if "run_dir" in refs else needs
         options = _substitute(options, variables, where)
         stage_out = run_dir / name
         if "out" in params(fn):
@@ -125,7 +130,7 @@ def load_recipe(recipe: str | Path, run_dir: Path | None = None) -> tuple[Path, 
                 raise UserError(f"{where}: 'out' is set by the recipe runner ({stage_out})")
             options["out"] = str(stage_out)
         out.append({"name": name, "command": command, "fn": fn, "out": stage_out, "needs": needs,
-                    "kwargs": bind(fn, options, where)})
+                    "inputs": inputs, "kwargs": bind(fn, options, where)})
         variables[name] = str(stage_out)
     return run_dir, out
 
@@ -138,6 +143,16 @@ def _same_config(out: Path, config: dict) -> bool:
         return yaml.safe_load(saved.read_text()) == config
     except yaml.YAMLError:
         return False
+
+
+def _finished_at(out: Path) -> float:
+    return (out / DONE).stat().st_mtime if (out / DONE).exists() else 0.0
+
+
+def _stale_inputs(stage: dict, run_dir: Path) -> list[str]:
+    """The stages ``stage`` reads that finished after it did (their outputs changed since)."""
+    mine = _finished_at(stage["out"])
+    return [n for n in stage["inputs"] if _finished_at(run_dir / n) > mine]
 
 
 def run(recipe: str, *, run_dir: Path | None = None, only: list[str] | None = None,
@@ -171,18 +186,23 @@ def run(recipe: str, *, run_dir: Path | None = None, only: list[str] | None = No
                                     f"run in {run_dir}; run it first (or drop --only/--from)")
     summary: dict[str, Any] = {"recipe": str(find_recipe(recipe)), "run_dir": str(run_dir), "stages": {}}
     total = time.perf_counter()
+    rerun: set[str] = set()  # stages (re)run by this call: what reads them runs again too
     for i, stage in enumerate(stages, start=1):
         name, out = stage["name"], stage["out"]
         config = {"command": stage["command"], **resolved(stage["fn"], stage["kwargs"])}
         label = f"[{i}/{len(stages)}] {name} ({stage['command']})"
         if name not in selected:
             continue
-        if not force and is_done(out) and _same_config(out, config):
+        stale = sorted({*(_stale_inputs(stage, run_dir) if is_done(out) else []),
+                        *(n for n in stage["inputs"] if n in rerun)})
+        if not force and is_done(out) and _same_config(out, config) and not stale:
             console.print(f"{label}: done, skipped")
             summary["stages"][name] = {"status": "skipped"}
             continue
+        rerun.add(name)
         if dry_run:
-            console.print(f"{label}: would run -> {out}")
+            why = f" (changed input: {', '.join(stale)})" if stale else ""
+            console.print(f"{label}: would run{why} -> {out}")
             continue
         console.rule(label)
         if out.exists() and (force or not _same_config(out, config)):
