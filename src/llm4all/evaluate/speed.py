@@ -8,7 +8,7 @@
   includes the prefill, is left out). Decode tokens/s = B·(N-1) / (last stamp - first stamp).
   Latency percentiles p50/p90/p99 are over the steps of all repeats.
 - Batch sweep: decode tokens/s and per-step latency for each batch size B.
-- Peak memory: the resident-set high-water mark (``getrusage(RUSAGE_SELF).ru_maxrss``) of a
+- Peak memory: the resident-set high-water mark (VmHWM in ``/proc/self/status``) of a
   fresh Python process that loads the model and runs the largest prefill and the largest batch's
   decode, next to the RSS right after loading. It includes the interpreter, torch and
   transformers (a few hundred MB); ``after_load`` minus the RSS before loading is the model.
@@ -101,9 +101,24 @@ def _rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _child(model: str, dtype: str, length: int, batch: int, new_tokens: int) -> dict:
+def _peak_rss_mib() -> float:
+    """This process's RSS high-water mark (VmHWM).
+
+    Not ``getrusage(RUSAGE_SELF).ru_maxrss``: Linux folds the high-water mark of the memory
+    image a process had before ``exec`` into it, and a child forked from a big parent (the
+    recipe runner holding a model) starts from the parent's RSS, so every child reported the
+    parent's peak. VmHWM belongs to the current image only.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
     import resource
 
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _child(model: str, dtype: str, length: int, batch: int, new_tokens: int) -> dict:
     import torch  # noqa: F401  (counted in the baseline)
 
     from llm4all.models.load import load
@@ -113,8 +128,7 @@ def _child(model: str, dtype: str, length: int, batch: int, new_tokens: int) -> 
     after = _rss_mib()
     prefill_speed(net, length, 1, repeats=1)
     decode_speed(net, new_tokens, batch, repeats=1)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    return {"rss_before_load_mib": before, "rss_after_load_mib": after, "peak_rss_mib": peak}
+    return {"rss_before_load_mib": before, "rss_after_load_mib": after, "peak_rss_mib": _peak_rss_mib()}
 
 
 def main(

@@ -55,6 +55,16 @@ def _eval(v: dict) -> float | None:
     return v["ppl"] if str(v.get("ppl_source") or "").startswith("eval") else None
 
 
+def _decode(v: dict, ref: dict) -> str:
+    """'; decodes 3.2× as fast as REF (10.9 against 35.4 ms / token)', if both were timed."""
+    if not (v["latency_ms"] and ref["latency_ms"]):
+        return ""
+    ratio = ref["latency_ms"] / v["latency_ms"]
+    speed = f"{ratio:.1f}× as fast as" if ratio >= 1 else f"{1 / ratio:.1f}× slower than"
+    return (f"; decodes {speed} {esc(ref['name'])} ({v['latency_ms']:.1f} against "
+            f"{ref['latency_ms']:.1f} ms / token, batch 1)")
+
+
 def answer(variants: list[dict], stages_line: str, curation_line: str | None) -> list[str]:
     """The lead: one HTML sentence per comparison that matters."""
     by = {v["name"]: v for v in variants}
@@ -80,7 +90,9 @@ def answer(variants: list[dict], stages_line: str, curation_line: str | None) ->
                 text += f", {times(s['size_bytes'], teacher['size_bytes'])} than the teacher"
         if s["params"]:
             text += f" ({fmt(s['params'], 'params')} parameters)"
-        if teacher and s["eval_tokens_per_s"] and teacher["eval_tokens_per_s"]:
+        if teacher and (decode := _decode(s, teacher)):
+            text += decode
+        elif teacher and s["eval_tokens_per_s"] and teacher["eval_tokens_per_s"]:
             text += (f"; scores text {s['eval_tokens_per_s'] / teacher['eval_tokens_per_s']:.1f}× as fast "
                      f"({s['eval_tokens_per_s']:,.0f} against {teacher['eval_tokens_per_s']:,.0f} tokens/s)")
         lines.append(text + ".")
@@ -111,6 +123,8 @@ def answer(variants: list[dict], stages_line: str, curation_line: str | None) ->
             text += f"; perplexity {fmt(c['ppl'])}"
         else:
             text += "; perplexity not measured"
+        if src and (decode := _decode(c, src)):
+            text += decode
         lines.append(text + ".")
     if curation_line:
         lines.append(curation_line)
