@@ -2,20 +2,21 @@
 
 Peer: the teacher alone (greedy, KV cache, one token per forward pass), timed in the same run on
 the same prompts, interleaved with each draft's run. Prompts: the first line of 8 held-out
-demo-corpus documents, 64 new tokens each (issue 8 target: >= 1.5x at greedy). Drafts:
+demo-corpus documents, 64 new tokens each (issue 8 target: >= 1.5x at greedy). Drafts
+(default: those of the quickstart's outputs that exist, and prompt lookup):
 
-- ``layers:N``: the teacher's first N layers + its final norm and head (early exit, no training);
-- ``every:2``: a student initialised from every other teacher layer (untrained: the distilled
-  student does not exist yet; pass its directory with --drafts when it does);
-- ``dtype:bfloat16``: the teacher itself in bf16 (agrees almost always; pays off only if bf16 is
-  much faster than fp32 here);
-- ``ngram:3``: prompt-lookup decoding (copies continuations of earlier 3-grams; no model).
+- ``ngram:3``: prompt-lookup decoding (copies continuations of earlier 3-grams; no model);
+- ``runs/quickstart/distill/model``: the distilled 12-layer student (fp32);
+- ``runs/quickstart/compress_gptq4``: the same student, GPTQ int4 (CPU int4 kernel);
+- ``ngram:3|runs/quickstart/compress_gptq4``: prompt lookup, the int4 student when it finds
+  nothing;
+- any other spec of ``llm4all eval speculative`` (``layers:N``, ``every:K``, ``dtype:bfloat16``,
+  a path such as a GPTQ int4 copy of the teacher).
 
 Every speculative output is asserted equal to the teacher's greedy output. Last line: the best
 speed-up ratio.
 
-    .venv/bin/python benchmarks/speculative.py [--threads 1] [--k 4]
-        [--drafts layers:8 every:2 dtype:bfloat16 ngram:3]
+    .venv/bin/python benchmarks/speculative.py [--threads N] [--k 4] [--drafts SPEC ...]
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
 
 import torch
 
@@ -33,7 +35,7 @@ from llm4all.models.load import load
 def run() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", default="smollm2-135m")
-    parser.add_argument("--drafts", nargs="+", default=["layers:8", "every:2", "dtype:bfloat16", "ngram:3"])
+    parser.add_argument("--drafts", nargs="+", default=None, help="draft specs (default: see above)")
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--prompts", type=int, default=8)
@@ -42,6 +44,14 @@ def run() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    if args.drafts is None:
+        quick = Path("runs/quickstart")
+        student, int4 = quick / "distill" / "model", quick / "compress_gptq4"
+        args.drafts = ["ngram:3"] + [str(p) for p in (student, int4) if (p / "config.json").exists()]
+        if (int4 / "config.json").exists():
+            args.drafts.append(f"ngram:3|{int4}")
+        if len(args.drafts) == 1:
+            print("no quickstart student in runs/quickstart (run `make demo` first): prompt lookup only")
     start = time.perf_counter()
     target, tokenizer = load(args.target)
     prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in demo_prompts(args.prompts)]
