@@ -47,3 +47,14 @@ def test_real_teacher_loads_from_gguf_and_predicts_english():
         loss = model(ids, labels=ids).loss.item()
     assert loss < 3.5  # a random 49k-vocab model scores ~10.8 nats/token
     assert (resolve("smollm2-135m") / "model.safetensors").exists()
+
+
+def test_gguf_cache_key_changes_with_content_not_only_size(tmp_path):
+    from llm4all.models.load import _fingerprint
+
+    a, b = tmp_path / "a.gguf", tmp_path / "b.gguf"
+    a.write_bytes(b"GGUF" + bytes(1000))
+    b.write_bytes(b"GGUF" + bytes(999) + b"\x01")  # same size, another model
+    assert a.stat().st_size == b.stat().st_size
+    assert _fingerprint(a) != _fingerprint(b)
+    assert _fingerprint(a) == _fingerprint(a)

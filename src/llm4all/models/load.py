@@ -62,14 +62,30 @@ def resolve(model: str | Path) -> Path:
     if path.suffix == ".gguf":
         if not path.is_file():
             raise UserError(f"{path}: no such GGUF file")
-        key = f"{path.stem}-{path.stat().st_size}"
-        return _converted(path, cache_dir() / "models" / key)
+        return _converted(path, cache_dir() / "models" / f"{path.stem}-{_fingerprint(path)}")
     name = str(model)
     if name in MODELS.names():
         source: Callable[[], Path] = MODELS.get(name)
         return _converted(source(), cache_dir() / "models" / name)
     raise UserError(f"unknown model {name!r}: not a registered name ({did_you_mean(name, MODELS.names())}), "
                     "an HF model directory or a .gguf file")
+
+
+def _fingerprint(path: Path) -> str:
+    """A short key for a file's version: size, mtime and its first and last MiB.
+
+    Not the size alone: a student distilled again exports a GGUF of exactly the same size, and
+    the cache must not hand back the previous conversion.
+    """
+    import hashlib
+
+    st = path.stat()
+    h = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    with open(path, "rb") as f:
+        h.update(f.read(2**20))
+        f.seek(max(0, st.st_size - 2**20))
+        h.update(f.read(2**20))
+    return h.hexdigest()[:16]
 
 
 def _converted(gguf: Path, out: Path) -> Path:
