@@ -8,7 +8,8 @@ defaults, 16,384 tokens), then evaluated in its own subprocess: perplexity on th
 ``--eval-tokens`` tokens of the demo validation split (context 512, non-overlapping windows),
 size on disk, model RSS (resident bytes added by loading the weights, measured after the
 modeling code, tokenizer and a weightless skeleton are already in memory), peak RSS (VmHWM)
-and the latency of one forward pass over 512 tokens. Peers quantise the fp32 model in their
+the latency of one forward pass over 512 tokens, and the decode latency (greedy, batch 1, KV
+cache: the median of 32 single-token steps after a 64-token prompt). Peers quantise the fp32 model in their
 subprocess (their RSS therefore includes what the fp32 load left behind; their size on disk
 is their own state dict saved with safetensors / torch.save).
 
@@ -102,12 +103,23 @@ def evaluate(kind: str, path: str, eval_tokens: int) -> dict:
             t = time.perf_counter()
             net(input_ids=ids)
             times.append(time.perf_counter() - t)
+    # decode: greedy, batch 1, KV cache, 64-token prompt, median of 32 single-token steps
+    from transformers import DynamicCache
+
+    cache, steps = DynamicCache(config=net.config), []
+    with torch.inference_mode():
+        nxt = net(input_ids=ids[:, :64], past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+        for _ in range(33):
+            t = time.perf_counter()
+            nxt = net(input_ids=nxt, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+            steps.append(time.perf_counter() - t)
+    decode_ms = 1000 * sorted(steps[1:])[len(steps[1:]) // 2]
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork+exec, so a child would report
     # the (large) benchmark parent's RSS at fork time
     status = Path("/proc/self/status").read_text()
     rss = int(next(x for x in status.splitlines() if x.startswith("VmHWM:")).split()[1]) * 1024
-    return {"ppl": result["ppl"], "latency_ms": 1000 * min(times), "model_rss": loaded, "peak_rss": rss,
-            "disk": size, "ppl_seconds": ppl_seconds}
+    return {"ppl": result["ppl"], "latency_ms": 1000 * min(times), "decode_ms": decode_ms,
+            "model_rss": loaded, "peak_rss": rss, "disk": size, "ppl_seconds": ppl_seconds}
 
 
 def peer_quantize(net, kind: str, out: Path) -> int:
@@ -202,17 +214,17 @@ def main() -> None:
         done(peer, {**row, "compress_s": None})
     base = rows["fp32"]["ppl"]
     print("\n| method | ppl | Δppl vs fp32 | disk MB | model RSS MB | peak RSS MB | "
-          "latency ms / 512 tok | compress s |")
-    print("|---|---|---|---|---|---|---|---|")
+          "latency ms / 512 tok | decode ms / token | compress s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         if "error" in r:
-            print(f"| {name} | error: {r['error']} | | | | | | |")
+            print(f"| {name} | error: {r['error']} | | | | | | | |")
             continue
         disk = f"{r['disk'] / 2**20:.0f}" if r.get("disk") else "n/a"
         cs = f"{r['compress_s']:.0f}" if r.get("compress_s") is not None else "–"
         print(f"| {name} | {r['ppl']:.3f} | {100 * (r['ppl'] / base - 1):+.1f}% | {disk} | "
               f"{r.get('model_rss', 0) / 2**20:.0f} | {r['peak_rss'] / 2**20:.0f} | "
-              f"{r['latency_ms']:.0f} | {cs} |")
+              f"{r['latency_ms']:.0f} | {r.get('decode_ms', float('nan')):.1f} | {cs} |")
     json_path = WORK / "results.json"
     json_path.write_text(json.dumps(rows, indent=2))
     g, q = rows.get("gptq int4 g64", {}), rows.get("quanto qint4", {})
