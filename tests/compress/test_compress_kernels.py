@@ -78,3 +78,21 @@ def test_packed_head_decode_paths(kind, rows):
         y = head(h)
     assert y.shape == exact.shape and y.dtype == torch.float32
     assert (y - exact).abs().max() <= 1e-2 * exact.abs().max()
+
+
+def test_shapes_the_kernels_refuse_take_the_exact_path():
+    # int8 kernel: in_features must be a multiple of 16 (torch 2.13 segfaults otherwise)
+    m = _layer(8, 40, True, n=64, k=40)
+    x = torch.randn(2, 40)
+    with torch.no_grad():
+        y = m(x)
+    assert m._kernel is None and torch.allclose(y, torch.nn.functional.linear(x, m.dense_weight()), atol=1e-5)
+    # int4 kernel: out_features must be a multiple of 64
+    m = _layer(4, 32, False, n=48, k=64)
+    with torch.no_grad():
+        m(torch.randn(2, 64))
+    assert m._kernel is None
+    head = PackedEmbedding.from_weight(torch.randn(100, 24), "int8", role="head")
+    h = torch.randn(1, 24)
+    with torch.no_grad():
+        assert torch.allclose(head(h), h @ head.dense_weight().T, atol=1e-5)

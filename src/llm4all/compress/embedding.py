@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llm4all.compress.qlinear import kernels_enabled
+from llm4all.compress.qlinear import INT8_KERNEL_K, kernels_enabled
 
 CHUNK = 4096  # vocabulary rows de-quantised at a time by the head (a 9 MiB fp32 matrix for 576 columns)
 KINDS = ("float16", "int8")
@@ -100,7 +100,8 @@ class PackedEmbedding(nn.Module):
         if decoding and kernels_enabled():
             if self.kind == "float16" and h.shape[0] == 1:
                 return F.linear(h.half(), self.weight).to(hidden.dtype).view(*hidden.shape[:-1], -1)
-            if self.kind == "int8" and h.shape[0] <= DECODE_ROWS and _HAS_INT8_KERNEL:
+            if (self.kind == "int8" and h.shape[0] <= DECODE_ROWS and _HAS_INT8_KERNEL
+                    and self.embedding_dim % INT8_KERNEL_K == 0):
                 out = torch.ops.aten._weight_int8pack_mm(h.to(torch.bfloat16), self.qweight,
                                                          self.scales.to(torch.bfloat16))
                 return out.to(hidden.dtype).view(*hidden.shape[:-1], self.num_embeddings)

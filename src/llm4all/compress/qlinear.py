@@ -47,6 +47,7 @@ def _scratch(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
 
 KERNEL_BLOCK_N = 64  # output rows per block in the CPU int4 kernel's weight layout
 KERNEL_GROUPS = (256, 128, 64, 32)  # group sizes the kernel accepts
+INT8_KERNEL_K = 16  # _weight_int8pack_mm (torch 2.13) crashes the process when in_features % 16 != 0
 
 
 def to_kernel_layout(codes: torch.Tensor) -> torch.Tensor:
@@ -136,7 +137,7 @@ class QuantLinear(nn.Module):
         if storage_bits(self.bits) == 4 and self.out_features % KERNEL_BLOCK_N == 0 and any(
                 self.group_size % g == 0 for g in KERNEL_GROUPS):
             return "int4"
-        if self.bits == 8 and self.group_size == self.in_features:
+        if self.bits == 8 and self.group_size == self.in_features and self.in_features % INT8_KERNEL_K == 0:
             return "int8"
         return None
 
