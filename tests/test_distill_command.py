@@ -2,10 +2,9 @@ import json
 
 import pytest
 
-from llm4all.data.tokenize import main as tokenize
 from llm4all.distill.command import main as distill
 from llm4all.errors import UserError
-from tinymodels import build_tiny_model, tiny_texts
+from tinymodels import build_tiny_model, tiny_teacher_and_shards
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -13,12 +12,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("distill")
-    teacher = build_tiny_model(root / "teacher", layers=4)
-    docs = root / "docs.jsonl"
-    with docs.open("w") as f:
-        for i, text in enumerate(tiny_texts(120, words=80)):
-            f.write(json.dumps({"id": f"d{i}", "text": text}) + "\n")
-    tokenize([docs], out=root / "shards", tokenizer=str(teacher), workers=1, val_fraction=0.1)
+    teacher = tiny_teacher_and_shards(root, layers=4)
     return root, teacher
 
 

@@ -40,3 +40,18 @@ def build_tiny_model(path: Path, *, layers: int = 2, hidden: int = 32, seed: int
     model.save_pretrained(path)
     fast.save_pretrained(path)
     return path
+
+
+def tiny_teacher_and_shards(root: Path, **model_kwargs) -> Path:
+    """A tiny teacher at ROOT/teacher and its tokenized shards at ROOT/shards (120 documents)."""
+    import json
+
+    from llm4all.data.tokenize import main as tokenize
+
+    teacher = build_tiny_model(root / "teacher", **model_kwargs)
+    docs = root / "docs.jsonl"
+    with docs.open("w") as f:
+        for i, text in enumerate(tiny_texts(120, words=80)):
+            f.write(json.dumps({"id": f"d{i}", "text": text}) + "\n")
+    tokenize([docs], out=root / "shards", tokenizer=str(teacher), workers=1, val_fraction=0.1)
+    return teacher

@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from llm4all.compress.command import main as compress
-from llm4all.data.tokenize import main as tokenize
 from llm4all.errors import UserError
 from llm4all.models.load import load
-from tinymodels import build_tiny_model, tiny_texts
+from tinymodels import tiny_teacher_and_shards
 
 OPTIONS = {"lr": 1e-3, "precision": "fp32", "seq_len": 32, "micro_batch": 4, "eval_tokens": 512}
 
@@ -19,12 +18,7 @@ OPTIONS = {"lr": 1e-3, "precision": "fp32", "seq_len": 32, "micro_batch": 4, "ev
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("recover")
-    teacher = build_tiny_model(root / "teacher", hidden=64, layers=2)
-    docs = root / "docs.jsonl"
-    with docs.open("w") as f:
-        for i, text in enumerate(tiny_texts(120, words=80)):
-            f.write(json.dumps({"id": f"d{i}", "text": text}) + "\n")
-    tokenize([docs], out=root / "shards", tokenizer=str(teacher), workers=1, val_fraction=0.1)
+    teacher = tiny_teacher_and_shards(root, hidden=64, layers=2)
     return root, teacher
 
 
