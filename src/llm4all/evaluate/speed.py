@@ -97,8 +97,9 @@ def peak_memory(model: str, dtype: str, length: int, batch: int, new_tokens: int
 
 
 def _rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    from llm4all.plan.measure import proc_status
+
+    return proc_status("VmRSS") / 2**20
 
 
 def _peak_rss_mib() -> float:
@@ -109,13 +110,9 @@ def _peak_rss_mib() -> float:
     recipe runner holding a model) starts from the parent's RSS, so every child reported the
     parent's peak. VmHWM belongs to the current image only.
     """
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # kB
-    import resource
+    from llm4all.plan.measure import proc_status
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return proc_status("VmHWM") / 2**20
 
 
 def _child(model: str, dtype: str, length: int, batch: int, new_tokens: int) -> dict:

@@ -45,7 +45,8 @@ def measure(arch: Arch, setup: Setup, steps: int = 3, timeout: float = 900.0) ->
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _status(key: str) -> int:
+def proc_status(key: str) -> int:
+    """A memory line of /proc/self/status (VmRSS, VmHWM, ...) in bytes."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(key + ":"):
@@ -75,7 +76,7 @@ def _child(job: dict) -> dict:  # pragma: no cover - runs in the subprocess
     )
     ids = torch.randint(0, a.vocab, (st.batch, st.seq))
     gc.collect()
-    base = _status("VmRSS")
+    base = proc_status("VmRSS")
     model = LlamaForCausalLM(config).to(param_dtype)
     if st.mode == "train" and st.recompute == "full":
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -112,7 +113,7 @@ def _child(job: dict) -> dict:  # pragma: no cover - runs in the subprocess
             opt.zero_grad(set_to_none=False)  # gradients stay allocated, as the model counts them
             times.append(time.perf_counter() - t)
             del loss
-    peak = _status("VmHWM") - base
+    peak = proc_status("VmHWM") - base
     steady = times[1:] or times
     return {"peak_bytes": peak, "seconds_per_step": sum(steady) / len(steady),
             "tokens_per_s": st.batch * st.seq * len(steady) / sum(steady),
