@@ -59,18 +59,18 @@ def evaluate(kind: str, path: str, eval_tokens: int) -> dict:
 
     import psutil
     import torch
-    import transformers
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    import llm4all.compress.command  # noqa: F401  (code, not weights: imported before the baseline)
+    import llm4all.models.packed  # noqa: F401  (code, not weights: imported before the baseline)
     from llm4all.data.shards import TokenShards
     from llm4all.evaluate.perplexity import perplexity
-    from llm4all.models.load import _quiet, load, resolve
+    from llm4all.models.load import load, resolve
+    from llm4all.models.quiet import quiet_transformers
 
     size = None
     source = resolve("smollm2-135m" if kind in ("fp32", "bf16") or kind.startswith(("quanto", "torchao"))
                      else path)
-    with _quiet(transformers):  # modeling code, tokenizer and a weightless skeleton: not the model
+    with quiet_transformers():  # modeling code, tokenizer and a weightless skeleton: not the model
         with torch.device("meta"):
             AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source))
         AutoTokenizer.from_pretrained(source)

@@ -88,9 +88,9 @@ def test_lora_trains_adapters_and_merges_exactly(shards, tmp_path):
 
 @pytest.mark.slow
 def test_bitnet_training_saves_a_ternary_model_that_computes_what_it_trained(shards, tmp_path):
-    from llm4all.compress.qlinear import TernaryLinear
     from llm4all.compress.quantize.bitnet import BitLinear, bitnet_convert
     from llm4all.models.load import load
+    from llm4all.models.packed.int8 import TernaryLinear
 
     data, model = shards
     train(data, out=tmp_path / "bit", model=str(model), steps=30, bitnet=True, **BASE)

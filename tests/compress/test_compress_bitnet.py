@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch import nn
 
-from llm4all.compress.qlinear import TernaryLinear
 from llm4all.compress.quantize.bitnet import (
     BitLinear,
     absmax_int8,
@@ -15,6 +14,7 @@ from llm4all.compress.quantize.bitnet import (
     ternarize,
 )
 from llm4all.compress.quantize.gptq import single_thread
+from llm4all.models.packed.int8 import TernaryLinear
 
 
 def test_absmean_ternary_hand_computed():

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from llm4all.compress import embedding
 from llm4all.compress.command import main as compress
-from llm4all.compress.embedding import PackedEmbedding, TiedHead, quantize_rows
 from llm4all.models.load import load
+from llm4all.models.packed import embedding
+from llm4all.models.packed.embedding import PackedEmbedding, TiedHead, quantize_rows
 from tinymodels import build_tiny_model
 
 
@@ -78,7 +78,7 @@ RSS = """
 import gc, json, sys, psutil, torch, transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from llm4all.models.load import load, resolve
-import llm4all.compress.command, llm4all.compress.qlinear, safetensors.torch
+import llm4all.models.packed, safetensors.torch
 path = resolve(sys.argv[1])
 cfg = AutoConfig.from_pretrained(path)
 with torch.device("meta"):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llm4all.compress.formats import pack, pack_mask, pack_ternary, unpack, unpack_mask, unpack_ternary
 from llm4all.compress.quantize.gptq import gptq_quantize, layer_error
 from llm4all.compress.quantize.rtn import rtn_quantize
 from llm4all.errors import UserError
+from llm4all.models.packed.formats import pack, pack_mask, pack_ternary, unpack, unpack_mask, unpack_ternary
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])

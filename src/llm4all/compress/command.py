@@ -4,28 +4,22 @@ The method is one registered entry (``llm4all ls quantizers|pruners|factorizers`
 as ``{name: gptq, bits: 4, group_size: 128}``. Methods that need calibration statistics
 read windows from a token-shard directory (``--calib``). The output is a Hugging Face-like
 directory: ``config.json``, the tokenizer, ``model.safetensors`` with packed tensors and
-``llm4all_quant.json`` describing them (format in docs/compress.md); ``load_compressed``
-(and ``llm4all.models.load.load``) turns it back into a runnable model.
+``llm4all_quant.json`` describing them (format in docs/compress.md, code in
+``llm4all.models.packed``); ``llm4all.models.load.load`` turns it back into a runnable model.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Literal
 
 import torch
-from torch import nn
 
-from llm4all.compress.embedding import PackedEmbedding, TiedHead, embedding_spec
-from llm4all.compress.formats import FORMAT, dense_from_sparse, sparse_tensors
 from llm4all.compress.method import Method
 from llm4all.errors import UserError, did_you_mean
-from llm4all.runs import atomic_dir, write_json
-
-QUANT_FILE = "llm4all_quant.json"
-QUANTIZED = ("int", "int8", "ternary")  # module kinds whose weights stay packed in memory
+from llm4all.models.packed import save_packed
+from llm4all.runs import write_json
 
 
 def build_method(method: dict | str) -> Method:
@@ -39,137 +33,6 @@ def build_method(method: dict | str) -> Method:
             return registry.build(spec)
     valid = QUANTIZERS.names() + PRUNERS.names() + FACTORIZERS.names()
     raise UserError(f"--method: unknown method {name!r}; {did_you_mean(str(name), valid)}")
-
-
-def module_specs(model: nn.Module) -> dict[str, dict]:
-    """llm4all_quant.json entries: every compressed module, plus Linears whose shape changed."""
-    specs = {}
-    for name, m in model.named_modules():
-        if hasattr(m, "spec"):
-            specs[name] = m.spec()
-        elif isinstance(m, nn.Linear) and name != "lm_head":
-            kind = getattr(m, "llm4all_kind", "dense")
-            if kind == "sparse" or getattr(m, "llm4all_resized", False):
-                specs[name] = {"kind": kind, "in_features": m.in_features,
-                               "out_features": m.out_features, "bias": m.bias is not None}
-    return specs
-
-
-def save_compressed(model: nn.Module, tokenizer, out: Path, info: dict) -> dict:
-    """Write ``model`` (with compressed modules) as a packed checkpoint directory."""
-    from safetensors.torch import save_file
-
-    specs = module_specs(model)
-    tied = bool(getattr(model.config, "tie_word_embeddings", False))
-    tensors: dict[str, torch.Tensor] = {}
-    for key, t in model.state_dict().items():
-        owner, _, leaf = key.rpartition(".")
-        if tied and key == "lm_head.weight":
-            continue
-        if specs.get(owner, {}).get("kind") == "sparse" and leaf == "weight":
-            for k, v in sparse_tensors(t.detach()).items():
-                tensors[f"{owner}.{k}"] = v.contiguous()
-            continue
-        if t.is_floating_point() and not (owner in specs and leaf == "scales"):
-            t = t.to(torch.float16)  # embeddings, norms, dense weights: fp16 on disk
-        tensors[key] = t.detach().contiguous()
-    with atomic_dir(out) as tmp:
-        model.config.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
-        write_json(tmp / QUANT_FILE, {"format": FORMAT, "dense_dtype": "float16", **info,
-                                      "modules": specs})
-    return specs
-
-
-def load_compressed(path: str | Path, dtype: str = "float32"):
-    """Load a packed checkpoint into a runnable model: ``(model, tokenizer)``.
-
-    Packed weights stay packed. In a quantised checkpoint the embedding (and output head) stays
-    float16 or int8 too (``embedding.PackedEmbedding``) and returns ``dtype`` activations;
-    other dense tensors (norms; every weight of a pruned or factorised model) become ``dtype``.
-    """
-    import transformers
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from llm4all.compress.qlinear import from_spec
-    from llm4all.compress.recover import keep_sparsity
-    from llm4all.models.load import DTYPES, _quiet
-
-    path = Path(path)
-    meta_file = path / QUANT_FILE
-    if not meta_file.is_file():
-        raise UserError(f"{path}: not a compressed checkpoint (no {QUANT_FILE})")
-    meta = json.loads(meta_file.read_text())
-    if meta.get("format") != FORMAT:
-        raise UserError(f"{meta_file}: format {meta.get('format')!r}, expected {FORMAT!r}")
-    torch_dtype = getattr(torch, DTYPES.get(dtype, "float32"))
-    with _quiet(transformers):
-        config = AutoConfig.from_pretrained(path, local_files_only=True)
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
-    specs = dict(meta["modules"])
-    if any(spec["kind"] in QUANTIZED for spec in specs.values()):
-        specs.update(_packed_embedding_specs(model, specs, config))
-    with torch.device("meta"):  # empty modules: their tensors come from the file, no zeros first
-        for name, spec in specs.items():
-            model.set_submodule(name, from_spec(spec, torch_dtype))
-    state = load_file(str(path / "model.safetensors"))
-    for name, spec in specs.items():
-        if spec["kind"] == "sparse":
-            shape = (spec["out_features"], spec["in_features"])
-            mask, values = state.pop(f"{name}.mask"), state.pop(f"{name}.values")
-            state[f"{name}.weight"] = dense_from_sparse(mask, values, shape, torch_dtype)
-    for key, t in state.items():
-        owner, _, leaf = key.rpartition(".")
-        kind = specs.get(owner, {}).get("kind", "dense")
-        if t.is_floating_point() and kind in ("dense", "sparse", "lowrank"):
-            state[key] = t.to(torch_dtype)
-        elif t.is_floating_point() and leaf == "bias":
-            state[key] = t.float()
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    del state
-    if config.tie_word_embeddings:
-        embedding = model.get_input_embeddings()
-        if isinstance(embedding, PackedEmbedding):
-            model.lm_head = TiedHead(embedding)
-        else:
-            model.lm_head.weight = embedding.weight
-        missing = [k for k in missing if not k.startswith("lm_head.")]
-    if missing or unexpected:
-        raise UserError(f"{path}: model.safetensors does not match {QUANT_FILE}: "
-                        f"missing {missing[:3]}, unexpected {unexpected[:3]}")
-    for name, spec in specs.items():
-        if spec["kind"] == "sparse":  # training (recovery) keeps pruned weights at zero
-            keep_sparsity(model.get_submodule(name))
-    for name, attrs in meta.get("attributes", {}).items():  # e.g. per-layer num_key_value_groups
-        for attr, value in attrs.items():
-            setattr(model.get_submodule(name), attr, value)
-    for name, m in list(model.named_modules()):  # non-persistent buffers (rotary inv_freq)
-        if any(b.is_meta for b in m.buffers(recurse=False)):
-            model.set_submodule(name, type(m)(config=config))
-    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
-        raise UserError(f"{path}: some tensors were not in model.safetensors")
-    with _quiet(transformers):
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    return model.eval(), tokenizer
-
-
-def _packed_embedding_specs(model: nn.Module, specs: dict, config) -> dict:
-    """A quantised checkpoint keeps its float16 embedding (and untied head) as stored, not upcast."""
-    names = {id(m): n for n, m in model.named_modules()}
-    out = {}
-    roles = [(model.get_input_embeddings(), "embedding")]
-    if not config.tie_word_embeddings and model.get_output_embeddings() is not None:
-        roles.append((model.get_output_embeddings(), "head"))
-    for module, role in roles:
-        name = names[id(module)]
-        if name not in specs:
-            rows, cols = module.weight.shape
-            out[name] = embedding_spec(rows, cols, "float16", role)
-    return out
 
 
 def dir_bytes(path: Path) -> int:
@@ -204,8 +67,8 @@ def main(model: str, *, out: Path, method: dict, calib: Path | None = None, cali
     from rich.table import Table
 
     from llm4all.compress.calibrate import calibration_windows, compress_layers, free_cores, thread_limit
-    from llm4all.compress.embedding import pack_embeddings
     from llm4all.models.load import DTYPES, load
+    from llm4all.models.packed.embedding import pack_embeddings
 
     start = time.perf_counter()
     chosen = build_method(method)  # unknown names and options fail before any work
@@ -251,7 +114,7 @@ def main(model: str, *, out: Path, method: dict, calib: Path | None = None, cali
                                    {**(recover_options or {})}, attributes=info["attributes"], spec=spec)
     if embeddings == "int8":
         pack_embeddings(net, "int8")
-    save_compressed(net, tokenizer, Path(out), info)
+    save_packed(net, tokenizer, Path(out), info)
     result = {"out": str(out), "method": info["method"], "seconds": round(time.perf_counter() - start, 1),
               "compress_seconds": report["seconds"], "bytes_fp32_in_memory": before,
               "bytes_on_disk": dir_bytes(Path(out))}

@@ -49,7 +49,7 @@ def saves_flops(in_features: int, out_features: int, rank: int) -> bool:
 
 
 def lowrank_module(linear: nn.Linear, U: torch.Tensor, V: torch.Tensor) -> nn.Module:
-    from llm4all.compress.qlinear import LowRankLinear
+    from llm4all.models.packed.lowrank import LowRankLinear
 
     m = LowRankLinear(linear.in_features, linear.out_features, U.shape[1], linear.bias is not None)
     with torch.no_grad():

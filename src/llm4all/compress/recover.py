@@ -8,11 +8,9 @@ the compressed one as student (online KD by default: no teacher cache to build),
 the trained weights back into the compressed modules, whose layout (packed sparse masks,
 shrunk matrices, U·V factors) is then saved as before.
 
-Sparsity survives training because a sparse Linear loaded by ``load_compressed`` carries a
-gradient hook (``keep_sparsity``) that zeroes the gradient of every pruned weight: with a zero
-gradient from the first step, AdamW's moments, its update and its decoupled weight decay of a
-zero weight are all exactly zero, so pruned weights stay exactly 0 (checked after training:
-``check_mask``). Quantised weights (packed buffers) are not trainable: recovering them is
+Sparsity survives training: a sparse Linear loaded by ``load_packed`` carries a gradient hook
+(``models.packed.sparse.keep_sparsity``) that keeps every pruned weight at exactly 0, checked
+after training. Quantised weights (packed buffers) are not trainable: recovering them is
 quantisation-aware training (BitLinear, ``llm4all train``), not this stage.
 """
 
@@ -21,7 +19,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from llm4all.errors import UserError
@@ -47,34 +44,6 @@ def check_options(options: dict | None, method=None) -> dict:
     return options
 
 
-def keep_sparsity(linear: nn.Linear) -> None:
-    """Zero the gradient of the pruned (exactly zero) weights of ``linear`` at every backward."""
-    weight = linear.weight
-
-    def hook(grad: torch.Tensor) -> torch.Tensor:
-        return grad.masked_fill(weight.detach() == 0, 0)
-
-    weight.register_hook(hook)
-
-
-def sparse_masks(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Packed masks (bit per weight) of the model's sparse Linears, to compare after training."""
-    from llm4all.compress.formats import pack_mask
-
-    return {n: pack_mask(m.weight.detach() != 0) for n, m in model.named_modules()
-            if isinstance(m, nn.Linear) and getattr(m, "llm4all_kind", "") == "sparse"}
-
-
-def check_mask(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
-    """Every pruned weight is still zero (a weight that reached 0 in training is allowed)."""
-    from llm4all.compress.formats import unpack_mask
-
-    for name, packed in before.items():
-        w = model.get_submodule(name).weight.detach()
-        if ((w != 0) & ~unpack_mask(packed, w.shape[1])).any():
-            raise RuntimeError(f"recovery: pruned weights of {name} became non-zero")
-
-
 def recover(net: nn.Module, tokenizer, teacher: str, work: Path, steps: int, data: Path,
             options: dict | None = None, attributes: dict | None = None, spec: dict | None = None) -> dict:
     """Distil ``teacher`` into the compressed ``net`` for ``steps`` steps, in place; returns metrics.
@@ -84,8 +53,9 @@ def recover(net: nn.Module, tokenizer, teacher: str, work: Path, steps: int, dat
     """
     from safetensors.torch import load_file
 
-    from llm4all.compress.command import save_compressed
     from llm4all.distill.command import main as distill
+    from llm4all.models.packed import save_packed
+    from llm4all.models.packed.sparse import check_mask, sparse_masks
     from llm4all.runs import write_json
 
     options = check_options(options)
@@ -102,7 +72,7 @@ def recover(net: nn.Module, tokenizer, teacher: str, work: Path, steps: int, dat
     before = evaluate(net)
     student = work / "compressed"
     if not (student / "model.safetensors").exists():
-        save_compressed(net, tokenizer, student, {"note": "before recovery", "attributes": attributes or {}})
+        save_packed(net, tokenizer, student, {"note": "before recovery", "attributes": attributes or {}})
     result = distill(data, out=work / "distill", teacher=teacher, student=str(student), steps=steps,
                      **options)
     weights = work / "distill" / "model" / "model.safetensors"

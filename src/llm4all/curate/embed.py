@@ -75,13 +75,12 @@ def _load(model: str):
     """(network, tokenizer) for a model spec, loaded once per process."""
     if model not in _MODELS:
         if model == "minilm":
-            import transformers
             from transformers import AutoModel, AutoTokenizer
 
-            from llm4all.models.load import _quiet
+            from llm4all.models.quiet import quiet_transformers
 
             path = minilm_dir()
-            with _quiet(transformers):  # no progress bars or info logs
+            with quiet_transformers():  # no progress bars or info logs
                 tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
                 net = AutoModel.from_pretrained(path, local_files_only=True).eval()
         else:

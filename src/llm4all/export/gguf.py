@@ -213,7 +213,7 @@ def export_gguf(model: str | Path, out: str | Path,
     source = resolve(model)
     net, tokenizer = load(source, dtype="float32")
     if (source / "llm4all_quant.json").exists():  # a compressed checkpoint: its de-quantised weights
-        from llm4all.compress.dense import densify
+        from llm4all.models.packed.dense import densify
 
         densify(net)
     result = write_gguf(net, tokenizer, out, type, model_dir=source, name=Path(str(model)).name)

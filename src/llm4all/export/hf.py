@@ -46,9 +46,9 @@ def export_hf(model: str | Path, out: str | Path,
     Returns a summary: output path, dtype, parameter count, safetensors bytes and SHA-256.
     """
     import torch
-    import transformers
 
-    from llm4all.models.load import _quiet, load, resolve
+    from llm4all.models.load import load, resolve
+    from llm4all.models.quiet import quiet_transformers
 
     if dtype not in HF_DTYPES:
         raise UserError(f"--dtype {dtype!r} is not supported; valid: {', '.join(HF_DTYPES)}")
@@ -59,12 +59,12 @@ def export_hf(model: str | Path, out: str | Path,
     source = resolve(model)
     net, tokenizer = load(source, dtype=dtype)
     if (source / "llm4all_quant.json").exists():  # a compressed checkpoint: export its de-quantised weights
-        from llm4all.compress.dense import densify
+        from llm4all.models.packed.dense import densify
 
         densify(net, getattr(torch, dtype))
     params = sum(p.numel() for p in net.parameters())  # tied embeddings count once
     with atomic_dir(out) as tmp:
-        with _quiet(transformers):
+        with quiet_transformers():
             net.save_pretrained(tmp, safe_serialization=True, max_shard_size="100GB")
             tokenizer.save_pretrained(tmp)
         mask = os.umask(0)

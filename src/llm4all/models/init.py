@@ -239,8 +239,9 @@ def init_student(teacher: str, *, out: Path, every: int | None = None, layers: l
     """
     import time
 
-    from llm4all.models.load import _quiet, load, resolve
+    from llm4all.models.load import load, resolve
     from llm4all.models.presets import count_parameters
+    from llm4all.models.quiet import quiet_transformers
     from llm4all.runs import atomic_dir, write_json
 
     start = time.perf_counter()
@@ -272,9 +273,8 @@ def init_student(teacher: str, *, out: Path, every: int | None = None, layers: l
               "calibration": str(calibration) if calibration else None,
               "teacher_params": count_parameters(model.config)["total"],
               "student_params": count_parameters(c)["total"]}
-    import transformers
 
-    with atomic_dir(out) as tmp, _quiet(transformers):
+    with atomic_dir(out) as tmp, quiet_transformers():
         student.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         write_json(tmp / "llm4all.json", {"init_student": result,

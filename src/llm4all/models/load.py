@@ -12,7 +12,6 @@ it describe that model.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import os
@@ -23,6 +22,7 @@ from typing import Literal
 
 from llm4all.catalog import MODELS
 from llm4all.errors import UserError, did_you_mean
+from llm4all.models.quiet import quiet_transformers
 from llm4all.runs import atomic_dir, write_json
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
@@ -92,18 +92,17 @@ def _converted(gguf: Path, out: Path) -> Path:
     """Convert ``gguf`` to a safetensors HF directory at ``out`` unless already there."""
     if (out / "llm4all.json").exists():
         return out
-    import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     start = time.perf_counter()
     print(f"converting {gguf.name} to a safetensors HF directory (once) -> {out}", flush=True)
-    with _quiet(transformers):
+    with quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # the weights are de-quantised to fp32 already; drop the GGUF quantizer so they save
     del model.config.quantization_config
     model.hf_quantizer = None
-    with atomic_dir(out) as tmp, _quiet(transformers):
+    with atomic_dir(out) as tmp, quiet_transformers():
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         write_json(tmp / "llm4all.json", {
@@ -114,26 +113,11 @@ def _converted(gguf: Path, out: Path) -> Path:
     return out
 
 
-@contextlib.contextmanager
-def _quiet(transformers):
-    """Silence transformers' progress bars and info logs for the duration."""
-    utils = transformers.utils.logging
-    level = utils.get_verbosity()
-    utils.set_verbosity_error()
-    utils.disable_progress_bar()
-    try:
-        yield
-    finally:
-        utils.set_verbosity(level)
-        utils.enable_progress_bar()
-
-
 def load_tokenizer(model: str | Path):
-    import transformers
     from transformers import AutoTokenizer
 
     path = resolve(model)
-    with _quiet(transformers):
+    with quiet_transformers():
         return AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
@@ -146,18 +130,17 @@ def load(model: str | Path, dtype: str = "float32", device: str = "cpu"):
         device: a torch device string.
     """
     import torch
-    import transformers
     from transformers import AutoModelForCausalLM
+
+    from llm4all.models.packed import is_packed, load_packed
 
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r}; valid: float32, bfloat16, float16")
     path = resolve(model)
-    if (path / "llm4all_quant.json").is_file():  # a packed checkpoint from `llm4all compress`
-        from llm4all.compress.command import load_compressed
-
-        net, tokenizer = load_compressed(path, dtype)
+    if is_packed(path):  # a packed checkpoint from `llm4all compress`
+        net, tokenizer = load_packed(path, getattr(torch, DTYPES[dtype]))
         return net.to(device).eval(), tokenizer
-    with _quiet(transformers):
+    with quiet_transformers():
         net = AutoModelForCausalLM.from_pretrained(
             path, local_files_only=True, dtype=getattr(torch, DTYPES[dtype]))
     return net.to(device).eval(), load_tokenizer(path)

@@ -258,9 +258,9 @@ def _save_bitnet(net, tokenizer, out: Path, arguments: dict, metrics: dict, sour
     same model ternarised and packed, 2 bits per decoder weight (compress/qlinear.TernaryLinear)."""
     import copy
 
-    from llm4all.compress.command import save_compressed
     from llm4all.compress.quantize.bitnet import ternarize
     from llm4all.models.load import save
+    from llm4all.models.packed import save_packed
 
     info = {"made_by": "llm4all train --bitnet", "source": source, "arguments": arguments,
             "metrics": metrics}
@@ -268,7 +268,7 @@ def _save_bitnet(net, tokenizer, out: Path, arguments: dict, metrics: dict, sour
     deployable = copy.deepcopy(net)
     if state_dict is not None:
         deployable.load_state_dict(state_dict)
-    save_compressed(ternarize(deployable).eval(), tokenizer, out / "model",
+    save_packed(ternarize(deployable).eval(), tokenizer, out / "model",
                     {"method": {"name": "bitnet"}, "made_by": "llm4all train --bitnet"})
 
 

@@ -76,7 +76,7 @@ def bitnet_convert(model: nn.Module) -> nn.Module:
 
 
 def ternary_module(lin: nn.Linear) -> nn.Module:
-    from llm4all.compress.qlinear import TernaryLinear
+    from llm4all.models.packed.int8 import TernaryLinear
 
     q, gamma = absmean_ternary(lin.weight.detach().float())
     return TernaryLinear.from_ternary(q, float(gamma), lin.bias)

@@ -29,7 +29,7 @@ def outlier_columns(absmax: torch.Tensor, threshold: float = THRESHOLD) -> torch
 @QUANTIZERS.register("llm_int8")
 def llm_int8(threshold: float = THRESHOLD) -> Method:
     """LLM.int8(): int8 vector-wise matmul + fp16 outlier feature columns (Dettmers et al. 2022)."""
-    from llm4all.compress.qlinear import Int8Linear
+    from llm4all.models.packed.int8 import Int8Linear
 
     check_range("threshold", threshold, 0.0, float("inf"), "llm_int8")
 

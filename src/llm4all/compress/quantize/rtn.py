@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from llm4all.catalog import QUANTIZERS
-from llm4all.compress.formats import BITS
 from llm4all.compress.method import InputStats, Method
 from llm4all.errors import UserError
+from llm4all.models.packed.formats import BITS
 
 
 class Quantized(NamedTuple):
@@ -81,7 +81,7 @@ def rtn_quantize(W: torch.Tensor, bits: int, group_size: int | None = None,
 
 
 def to_module(q: Quantized, linear: nn.Linear) -> nn.Module:
-    from llm4all.compress.qlinear import QuantLinear
+    from llm4all.models.packed.qlinear import QuantLinear
 
     return QuantLinear.from_codes(q.codes, q.scales, q.zeros, q.bits, q.group_size, linear.bias)
 

@@ -16,7 +16,7 @@ from llm4all.compress.method import InputStats, Method
 @QUANTIZERS.register("w8a8")
 def w8a8() -> Method:
     """Dynamic W8A8: int8 per-channel weights × per-token int8 activations (Xiao et al. 2023)."""
-    from llm4all.compress.qlinear import Int8Linear
+    from llm4all.models.packed.int8 import Int8Linear
 
     def compress(name: str, linear: nn.Linear, stats: InputStats | None) -> nn.Module:
         return Int8Linear.from_weight(linear.weight, None, linear.bias)

@@ -3,11 +3,12 @@
 import pytest
 import torch
 
-from llm4all.compress import qlinear
-from llm4all.compress.embedding import PackedEmbedding
-from llm4all.compress.qlinear import QuantLinear, from_kernel_layout, to_kernel_layout
+from llm4all.models.packed import kernels
+from llm4all.models.packed.embedding import PackedEmbedding
+from llm4all.models.packed.kernels import from_kernel_layout, to_kernel_layout
+from llm4all.models.packed.qlinear import QuantLinear
 
-pytestmark = pytest.mark.skipif(not qlinear._HAS_KERNELS, reason="this torch has no CPU weight-only kernels")
+pytestmark = pytest.mark.skipif(not kernels.HAS_KERNELS, reason="this torch has no CPU weight-only kernels")
 
 
 def _layer(bits, group_size, symmetric, n=128, k=576, seed=0):

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llm4all.compress.qlinear import INT8_KERNEL_K, kernels_enabled
+from llm4all.models.packed.kernels import INT8_KERNEL_K, kernels_enabled
 
 CHUNK = 4096  # vocabulary rows de-quantised at a time by the head (a 9 MiB fp32 matrix for 576 columns)
 KINDS = ("float16", "int8")

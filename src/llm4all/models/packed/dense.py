@@ -28,7 +28,7 @@ def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
 @torch.no_grad()
 def densify(model: nn.Module, dtype: torch.dtype = torch.float32) -> nn.Module:
     """Replace packed Linears, embeddings and heads of ``model`` by dense ones in ``dtype``, in place."""
-    from llm4all.compress.embedding import PackedEmbedding, TiedHead
+    from llm4all.models.packed.embedding import PackedEmbedding, TiedHead
 
     resized = [n for n, m in model.named_modules() if getattr(m, "llm4all_resized", False)]
     if resized:
