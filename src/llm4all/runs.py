@@ -20,6 +20,9 @@ from typing import Any
 import yaml
 
 DONE = "DONE"
+MANIFEST = "llm4all.json"
+#: what a model made or read by a stage is to the run (the report groups and compares by role)
+ROLES = ("teacher", "adapted", "student", "scratch", "compressed", "export", "model")
 
 
 @contextlib.contextmanager
@@ -105,3 +108,38 @@ def mark_done(out: str | Path, config: dict[str, Any], seconds: float) -> None:
 
 def is_done(out: str | Path) -> bool:
     return (Path(out) / DONE).exists()
+
+
+def write_manifest(out: str | Path, command: str, *, models: list[dict] | None = None,
+                   inputs: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
+                   **extra: Any) -> Path:
+    """Write the stage manifest ``OUT/llm4all.json``: what the stage made, read and measured.
+
+    Args:
+        out: the stage's output directory.
+        command: the command that ran (``"distill"``, ``"eval perplexity"``, ...).
+        models: the models the stage made or names, each ``{"path", "role", "format", ...}``:
+            ``path`` relative to ``out`` for what the stage made (``"model"``, ``"."``), or
+            as the user gave it for a model it read (a registered name, a directory);
+            ``role`` one of ``ROLES``; ``format`` hf, packed, gguf or compressed-tensors.
+        inputs: what it read, e.g. ``{"model": "smollm2-135m", "data": "runs/x/tokenize"}``.
+        metrics: numbers the stage measured (perplexity, tokens/s, bytes, ...).
+        extra: more keys (provenance: arguments, source, ...).
+
+    The report reads these manifests, never other stages' file names.
+    """
+    for m in models or []:
+        if m.get("role") not in ROLES:
+            raise ValueError(f"manifest model role {m.get('role')!r} is not one of {ROLES}")
+    manifest = {"command": command, "models": list(models or []), "inputs": dict(inputs or {}),
+                "metrics": dict(metrics or {}), **extra}
+    return write_json(Path(out) / MANIFEST, manifest)
+
+
+def read_manifest(out: str | Path) -> dict | None:
+    """The manifest of a stage directory, or None when it has none (or it is unreadable)."""
+    try:
+        manifest = json.loads((Path(out) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and "command" in manifest else None
