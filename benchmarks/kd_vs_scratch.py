@@ -80,12 +80,14 @@ def random_init(student, out: Path) -> Path:
 
 def step_costs(student, teacher, cache, micro_batch: int, rounds: int, lr: float, alpha: float) -> dict:
     """Seconds per student token of one optimizer step of each kind, interleaved; median."""
-    from llm4all.distill.command import offline_loss, online_loss
-    from llm4all.train.loop import _autocast, cross_entropy_loss
+    from llm4all.distill.args import KDConfig
+    from llm4all.distill.step import offline_loss, online_loss
+    from llm4all.train.loop import autocast, cross_entropy_loss
     from llm4all.train.optim import build_optimizer
 
-    kinds = {"ce": cross_entropy_loss, "offline": offline_loss(alpha, 1.0, "forward_kl", "bucket", {}),
-             "online": online_loss(teacher, alpha, 1.0, "forward_kl", {})}
+    kd = KDConfig(alpha=alpha, temperature=1.0, divergence="forward_kl", sparse_mode="bucket")
+    kinds = {"ce": cross_entropy_loss, "offline": offline_loss(kd),
+             "online": online_loss(teacher, KDConfig(mode="online", alpha=alpha))}
     nets = {k: copy.deepcopy(student).train() for k in kinds}
     opts = {k: build_optimizer("adamw", nets[k], lr, 0.1, (0.9, 0.95)) for k in kinds}
     rng = np.random.default_rng(0)
@@ -99,7 +101,7 @@ def step_costs(student, teacher, cache, micro_batch: int, rounds: int, lr: float
             if k == "offline":
                 ids, logp, rest = cache.batch(rows)
                 labels = {"labels": labels, "ids": ids, "logp": logp, "rest": rest}
-            with _autocast("bf16", torch.device("cpu")):
+            with autocast("bf16", torch.device("cpu")):
                 loss, _ = fn(nets[k], inputs, labels)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(nets[k].parameters(), 1.0)

@@ -68,8 +68,17 @@ def test_bad_inputs(setup, tmp_path):
     with pytest.raises(UserError, match="--sparse-mode bucket needs --temperature 1"):
         distill(root / "shards", out=tmp_path / "x", teacher=str(teacher), temperature=2.0, **COMMON)
     assert not (tmp_path / "x").exists()  # refused before the cache is built
-    with pytest.raises(UserError, match="unknown kd_losses entry 'kl'"):
+    with pytest.raises(UserError, match="unknown KD divergence 'kl'; valid: forward_kl"):
         distill(root / "shards", out=tmp_path / "x", teacher=str(teacher), divergence="kl", **COMMON)
+    with pytest.raises(UserError, match="kd loss 'jsd': unknown option 'bta'.*did you mean 'beta'"):
+        distill(root / "shards", out=tmp_path / "x", teacher=str(teacher), divergence="jsd",
+                kd_options={"bta": 0.5}, **COMMON)
+    with pytest.raises(UserError, match="--feature-weight and --relation-weight need"):
+        distill(root / "shards", out=tmp_path / "x", teacher=str(teacher), feature_weight=1.0, **COMMON)
+    with pytest.raises(UserError, match=r"--prompt-tokens must be in \(0, --seq-len 32\)"):
+        distill(root / "shards", out=tmp_path / "x", teacher=str(teacher), mode="sequence",
+                **{**COMMON, "prompt_tokens": 32})
+    assert not (tmp_path / "x").exists()  # every option refused before any work
     other = build_tiny_model(tmp_path / "other")
     (other / "tokenizer.json").write_text((other / "tokenizer.json").read_text().replace('"the"', '"thee"'))
     with pytest.raises(UserError, match="vocabularies map .* differently"):
@@ -80,7 +89,7 @@ def test_bad_inputs(setup, tmp_path):
 def test_cache_sampler_uses_every_cached_window_once_per_epoch():
     import numpy as np
 
-    from llm4all.distill.command import CacheSampler
+    from llm4all.distill.step import CacheSampler
 
     class Rows:  # a stand-in cache: returns the row numbers it is asked for
         n_windows, seq_len = 10, 4

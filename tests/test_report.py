@@ -135,16 +135,21 @@ def test_missing_stages_and_broken_files_are_skipped(run_dir, tmp_path):
     (part / "half").mkdir()  # a stage that never finished, with a truncated metrics file
     (part / "half" / "config.yaml").write_text("command: train\n")
     (part / "half" / "metrics.jsonl").write_text('{"step": 1, "loss": 4.0, "tokens": 128}\n{"step": 2, "lo')
-    # hand-written outputs of the other eval commands, with keys missing
+    # hand-written manifests of the other eval commands, with keys missing; a stage without one
     (part / "tasks").mkdir()
-    (part / "tasks" / "config.yaml").write_text("command: eval tasks\nmodel: x\n")
-    (part / "tasks" / "tasks.json").write_text('{"model": "x", "results": {"cloze": {"items": 3}}}')
+    (part / "tasks" / "llm4all.json").write_text(
+        '{"command": "eval tasks", "inputs": {"model": "x"}, "results": {"model": "x", '
+        '"results": {"cloze": {"items": 3}}}}')
     (part / "spec").mkdir()
-    (part / "spec" / "speculative.json").write_text('{"target": "x", "results": [{"draft": "layers:1"}]}')
+    (part / "spec" / "llm4all.json").write_text(
+        '{"command": "eval speculative", "metrics": {"target": "x", "results": [{"draft": "layers:1"}]}}')
+    (part / "stray").mkdir()
+    (part / "stray" / "speculative.json").write_text('{"target": "y", "results": []}')
     out = report(part, out=tmp_path / "r.html")
     page = out.read_text()
     assert "Headline" in page and "Curation" not in page.split("Not in this run")[0]
     assert "half (train) has not finished" in page and "speculative decoding of x" in page
+    assert "stray has no manifest (llm4all.json)" in page and "of y" not in page
     assert "Not in this run (no stage produced it): " in page and "Stage timings" in page
 
 

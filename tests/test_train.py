@@ -88,7 +88,7 @@ def test_lora_trains_adapters_and_merges_exactly(shards, tmp_path):
 
 @pytest.mark.slow
 def test_bitnet_training_saves_a_ternary_model_that_computes_what_it_trained(shards, tmp_path):
-    from llm4all.compress.quantize.bitnet import BitLinear, bitnet_convert
+    from llm4all.models.bitnet import BitLinear, bitnet_convert
     from llm4all.models.load import load
     from llm4all.models.packed.int8 import TernaryLinear
 
@@ -158,7 +158,15 @@ def test_schedules():
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"optimizer": "adamm"}, "unknown optimizers entry 'adamm'.*did you mean 'adam"),
-    ({"steps": 0}, "--steps must be at least 1"),
+    ({"steps": 0}, "--steps must be an integer ≥ 1, got 0"),
+    ({"lr": 0.0}, "--lr must be a positive number, got 0.0"),
+    ({"lr": float("nan")}, "--lr must be a positive number, got nan"),
+    ({"warmup": -1}, "--warmup must be an integer ≥ 0"),
+    ({"save_every": -5}, "--save-every must be an integer ≥ 0"),
+    ({"keep_last": 0}, "--keep-last must be an integer ≥ 1"),
+    ({"eval_tokens": 0}, "--eval-tokens must be an integer ≥ 1"),
+    ({"min_lr_ratio": 1.5}, r"--min-lr-ratio must be a number in \[0.0, 1.0\]"),
+    ({"betas": [0.9, 1.0]}, r"--betas: two numbers in \[0, 1\)"),
     ({"log_to": ["wandb"]}, "unknown logger 'wandb'"),
     ({"seq_len": 100000}, "fewer than one window"),
     ({"model": "no-such-preset"}, "unknown presets entry"),
@@ -189,8 +197,8 @@ def test_two_processes_equal_one_with_the_same_global_batch(shards, tmp_path, st
 
 
 def test_fused_cross_entropy_matches_the_plain_loss_and_gradients(tiny_model):
+    from llm4all.models.fused_ce import fused_linear_cross_entropy
     from llm4all.models.load import load
-    from llm4all.train.fused_ce import fused_linear_cross_entropy
     from llm4all.train.loop import cross_entropy_loss
 
     model, _ = load(tiny_model)

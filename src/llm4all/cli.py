@@ -36,7 +36,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "models": {
         "convert": "llm4all.models.load:convert",
         "info": "llm4all.models.load:info",
-        "init-student": "llm4all.models.init:init_student",
+        "init-student": "llm4all.distill.student:init_student",
         "presets": "llm4all.models.presets:presets",
     },
     "eval": {

@@ -3,11 +3,20 @@
 One place defines a command (STYLE.md habit 4): ``def main(data: Path, *, out: Path,
 batch_size: int = 8)`` with a Google-style ``Args:`` section *is* ``llm4all CMD DATA --out
 OUT [--batch-size N]``, its ``--help``, and the keys a recipe stage may set.
+
+A parameter typed with a dataclass (``training: TrainingConfig``) is a group of options
+shared by several commands: its fields are expanded into flags and recipe keys of their own
+(``--lr``, ``lr:``), documented by the string literal under each field, and validated
+together by the dataclass's ``__post_init__`` when a recipe is loaded or a command starts.
+``@takes_configs`` lets Python callers pass those fields flat too (``main(data, lr=1e-3)``).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import dataclasses
+import functools
 import inspect
 import re
 import types
@@ -131,17 +140,91 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def params(fn: Callable) -> dict[str, tuple[inspect.Parameter, Any]]:
+def field_docs(cls: type) -> dict[str, str]:
+    """{field: the string literal under it} for a dataclass (its one doc line per field)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__[:-1]):
+        try:
+            body = ast.parse(inspect.getsource(klass)).body[0].body  # type: ignore[attr-defined]
+        except (OSError, TypeError, IndexError, AttributeError):
+            continue
+        for node, after in zip(body, body[1:], strict=False):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                    and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+                    and isinstance(after.value.value, str)):
+                docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def config_groups(fn: Callable) -> dict[str, tuple[type, Any]]:
+    """{parameter: (dataclass, default instance)} for ``fn``'s dataclass-typed parameters."""
     hints = typing.get_type_hints(fn)
-    return {
-        name: (p, hints.get(name, p.annotation))
-        for name, p in inspect.signature(fn).parameters.items()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    }
+    out = {}
+    for name, p in inspect.signature(fn).parameters.items():
+        tp, _ = _unwrap_optional(hints.get(name, p.annotation))
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            out[name] = (tp, p.default if p.default is not p.empty else tp())
+    return out
+
+
+def params(fn: Callable) -> dict[str, tuple[inspect.Parameter, Any]]:
+    """{name: (parameter, type)} of a command: its own parameters, dataclass groups expanded."""
+    hints = typing.get_type_hints(fn)
+    groups = config_groups(fn)
+    out: dict[str, tuple[inspect.Parameter, Any]] = {}
+    for name, p in inspect.signature(fn).parameters.items():
+        if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            continue
+        if name not in groups:
+            out[name] = (p, hints.get(name, p.annotation))
+            continue
+        cls, default = groups[name]
+        field_hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in out or f.name in inspect.signature(fn).parameters:
+                raise TypeError(f"{fn.__qualname__}: option {f.name!r} of {cls.__name__} is defined twice")
+            value = getattr(default, f.name)
+            out[f.name] = (inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=value,
+                                             annotation=field_hints[f.name]), field_hints[f.name])
+    return out
+
+
+def pack_configs(fn: Callable, kwargs: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """Gather flat config fields of ``kwargs`` into their dataclass instances (validated)."""
+    kwargs = dict(kwargs)
+    groups = config_groups(fn)
+    try:
+        for name, (cls, default) in groups.items():
+            names = {f.name for f in dataclasses.fields(cls)}
+            flat = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
+            base = kwargs.get(name) or default
+            if flat or name not in kwargs:
+                kwargs[name] = dataclasses.replace(base, **flat)
+        for name in groups:  # checks across groups: `def cross_check(self, training)`
+            check = getattr(kwargs[name], "cross_check", None)
+            if check is not None:
+                check(**{p: kwargs[p] for p in inspect.signature(check).parameters if p in groups})
+    except UserError as e:
+        raise UserError(f"{where}: {e}" if where else str(e)) from None
+    return kwargs
+
+
+def takes_configs(fn: Callable) -> Callable:
+    """Decorator: ``fn``'s dataclass-typed parameters may also be given field by field."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **pack_configs(fn, kwargs))
+
+    return wrapper
 
 
 def bind(fn: Callable, config: dict[str, Any], where: str) -> dict[str, Any]:
-    """Validate a recipe/config mapping against ``fn``'s signature; return typed kwargs."""
+    """Validate a recipe/config mapping against ``fn``'s signature; return typed (flat) kwargs.
+
+    Option groups (dataclasses) are built once here, so their cross-field checks run when the
+    recipe is loaded, before any stage starts.
+    """
     spec = params(fn)
     kwargs = {}
     for key, value in config.items():
@@ -151,7 +234,22 @@ def bind(fn: Callable, config: dict[str, Any], where: str) -> dict[str, Any]:
     missing = [n for n, (p, _) in spec.items() if p.default is p.empty and n not in kwargs]
     if missing:
         raise UserError(f"{where}: missing required key(s): {', '.join(missing)}")
+    pack_configs(fn, kwargs, where)  # validates every group
     return kwargs
+
+
+def flat_arguments(values: dict[str, Any]) -> dict[str, Any]:
+    """A command's arguments as plain values, option groups (dataclasses) expanded in place.
+
+    What a run records as its provenance and hashes to tie its checkpoints to its configuration.
+    """
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            out.update({f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)})
+        else:
+            out[name] = _plain(value)
+    return out
 
 
 def resolved(fn: Callable, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -194,6 +292,8 @@ def add_arguments(parser: argparse.ArgumentParser, fn: Callable) -> None:
     positional.
     """
     helps = doc_args(fn)
+    for cls, _ in config_groups(fn).values():
+        helps.update(field_docs(cls))
     for name, (p, tp) in params(fn).items():
         base, _ = _unwrap_optional(tp)
         help_text = helps.get(name, "")

@@ -36,6 +36,7 @@ from torch import nn
 
 from llm4all.compress.method import InputStats, Method
 from llm4all.errors import UserError
+from llm4all.models.layers import decoder_layers, linears
 
 PROBE_TOKENS = 8  # tokens of the forward that finds which Linears share an input
 
@@ -52,19 +53,6 @@ def calibration_windows(data: Path, tokens: int, seq_len: int = 256, seed: int =
                         f"calibration window of {seq_len}")
     starts = np.random.default_rng(seed).integers(0, len(stream) - seq_len, size=n)
     return torch.from_numpy(np.stack([np.asarray(stream[s : s + seq_len], dtype=np.int64) for s in starts]))
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder layer stack of an HF causal LM (``model.model.layers``)."""
-    layers = getattr(getattr(model, "model", None), "layers", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise UserError(f"{type(model).__name__}: no decoder layer stack at model.model.layers; "
-                        "compress supports Llama-style models")
-    return layers
-
-
-def linears(layer: nn.Module) -> list[tuple[str, nn.Linear]]:
-    return [(n, m) for n, m in layer.named_modules() if isinstance(m, nn.Linear)]
 
 
 def busy_cores(seconds: float = 0.25) -> float:

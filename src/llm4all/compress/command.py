@@ -19,7 +19,7 @@ import torch
 from llm4all.compress.method import Method
 from llm4all.errors import UserError, did_you_mean
 from llm4all.models.packed import save_packed
-from llm4all.runs import write_json
+from llm4all.runs import write_manifest
 
 
 def build_method(method: dict | str) -> Method:
@@ -121,7 +121,10 @@ def main(model: str, *, out: Path, method: dict, calib: Path | None = None, cali
     if recover_steps:
         result["recovered_val_ppl"] = f"{info['recovery']['val_ppl_before']:.2f} -> " \
                                       f"{info['recovery']['val_ppl_after']:.2f}"
-    write_json(Path(out) / "llm4all.json", {"compressed_from": str(model), **result})
+    write_manifest(out, "compress", metrics=result, compressed_from=str(model),
+                   models=[{"path": ".", "role": "compressed", "format": "packed", "source": str(model),
+                            "method": info["method"]}],
+                   inputs={"model": str(model), "calib": str(calib) if calib else None})
     table = Table(title=f"compress {model} -> {out}", show_header=False)
     for k, v in result.items():
         table.add_row(k, str(v))

@@ -27,7 +27,7 @@ import numpy as np
 
 from llm4all.data.readers import Rejects, read_documents
 from llm4all.errors import UserError
-from llm4all.runs import atomic_dir, mark_done, write_json
+from llm4all.runs import atomic_dir, mark_done, write_json, write_manifest
 
 SPLITS = ("train", "validation")
 _TOKENIZER = None  # per worker process
@@ -202,6 +202,9 @@ def main(
         if rejects:
             rejects.close()
         write_json(tmp / "index.json", index)
+        counts = {s: {k: v for k, v in split.items() if k != "shards"} for s, split in splits.items()}
+        write_manifest(tmp, "tokenize", inputs={"data": [str(p) for p in data], "tokenizer": str(tokenizer)},
+                       metrics=counts)
         config = {"data": [str(p) for p in data], "out": str(out), "tokenizer": tokenizer,
                   "val_fraction": val_fraction, "workers": workers, "batch_docs": batch_docs,
                   "shard_tokens": shard_tokens, "text_key": text_key, "skip_bad": skip_bad,

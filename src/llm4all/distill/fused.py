@@ -4,7 +4,7 @@ The offline KD loss of ``llm4all distill`` is ``alpha · sparse KD + (1 − alph
 student's logits. With a 49k-token vocabulary and a small student, the logits dominate the
 step: the (B·T, V) block is written by the head, cast to fp32, read by two log-softmaxes (the
 KD's and the cross-entropy's) and written again as its gradient. ``fused_sparse_kd_ce`` does
-for this loss what ``llm4all.train.fused_ce`` does for plain cross-entropy (the idea of Liger
+for this loss what ``llm4all.models.fused_ce`` does for plain cross-entropy (the idea of Liger
 Kernel's fused linear cross-entropy, Hsu et al. 2024, and of Cut Cross-Entropy, Wijmans et al.
 2024): for each chunk of positions it computes the logits, both losses and, already in the
 forward pass, the gradients with respect to the hidden states and the head weight, so only
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from llm4all.distill.losses import LOG_FLOOR, _check, _sparse_sums
+from llm4all.distill.losses import LOG_FLOOR, _sparse_sums, check_divergence
 
 
 def _forward_kl_chunk(z, ids, t_logp, t_rest, mask, temperature: float, mode: str):
@@ -115,7 +115,7 @@ def fused_sparse_kd_ce(hidden: torch.Tensor, weight: torch.Tensor, labels: torch
     """
     from llm4all.errors import UserError
 
-    _check(divergence, temperature, opts)
+    check_divergence(divergence, temperature, opts)
     if mode not in ("renormalize", "bucket"):
         raise UserError(f"unknown sparse KD mode {mode!r}; valid: bucket, renormalize")
     if mode == "bucket" and temperature != 1.0:

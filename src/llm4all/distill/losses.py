@@ -143,7 +143,8 @@ def _dense_sums(s_logits, t_logits, mask, labels, *, divergence, temperature, op
     return torch.stack([div, torch.where(mask, ce, 0.0).sum()])
 
 
-def _check(divergence: str, temperature: float, opts: dict) -> None:
+def check_divergence(divergence: str, temperature: float, opts: dict) -> None:
+    """Raise UserError for an unknown divergence, a temperature ≤ 0 or an option it does not take."""
     if divergence not in DIVERGENCES:
         valid = did_you_mean(divergence, list(DIVERGENCES))
         raise UserError(f"unknown KD divergence {divergence!r}; {valid}")
@@ -166,7 +167,7 @@ def kd_and_ce(divergence: str, student_logits: torch.Tensor, teacher_logits: tor
 
 def _dense(divergence, student_logits, teacher_logits, labels, *, temperature, ignore_index, chunk_size,
            with_ce, **opts) -> tuple[torch.Tensor, torch.Tensor]:
-    _check(divergence, temperature, opts)
+    check_divergence(divergence, temperature, opts)
     if student_logits.shape != teacher_logits.shape:
         raise UserError(f"student logits {tuple(student_logits.shape)} and teacher logits "
                         f"{tuple(teacher_logits.shape)} differ (same vocabulary and positions needed)")
@@ -271,7 +272,7 @@ def sparse_kd(student_logits: torch.Tensor, topk_ids: torch.Tensor, topk_logp: t
     biases the student). The bucket needs T = 1: the cache does not say how the teacher's tail
     mass changes with T.
     """
-    _check(divergence, temperature, opts)
+    check_divergence(divergence, temperature, opts)
     if mode not in ("renormalize", "bucket"):
         raise UserError(f"unknown sparse KD mode {mode!r}; valid: bucket, renormalize")
     if mode == "bucket" and temperature != 1.0:

@@ -35,7 +35,7 @@ from typing import Literal
 import numpy as np
 
 from llm4all.errors import UserError
-from llm4all.runs import atomic_path, mark_done, write_json
+from llm4all.runs import atomic_path, mark_done, write_json, write_manifest
 
 # Floor of the cached log leftover mass: e^-60 ≈ 1e-26 is zero for every loss, and -60 is
 # exact enough in float16 (whose range ends at -65,504) while -inf (k = V) would not be usable.
@@ -294,6 +294,9 @@ def main(teacher: str, data: Path, *, out: Path, split: str = "train", seq_len: 
               "top_k": top_k, "batch_size": batch_size, "dtype": dtype, "max_windows": max_windows,
               "seed": seed}
     mark_done(out, config, time.perf_counter() - start)
+    write_manifest(out, "teacher-cache", inputs={"teacher": teacher, "data": str(data)},
+                   metrics={k: index.get(k) for k in ("n_windows", "tokens", "bytes_per_token", "seconds",
+                                                      "tokens_per_second")})
     _print_summary(out, index)
     return index
 

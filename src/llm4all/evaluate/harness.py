@@ -133,7 +133,7 @@ def main(
         out: directory for harness.json (nothing written if not given).
     """
     from llm4all.evaluate.tasks import load_task, task_names
-    from llm4all.runs import write_json
+    from llm4all.runs import write_json, write_manifest
 
     _lm_base()
     import lm_eval
@@ -156,4 +156,5 @@ def main(
                "lm_eval_version": lm_eval.__version__}
     if out is not None:
         write_json(Path(out) / "harness.json", summary)
+        write_manifest(out, "eval harness", inputs={"model": str(model)}, metrics=summary)
     return summary

@@ -23,7 +23,7 @@ from typing import Literal
 import numpy as np
 
 from llm4all.errors import UserError
-from llm4all.runs import write_json
+from llm4all.runs import write_json, write_manifest
 
 
 def windows(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, int]]:
@@ -198,4 +198,8 @@ def main(
     Console().print(table)
     if out is not None:
         write_json(Path(out) / "perplexity.json", result)
+        write_manifest(out, "eval perplexity", inputs={"model": str(model), "data": str(data)},
+                       metrics={"ppl": result["ppl"], "nll": result["nll"], "tokens": result["tokens"],
+                                "context": context, "stride": stride, "dtype": dtype,
+                                "tokens_per_second": result["tokens_per_second"]})
     return result

@@ -171,7 +171,7 @@ def main(
     from llm4all.data.readers import read_documents
     from llm4all.evaluate.perplexity import perplexity
     from llm4all.models.load import load
-    from llm4all.runs import write_json
+    from llm4all.runs import write_json, write_manifest
 
     if max_tokens < 2 or chunk < 1:
         raise UserError("--max-tokens must be at least 2 and --chunk at least 1")
@@ -219,4 +219,5 @@ def main(
                             f"{text[-300:]!r}")
     if out is not None:
         write_json(Path(out) / "sinks.json", result)
+        write_manifest(out, "eval sinks", inputs={"model": str(model)}, metrics=result)
     return result

@@ -267,7 +267,7 @@ def main(
     from rich.table import Table
 
     from llm4all.models.load import load
-    from llm4all.runs import write_json
+    from llm4all.runs import write_json, write_manifest
 
     if max_new_tokens < 1:
         raise UserError("--max-new-tokens must be at least 1")
@@ -295,4 +295,6 @@ def main(
               "results": rows}
     if out is not None:
         write_json(Path(out) / "speculative.json", result)
+        write_manifest(out, "eval speculative", inputs={"model": str(target), "drafts": list(draft)},
+                       metrics=result)
     return result

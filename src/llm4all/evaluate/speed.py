@@ -156,7 +156,7 @@ def main(
     from rich.table import Table
 
     from llm4all.models.load import DTYPES, load
-    from llm4all.runs import write_json
+    from llm4all.runs import write_json, write_manifest
 
     dtypes = dtypes or ["float32", "bfloat16"]
     prompt_lengths = prompt_lengths or [64, 256, 1024]
@@ -197,4 +197,24 @@ def main(
         del net
     if out is not None:
         write_json(Path(out) / "speed.json", result)
+        write_manifest(out, "eval speed", inputs={"model": str(model)}, metrics=headline(result),
+                       results=result)
     return result
+
+
+def headline(result: dict) -> dict:
+    """The numbers a model comparison needs: batch-1 decode latency and rate, peak RSS (float32 first)."""
+    runs = result.get("dtypes") or {}
+    if not runs:
+        return {}
+    dtype = "float32" if "float32" in runs else next(iter(runs))
+    r = runs[dtype]
+    out: dict = {"dtype": dtype, "runtime": "torch (llm4all kernels)", "threads": result.get("threads"),
+                 "load_average": list(result.get("load_average") or [])}
+    b1 = [d for d in r.get("decode", []) if d.get("batch") == 1]
+    if b1:
+        out["decode_tokens_per_s"] = b1[0]["tokens_per_s"]
+        out["decode_ms_per_token"] = b1[0]["latency_ms"]["p50"]
+    if r.get("memory"):
+        out["peak_rss_bytes"] = int(r["memory"]["peak_rss_mib"] * 2**20)
+    return out

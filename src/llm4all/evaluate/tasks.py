@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Literal
 
 from llm4all.errors import UserError, did_you_mean
-from llm4all.runs import write_json
+from llm4all.runs import write_json, write_manifest
 
 #: the shipped task files
 TASK_DIR = Path(__file__).with_name("tasks")
@@ -289,6 +289,10 @@ def main(
         for name, r in results.items():
             write_json(Path(out) / f"{name}.predictions.json", r["predictions"])
         write_json(Path(out) / "tasks.json", summary)
+        accs = {k: r["acc"] for k, r in summary["results"].items() if r.get("acc") is not None}
+        write_manifest(out, "eval tasks", inputs={"model": str(model)},
+                       metrics={"tasks_acc": sum(accs.values()) / len(accs) if accs else None, "acc": accs,
+                                "limit": limit}, results=summary)
     return summary
 
 

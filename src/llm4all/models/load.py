@@ -29,6 +29,16 @@ DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16
           "float16": "float16", "fp16": "float16"}
 
 
+#: pre-training tokens of registered models, for their training compute C ≈ 6·N·D in reports:
+#: SmolLM2-135M, 2T tokens (Allal et al. 2025, "SmolLM2", Table 1 / Section 4)
+PRETRAINING_TOKENS = {"smollm2-135m": 2e12}
+
+
+def pretraining_tokens(model: str) -> float | None:
+    """Tokens a registered model was pre-trained on, where published (None otherwise)."""
+    return PRETRAINING_TOKENS.get(str(model))
+
+
 def cache_dir() -> Path:
     """Where converted models live: ``$LLM4ALL_CACHE`` or ``~/.cache/llm4all``."""
     return Path(os.environ.get("LLM4ALL_CACHE", Path.home() / ".cache" / "llm4all"))

@@ -25,11 +25,15 @@ from llm4all.plan.memory import Setup, breakdown, total
 GIB = 2**30
 
 
-def _emit(title: str, rows: list[tuple], result: dict, json: bool, out: Path | None) -> dict:
+def _emit(command: str, title: str, rows: list[tuple], result: dict, json: bool, out: Path | None) -> dict:
     if out is not None:  # a .json file, or a directory (a recipe stage's) that gets plan.json
-        from llm4all.runs import write_json
+        from llm4all.runs import write_json, write_manifest
 
-        write_json(out if Path(out).suffix == ".json" else Path(out) / "plan.json", result)
+        if Path(out).suffix == ".json":
+            write_json(out, result)
+        else:
+            write_json(Path(out) / "plan.json", result)
+            write_manifest(out, f"plan {command}", metrics=result, title=title)
     if json:
         print(jsonlib.dumps(result, indent=2, default=_plain))
         return result
@@ -89,7 +93,8 @@ def chinchilla(flops: float = 0.0, params: float = 0.0, tokens: float = 0.0,
             (f"{law} (L = E + A/N^α + B/D^β)", n, d, d / n, result["loss"]),
             ("Chinchilla Approach 1 (20 tok/param)", n1, d1, 20.0, float(fit.loss(n1, d1))),
             ("Kaplan 2020 (N non-embedding)", nk, dk, dk / nk, lk)]
-    return _emit(f"C = {c:.3e} FLOPs = {result['pf_days']:.3g} PF-days", rows, result, json, out)
+    title = f"C = {c:.3e} FLOPs = {result['pf_days']:.3g} PF-days"
+    return _emit("chinchilla", title, rows, result, json, out)
 
 
 def kaplan(params: float = 0.0, tokens: float = 0.0, steps: float = 0.0,
@@ -122,7 +127,7 @@ def kaplan(params: float = 0.0, tokens: float = 0.0, steps: float = 0.0,
     if not result:
         raise UserError("give at least one of --params, --tokens, --flops")
     rows += list(result.items())
-    return _emit("Kaplan et al. 2020", rows, result, json, None)
+    return _emit("kaplan", "Kaplan et al. 2020", rows, result, json, None)
 
 
 def inference(inference_tokens: float, params: float = 0.0, loss: float = 0.0,
@@ -180,7 +185,7 @@ def inference(inference_tokens: float, params: float = 0.0, loss: float = 0.0,
     title = f"{inference_tokens:.3g} inference tokens, law {law}"
     if "saved" in result:
         title += f": saves {result['saved']:.3g} {unit} ({100 * result['saved_fraction']:.1f}%)"
-    return _emit(title, rows, result, json, out)
+    return _emit("inference", title, rows, result, json, out)
 
 
 def fit(runs: Path, n_boot: int = 100, flops: float = 0.0, params: float = 0.0,
@@ -219,7 +224,7 @@ def fit(runs: Path, n_boot: int = 100, flops: float = 0.0, params: float = 0.0,
         rows.append((f"loss(N={params:.3g}, D={tokens:.3g})", *result["predicted_loss"]))
     if plot is not None:
         result["plot"] = str(plot_fit(f, plot))
-    return _emit(f"fit of {len(data)} runs from {runs}", rows, result, json, out)
+    return _emit("fit", f"fit of {len(data)} runs from {runs}", rows, result, json, out)
 
 
 def memory(model: str = "", mode: Literal["train", "inference"] = "train", batch: int = 1,
@@ -302,7 +307,7 @@ def memory(model: str = "", mode: Literal["train", "inference"] = "train", batch
         for i, f in enumerate(v["fixes"], 1):
             rows.append((f"fix {i}: {f['change']}", f["total_bytes"] / GIB, f["tradeoff"]))
     title = f"{mode} memory: {arch.n_params() / 1e6:.1f}M params, batch {batch} × seq {seq}, {dtype}"
-    return _emit(title, rows, result, json, out)
+    return _emit("memory", title, rows, result, json, out)
 
 
 def cost(flops: float = 0.0, params: float = 0.0, tokens: float = 0.0, hardware: str = "a100-80gb",
@@ -327,7 +332,7 @@ def cost(flops: float = 0.0, params: float = 0.0, tokens: float = 0.0, hardware:
     name, hw = load_hardware(hardware, hardware_file)
     result = {"hardware": name, "mfu": mfu, "gpus": gpus, **costs.training_cost(flops, hw, mfu, gpus)}
     rows = [("quantity", "value")] + [(k, v) for k, v in result.items() if k != "hardware"]
-    return _emit(f"cost on {gpus} × {name} at {100 * mfu:.0f}% MFU", rows, result, json, None)
+    return _emit("cost", f"cost on {gpus} × {name} at {100 * mfu:.0f}% MFU", rows, result, json, None)
 
 
 def hardware(hardware_file: Path | None = None, json: bool = False) -> dict:
@@ -341,4 +346,4 @@ def hardware(hardware_file: Path | None = None, json: bool = False) -> dict:
     result = {k: v.__dict__ for k, v in table.items()}
     rows = [("name", "peak FLOP/s", "memory GiB", "$/hour", "note")]
     rows += [(k, v.flops, v.memory_gib, v.price_per_hour, v.note) for k, v in table.items()]
-    return _emit("hardware", rows, result, json, None)
+    return _emit("hardware", "hardware", rows, result, json, None)

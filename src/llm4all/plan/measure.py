@@ -102,7 +102,7 @@ def _child(job: dict) -> dict:  # pragma: no cover - runs in the subprocess
             t = time.perf_counter()
             with torch.autocast("cpu", dtype=dtype, enabled=autocast):
                 if st.head == "fused":
-                    from llm4all.train.fused_ce import fused_linear_cross_entropy
+                    from llm4all.models.fused_ce import fused_linear_cross_entropy
 
                     hidden = model.model(input_ids=ids).last_hidden_state
                     loss = fused_linear_cross_entropy(hidden, model.lm_head.weight, ids)

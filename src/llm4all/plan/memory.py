@@ -53,7 +53,7 @@ SHARDING = ("none", "zero1", "zero2", "zero3", "fsdp")
 RECOMPUTE = ("none", "selective", "full")
 
 
-FUSED_CHUNK = 1024  # positions per chunk of llm4all's fused head + loss (train/fused_ce.py)
+FUSED_CHUNK = 1024  # positions per chunk of llm4all's fused head + loss (models/fused_ce.py)
 
 
 @dataclass(frozen=True)
@@ -206,7 +206,7 @@ def breakdown(arch: Arch, setup: Setup) -> dict[str, float]:
     if setup.attention == "math":
         acts += 4 * b * s * s  # the 4-D additive causal mask eager attention builds once
     out["activations"] = acts
-    if setup.head == "fused":  # train/fused_ce.py: FUSED_CHUNK positions at a time, never (B·T, V)
+    if setup.head == "fused":  # models/fused_ce.py: FUSED_CHUNK positions at a time, never (B·T, V)
         c, half = min(FUSED_CHUNK, s * b), e if e < 4 else 0
         # a chunk's logits (e bytes) and their fp32 softmax, then the softmax and its e-byte copy;
         # (V, H): the fp32 weight gradient, its e-byte compute copy, a chunk's product in e and

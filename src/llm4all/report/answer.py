@@ -211,9 +211,11 @@ def headline(run: Path, found: list[dict], variants: list[dict], cur: dict | Non
         if needs:
             body += " Not measured in this run: add " + " and ".join(esc(n) for n in needs) + "."
         body += "</p>"
-    if any(v["name"].startswith("smollm2") for v in variants):
-        body += (f'<p class="note">{esc(TEACHER_NOTE)} Its training compute uses the 2T pre-training '
-                 "tokens reported for SmolLM2-135M.</p>")
+    for v in variants:  # a model converted from a quantised GGUF: its "fp32" weights are rounded values
+        if "gguf" in str(v.get("provenance", {}).get("converted_by", "")).lower():
+            body += (f'<p class="note">{esc(v["name"])}: {esc(TEACHER_NOTE)}'
+                     + (" Its training compute uses its published pre-training tokens." if v["train_tokens"]
+                        else "") + "</p>")
     if notes:
         body += '<p class="note">Notes: ' + "; ".join(esc(n) for n in notes) + ".</p>"
     return body

@@ -1,9 +1,11 @@
 """Read a run directory into plain facts: stages, model variants, curves, curation, plans.
 
-Stages are found by the ``command`` key of their ``config.yaml`` (written by ``llm4all run``);
-a stage directory without one (a command run by hand) is recognised by the files it holds.
-Every reader is tolerant: a missing or malformed file becomes a note saying what is missing,
-never an exception, so a half-finished run still gets a report of what exists.
+Every stage writes a manifest, ``llm4all.json`` (``llm4all.runs.write_manifest``): the command
+that ran, the models it made or names with their roles, what it read and the numbers it
+measured. This module reads those manifests and nothing else of another stage's layout (the
+files a manifest names under ``files`` are read through it). Every reader is tolerant: a
+missing or malformed manifest becomes a note saying what is missing, never an exception, so a
+half-finished run still gets a report of what exists.
 """
 
 from __future__ import annotations
@@ -15,14 +17,18 @@ from typing import Any
 
 import yaml
 
-#: files that identify a stage run without `llm4all run` (no `command` in config.yaml)
-SIGNATURES = [("perplexity.json", "eval perplexity"), ("speed.json", "eval speed"),
-              ("tasks.json", "eval tasks"), ("harness.json", "eval harness"),
-              ("speculative.json", "eval speculative"), ("sinks.json", "eval sinks"),
-              ("llm4all_quant.json", "compress"), ("plan.json", "plan"), ("index.json", "tokenize"),
-              ("signals.parquet", "curate"), ("report.html", "report")]
-#: SmolLM2-135M pre-training tokens, 2T (Allal et al. 2025, "SmolLM2", Table 1 / Section 4)
-SMOLLM2_135M_TOKENS = 2e12
+from llm4all.runs import read_manifest
+
+#: how a manifest role reads in the report, by the command that made the model
+DISPLAY_ROLES = {("distill", "student"): "distilled student",
+                 ("train", "student"): "student (teacher init, trained)",
+                 ("models init-student", "student"): "student (teacher init, untrained)",
+                 "scratch": "from scratch", "adapted": "continued pre-training", "teacher": "teacher",
+                 "model": "model"}
+#: eval manifests' metrics -> variant fields (the report's column names)
+EVAL_METRICS = {"eval speed": {"decode_tokens_per_s": "decode_tokens_per_s",
+                               "decode_ms_per_token": "latency_ms"},
+                "eval tasks": {"tasks_acc": "tasks_acc"}}
 
 
 def read_json(path: Path) -> dict | None:
@@ -45,18 +51,10 @@ def read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def _command(path: Path, config: dict) -> str:
-    if isinstance(config.get("command"), str):
-        return config["command"]
-    names = {p.name for p in path.iterdir()}
-    if "metrics.jsonl" in names:
-        return "distill" if "mode" in (read_json(path / "result.json") or {}) else "train"
-    for file, command in SIGNATURES:
-        if file in names:
-            return command
-    if any(n.endswith(".gguf") for n in names):
-        return "export"
-    return "unknown"
+def stage_file(stage: dict, key: str) -> Path | None:
+    """The file a stage's manifest names under ``files[key]`` (None if it names none)."""
+    name = ((stage.get("manifest") or {}).get("files") or {}).get(key)
+    return stage["path"] / name if name else None
 
 
 def stages(run: Path) -> list[dict]:
@@ -68,10 +66,12 @@ def stages(run: Path) -> list[dict]:
             config = yaml.safe_load((path / "config.yaml").read_text()) or {}
         except (OSError, yaml.YAMLError):
             config = {}
+        config = config if isinstance(config, dict) else {}
+        manifest = read_manifest(path)
+        command = (manifest or {}).get("command") or config.get("command") or "unknown"
         done = read_json(path / "DONE")
-        found.append({"name": path.name, "path": path, "config": config if isinstance(config, dict) else {},
-                      "command": _command(path, config if isinstance(config, dict) else {}),
-                      "done": done is not None, "seconds": (done or {}).get("seconds"),
+        found.append({"name": path.name, "path": path, "config": config, "manifest": manifest,
+                      "command": command, "done": done is not None, "seconds": (done or {}).get("seconds"),
                       "finished": (done or {}).get("finished", "")})
     rank = {n: i for i, n in enumerate(order)}
     return sorted(found, key=lambda s: (rank.get(s["name"], len(rank)), s["finished"], s["name"]))
@@ -127,24 +127,13 @@ def model_files(path: Path) -> tuple[int | None, int | None]:
 
 def registered_model_dir(name: str) -> Path | None:
     """The cached HF directory of a registered model, only if it was converted already."""
-    try:
-        from llm4all.models.load import MODELS, cache_dir
-    except ImportError:
-        return None
+    from llm4all.catalog import MODELS
+    from llm4all.models.load import cache_dir
+
     if name not in MODELS.names():
         return None
     path = cache_dir() / "models" / name
     return path if (path / "config.json").exists() else None
-
-
-def _local(model: str) -> Path | None:
-    """The files of ``model``: its own path, or a registered model's converted cache directory."""
-    return Path(model) if Path(model).exists() else registered_model_dir(model)
-
-
-def _key(model: Any) -> str:
-    p = Path(str(model))
-    return str(p.resolve()) if p.exists() else str(model)
 
 
 def _new(name: str, role: str, path: Path | None, stage: str | None = None) -> dict:
@@ -152,126 +141,150 @@ def _new(name: str, role: str, path: Path | None, stage: str | None = None) -> d
             "size_bytes": None, "params": None, "ppl": None, "ppl_source": None, "eval_tokens_per_s": None,
             "decode_tokens_per_s": None, "latency_ms": None, "peak_mib": None, "tasks_acc": None,
             "train_flops": None, "train_seconds": None, "train_tokens": None, "val_loss": None,
-            "val_ppl": None, "method": None, "source": None, "config": {}}
+            "val_ppl": None, "method": None, "source": None, "provenance": {}, "config": {}}
 
 
-def _role_of_trained(config: dict, model_dir: Path) -> str:
-    source = str((read_json(model_dir / "llm4all.json") or {}).get("source", ""))
-    if config.get("init_from") or source.startswith("student"):
-        return "student (teacher init, trained)"
-    if source.startswith("preset") or (config.get("model") and not Path(str(config["model"])).exists()
-                                       and registered_model_dir(str(config["model"])) is None
-                                       and not source.startswith("checkpoint")):
-        return "from scratch"
-    return "continued pre-training"
+class Models:
+    """The run's models, each found by any name it goes by (its path, ``@stage/...``, a registered name)."""
+
+    def __init__(self, found: list[dict]):
+        self.names = {s["name"] for s in found}
+        self.table: dict[str, dict] = {}
+
+    def in_run(self, model: str) -> str:
+        """``@stage/rest`` for a path inside any copy of this run directory (runs may be moved)."""
+        parts = Path(model).parts
+        hits = [i for i, p in enumerate(parts) if p in self.names]
+        return "@" + "/".join(parts[hits[-1]:]) if hits else model
+
+    def keys(self, model: str, stage_path: Path | None = None) -> list[str]:
+        """Every key ``model`` (as a manifest names it) may be known by."""
+        here = stage_path / model if stage_path is not None and not Path(model).is_absolute() else None
+        path = here if here is not None and here.exists() else Path(model)
+        keys = [str(path.resolve()) if path.exists() else str(model), self.in_run(str(path))]
+        if stage_path is not None and model in (".", ""):
+            keys.append(f"@{stage_path.name}")
+        elif stage_path is not None:
+            keys += [f"@{stage_path.name}/{model}", str((stage_path / model).resolve())]
+        return keys
+
+    def get(self, keys: list[str]) -> dict | None:
+        return next((self.table[k] for k in keys if k in self.table), None)
+
+    def add(self, keys: list[str], variant: dict) -> dict:
+        known = self.get(keys)
+        if known is not None:
+            for k in keys:
+                self.table.setdefault(k, known)
+            return known
+        for k in keys:
+            self.table[k] = variant
+        return variant
+
+    def unique(self) -> list[dict]:
+        return list({id(v): v for v in self.table.values()}.values())
+
+
+def _display_role(command: str, entry: dict) -> str:
+    role = entry.get("role", "model")
+    if role == "compressed":
+        method = entry.get("method") or {}
+        label = " ".join(f"{v}" if k == "name" else f"{k}={v}" for k, v in dict(method).items())
+        return f"compressed ({label})" if label else "compressed"
+    if role == "export":
+        kind = " ".join(str(x) for x in (entry.get("format"), entry.get("type")) if x)
+        return f"export ({kind})"
+    return DISPLAY_ROLES.get((command, role)) or DISPLAY_ROLES.get(role, role)
+
+
+def _made(models: Models, s: dict, notes: list[str]) -> None:
+    """The models a stage's manifest declares, with what that stage measured of them."""
+    manifest, path = s["manifest"], s["path"]
+    def here(entry: dict) -> Path | None:  # a model the stage made: a path inside its directory
+        rel = str(entry.get("path", ""))
+        inside = not Path(rel).is_absolute() and entry.get("role") != "teacher"
+        return path / rel if inside and (path / rel).exists() else None
+
+    made = [e for e in manifest.get("models", []) if here(e) is not None]
+    for entry in manifest.get("models", []):
+        rel, local = str(entry.get("path", "")), here(entry)
+        if local is None:  # a model the stage read, not made
+            target = _local(rel)
+            v = models.add(models.keys(rel), _new(Path(rel).name, _display_role(s["command"], entry), target))
+            if entry.get("role") not in (None, "model") and v["role"] == "model":
+                v["role"] = _display_role(s["command"], entry)
+            continue
+        name = s["name"] if len(made) == 1 else f"{s['name']}/{rel}"
+        v = models.add(models.keys(rel, path),
+                       _new(name, _display_role(s["command"], entry), local, s["name"]))
+        v["source"], v["method"] = entry.get("source"), entry.get("method")
+        v["config"] = s["config"]
+        metrics = manifest.get("metrics") or {}
+        if s["command"] in ("train", "distill"):
+            v.update(val_loss=metrics.get("val_loss"), train_tokens=metrics.get("tokens"),
+                     train_seconds=metrics.get("seconds_total", metrics.get("seconds")),
+                     val_ppl=metrics.get("val_ppl"))
+            if metrics.get("val_ppl") is not None:
+                v["ppl"], v["ppl_source"] = metrics["val_ppl"], f"{s['command']} validation"
+
+
+def _local(model: str) -> Path | None:
+    """The files of ``model``: its own path, or a registered model's converted cache directory."""
+    return Path(model) if Path(model).exists() else registered_model_dir(model)
+
+
+def _measured(models: Models, s: dict, notes: list[str]) -> None:
+    """What an eval stage's manifest measured, matched to the model it names."""
+    manifest = s["manifest"]
+    model = str((manifest.get("inputs") or {}).get("model") or "")
+    if not model:
+        return
+    v = models.add(models.keys(model), _new(Path(model).name, "model", _local(model)))
+    metrics = manifest.get("metrics") or {}
+    if s["command"] == "eval perplexity" and metrics.get("ppl") is not None:
+        if v["ppl_source"] and v["ppl_source"].startswith("eval"):
+            notes.append(f"{v['name']}: several perplexity evaluations; the table shows the first")
+        else:
+            v["ppl"] = metrics["ppl"]
+            v["ppl_source"] = f"eval perplexity ({s['name']}, context {metrics.get('context', '?')})"
+            seconds = (manifest.get("metrics") or {}).get("seconds")
+            v["eval_tokens_per_s"] = metrics.get("tokens_per_second") or (
+                metrics["tokens"] / seconds if seconds else None)
+    for key, field in EVAL_METRICS.get(s["command"], {}).items():
+        if metrics.get(key) is not None:
+            v[field] = metrics[key]
+    if s["command"] == "eval speed" and metrics.get("peak_rss_bytes") is not None:
+        v["peak_mib"] = metrics["peak_rss_bytes"] / 2**20
 
 
 def variants(found: list[dict]) -> tuple[list[dict], list[str]]:
     """Every model the run made or measured, with what is known about it; plus notes."""
-    table: dict[str, dict] = {}
-    notes: list[str] = []
+    from llm4all.models.load import pretraining_tokens
 
-    names = {s["name"] for s in found}
-
-    def in_run(model: str) -> str:
-        """``@stage/rest`` for a path inside any copy of this run directory (runs may be moved)."""
-        parts = Path(model).parts
-        hits = [i for i, p in enumerate(parts) if p in names]
-        return "@" + "/".join(parts[hits[-1]:]) if hits else model
-
-    def add(key: str, v: dict, *aliases: str) -> dict:
-        for k in (key, *aliases):
-            if k in table:
-                return table[k]
-        for k in (key, *aliases):
-            table[k] = v
-        return v
-
-    for s in found:  # 1. the models the stages made
-        cmd, cfg, path = s["command"], s["config"], s["path"]
-        if cmd in ("train", "distill"):
-            model_dir = path / "model"
-            if not (model_dir / "config.json").exists():
-                notes.append(f"stage {s['name']} ({cmd}) has no finished model/ directory")
-                continue
-            role = "distilled student" if cmd == "distill" else _role_of_trained(cfg, model_dir)
-            v = add(_key(model_dir), _new(s["name"], role, model_dir, s["name"]), _key(path),
-                    f"@{s['name']}/model", f"@{s['name']}")
-            result = read_json(path / "result.json") or {}
-            v.update(val_loss=result.get("val_loss"), train_tokens=result.get("tokens"),
-                     train_seconds=result.get("seconds_total", result.get("seconds")),
-                     val_ppl=result.get("val_ppl"), config=cfg)
-            if result.get("val_ppl") is not None:
-                v["ppl"], v["ppl_source"] = result["val_ppl"], f"{cmd} validation"
-            if cmd == "distill":
-                meta = read_json(model_dir / "llm4all.json") or {}
-                teacher = str(cfg.get("teacher") or meta.get("teacher", ""))
-                if teacher:
-                    add(_key(teacher), _new(Path(teacher).name, "teacher", _local(teacher)))
-        elif cmd == "compress":
-            meta = read_json(path / "llm4all_quant.json") or {}
-            method = meta.get("method") or cfg.get("method") or {}
-            label = " ".join(f"{v}" if k == "name" else f"{k}={v}" for k, v in dict(method).items()) \
-                if isinstance(method, dict) else str(method)
-            v = add(_key(path), _new(s["name"], f"compressed ({label})", path, s["name"]), f"@{s['name']}")
-            v["method"] = dict(method) if isinstance(method, dict) else {"name": str(method)}
-        elif cmd == "export":
-            files = sorted(path.glob("*.gguf")) or ([path] if any(path.glob("*.safetensors")) else [])
-            for f in files:
-                kind = f"gguf {cfg.get('type', '')}".strip() if f.suffix == ".gguf" else "hf"
-                add(_key(f), _new(s["name"] if len(files) == 1 else f.name, f"export ({kind})", f, s["name"]),
-                    in_run(str(f)), *([_key(path), f"@{s['name']}"] if len(files) == 1 else []))
-
-    for s in found:  # 2. what the eval stages measured, matched to models by path or name
-        cmd, cfg, path = s["command"], s["config"], s["path"]
-        files = {"eval perplexity": "perplexity.json", "eval speed": "speed.json", "eval tasks": "tasks.json"}
-        if cmd not in files:
+    models, notes = Models(found), []
+    for s in found:  # 1. the models the stages made or name
+        if s["manifest"] is None:
+            if s["command"] != "report":
+                notes.append(f"stage {s['name']} has no manifest (llm4all.json): not read")
             continue
-        data = read_json(path / files[cmd])
-        if data is None:
-            notes.append(f"stage {s['name']} ({cmd}) wrote no {files[cmd]}")
-            continue
-        model = str(cfg.get("model") or data.get("model", ""))
-        if not model:
-            continue
-        registered = registered_model_dir(model) is not None or model.startswith("smollm2")
-        v = add(_key(model), _new(Path(model).name, "teacher" if registered else "model", _local(model)),
-                in_run(model))
-        if cmd == "eval perplexity" and data.get("ppl") is not None:
-            if v["ppl_source"] and v["ppl_source"].startswith("eval"):
-                notes.append(f"{v['name']}: several perplexity evaluations; the table shows the first")
-            else:
-                v["ppl"] = data["ppl"]
-                v["ppl_source"] = f"eval perplexity ({s['name']}, context {data.get('context', '?')})"
-                v["eval_tokens_per_s"] = data.get("tokens_per_second")
-        elif cmd == "eval speed":
-            dtypes = data.get("dtypes") or {}
-            if dtypes:
-                r = dtypes.get("float32") or next(iter(dtypes.values()))
-                b1 = [d for d in r.get("decode", []) if d.get("batch") == 1]
-                if b1:
-                    v["decode_tokens_per_s"] = b1[0].get("tokens_per_s")
-                    v["latency_ms"] = (b1[0].get("latency_ms") or {}).get("p50")
-                v["peak_mib"] = (r.get("memory") or {}).get("peak_rss_mib")
-        elif cmd == "eval tasks":
-            accs = [r.get("acc") for r in (data.get("results") or {}).values() if r.get("acc") is not None]
-            if accs:
-                v["tasks_acc"] = sum(accs) / len(accs)
-
-    unique = list({id(v): v for v in table.values()}.values())
+        _made(models, s, notes)
+    for s in found:  # 2. what the eval stages measured
+        if s["manifest"] is not None and s["command"].startswith("eval "):
+            _measured(models, s, notes)
+    unique = models.unique()
     for v in unique:  # 3. sizes, parameters, training compute
         if v["path"]:
             v["size_bytes"], v["params"] = model_files(Path(v["path"]))
+            meta = Path(v["path"]) / "llm4all.json"
+            v["provenance"] = (read_json(meta) or {}) if meta.exists() else {}
         if v["params"] and v["train_tokens"]:
             v["train_flops"] = 6.0 * v["params"] * v["train_tokens"]  # C ≈ 6·N·D (Kaplan et al. 2020)
-        if v["name"] == "smollm2-135m" and v["params"]:
-            v["train_flops"] = 6.0 * v["params"] * SMOLLM2_135M_TOKENS
-            v["train_tokens"] = SMOLLM2_135M_TOKENS
+        tokens = pretraining_tokens(v["name"])
+        if tokens and v["params"]:
+            v["train_flops"], v["train_tokens"] = 6.0 * v["params"] * tokens, tokens
     for v in unique:  # a compressed or exported model has its source's dense parameter count
-        if v["role"].startswith(("export", "compressed")):
-            stage = next((s for s in found if s["name"] == v["stage"]), None)
-            model = str((stage or {}).get("config", {}).get("model", ""))
-            src = table.get(_key(model)) or table.get(in_run(model))
+        if v["role"].startswith(("export", "compressed")) and v["source"]:
+            src = models.get(models.keys(str(v["source"])))
             if src is not None:
                 v["params"] = v["params"] or src["params"]
                 v["source"] = src["name"]

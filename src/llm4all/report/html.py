@@ -8,8 +8,8 @@ distillation curves, curation (removals by step and reason, the signal histogram
 separate kept from removed, planted-junk recall), planned against measured memory and compute,
 other evaluations, and stage timings. Plots are inline SVG (matplotlib's SVG backend) with the
 numbers behind them in collapsed tables; the page loads nothing from anywhere (no scripts,
-fonts or stylesheets). Stages are recognised by the ``command`` in their ``config.yaml``
-(written by ``llm4all run``), or by their files when run by hand; absent ones are skipped.
+fonts or stylesheets). Every stage is read through its manifest (``llm4all.json``: what it
+made, read and measured; ``collect.py``); absent ones are skipped.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from llm4all.errors import UserError
 from llm4all.report import answer, collect, plots
 from llm4all.report import sections as sec
-from llm4all.runs import atomic_path
+from llm4all.runs import atomic_path, write_manifest
 
 
 def build(run: Path, title: str | None = None) -> tuple[str, dict]:
@@ -85,6 +85,9 @@ def main(run: Path, *, out: Path | None = None, title: str | None = None) -> Pat
     page, summary = build(run, title)
     with atomic_path(out) as tmp:
         tmp.write_text(page, encoding="utf-8")
+    if Path(out).parent != run:  # a stage directory of its own (not the run's top level)
+        write_manifest(Path(out).parent, "report", inputs={"run": str(run)}, metrics=summary,
+                       files={"page": Path(out).name})
     print(f"report: {len(summary['sections'])} sections ({', '.join(summary['sections'])}), "
           f"{len(page) / 1024:.0f} KiB -> {out}")
     return Path(out)

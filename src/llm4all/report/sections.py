@@ -27,9 +27,9 @@ details{margin:6px 0 14px} summary{cursor:pointer;color:#1f5fa0;font-size:13px}
 svg{max-width:100%;height:auto} .note{color:#777;font-size:13px}
 .glyph{display:inline-block;width:16px;font-size:13px}
 """
-TEACHER_NOTE = ("The default teacher, SmolLM2-135M-Instruct (Allal et al. 2025), ships as a Q4_1 GGUF: "
-                "its weights here are the 4-bit values de-quantised to fp32, not the original bf16 "
-                "release, so its quality numbers describe that model.")
+TEACHER_NOTE = ("converted from a quantised GGUF file (the default teacher, SmolLM2-135M-Instruct, Allal "
+                "et al. 2025, ships as Q4_1): its weights here are the quantised values de-quantised to "
+                "fp32, not the original release, so its quality numbers describe that model.")
 
 
 def esc(x: Any) -> str:
@@ -107,8 +107,8 @@ def pareto_section(variants: list[dict]) -> str:
 
 
 def training_section(found: list[dict]) -> str:
-    runs = {s["name"]: collect.read_jsonl(s["path"] / "metrics.jsonl")
-            for s in found if s["command"] in ("train", "distill")}
+    runs = {s["name"]: collect.read_jsonl(file) for s in found
+            if s["command"] in ("train", "distill") and (file := collect.stage_file(s, "metrics"))}
     runs = {k: v for k, v in runs.items() if v}
     if not runs:
         return ""
@@ -234,8 +234,8 @@ def plan_section(found: list[dict], variants: list[dict]) -> str:
     for s in found:
         if not s["command"].startswith("plan"):
             continue
-        plan = collect.read_json(s["path"] / "plan.json")
-        if plan is None:
+        plan = (s["manifest"] or {}).get("metrics")
+        if not plan:
             continue
         body += f"<h3>{esc(s['name'])} ({esc(s['command'])})</h3>"
         if "components_bytes" in plan:
@@ -302,13 +302,16 @@ def plan_setup(config: dict, plan: dict) -> str:
 def evals_section(found: list[dict]) -> str:
     body = ""
     for s in found:
-        cmd, path = s["command"], s["path"]
-        if cmd == "eval tasks" and (data := collect.read_json(path / "tasks.json")):
+        cmd, manifest = s["command"], s["manifest"] or {}
+        data = manifest.get("results") or manifest.get("metrics")
+        if not data:
+            continue
+        if cmd == "eval tasks":
             res = data.get("results") or {}
             body += f"<h3>{esc(s['name'])}: zero-shot tasks of {esc(data.get('model'))}</h3>"
             body += table(["task", "items", "accuracy", "chance"],
                           [[k, r.get("items"), r.get("acc"), r.get("chance")] for k, r in res.items()])
-        elif cmd == "eval speculative" and (data := collect.read_json(path / "speculative.json")):
+        elif cmd == "eval speculative":
             res = data.get("results") or []
             body += f"<h3>{esc(s['name'])}: speculative decoding of {esc(data.get('target'))}</h3>"
             if res:
@@ -318,12 +321,12 @@ def evals_section(found: list[dict]) -> str:
             body += table(["draft", "k", "acceptance", "target tok/s", "speculative tok/s", "speed-up"],
                           [[r.get("draft"), r.get("k"), r.get("acceptance"), r.get("target_tokens_per_s"),
                             r.get("speculative_tokens_per_s"), r.get("speedup")] for r in res])
-        elif cmd == "eval sinks" and (data := collect.read_json(path / "sinks.json")):
+        elif cmd == "eval sinks":
             res = data.get("results") or {}
             body += f"<h3>{esc(s['name'])}: streaming with attention sinks ({esc(data.get('model'))})</h3>"
             body += table(["cache", "max entries", "perplexity"],
                           [[k, r.get("max_cache"), r.get("ppl")] for k, r in res.items()])
-        elif cmd == "eval speed" and (data := collect.read_json(path / "speed.json")):
+        elif cmd == "eval speed":
             body += f"<h3>{esc(s['name'])}: speed of {esc(data.get('model'))}</h3>"
             rows = [[dt, d.get("batch"), d.get("tokens_per_s"), (d.get("latency_ms") or {}).get("p50"),
                      (d.get("latency_ms") or {}).get("p90")]

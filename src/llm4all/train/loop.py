@@ -23,44 +23,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 
 from llm4all.malloc import keep_freed_memory
 from llm4all.train import checkpoint
+from llm4all.train.args import Precision, Strategy, TrainingConfig
 from llm4all.train.optim import build_optimizer
-from llm4all.train.schedule import Schedule, lr_factor
+from llm4all.train.schedule import lr_factor
 
-Precision = Literal["fp32", "bf16", "fp16"]
 LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict]]
-
-
-@dataclass
-class LoopConfig:
-    """Everything the loop needs besides the model, data and loss."""
-
-    steps: int  #: optimizer steps in total
-    micro_batch: int = 8  #: sequences per forward pass
-    grad_accum: int = 1  #: micro-batches per optimizer step (per process)
-    lr: float = 1e-3  #: peak learning rate
-    min_lr_ratio: float = 0.1  #: final lr as a fraction of the peak
-    warmup: int = 0  #: warm-up steps
-    schedule: Schedule = "cosine"
-    decay_fraction: float = 0.2  #: wsd: fraction of steps spent decaying
-    optimizer: str = "adamw"
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = 1.0  #: max global gradient norm (0 = off)
-    precision: Precision = "bf16"
-    eval_every: int = 0  #: steps between validations (0 = only at the end)
-    save_every: int = 0  #: steps between checkpoints (0 = only at the end)
-    keep_last: int = 2  #: checkpoints kept
-    stop_after: int | None = None  #: leave after this many steps of this invocation (time slices)
-    flops_per_token: float = 0.0  #: training FLOPs per token (6N + attention), for MFU
-    peak_flops: float = 0.0  #: hardware peak FLOP/s summed over processes (0: MFU not shown)
-    config_hash: str = ""  #: identifies the configuration a checkpoint belongs to
-    log_to: list[str] = field(default_factory=list)  #: "tensorboard", "mlflow"
 
 
 @dataclass
@@ -70,7 +42,7 @@ class Dist:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
 
-def setup_distributed(strategy: Literal["ddp", "fsdp"] = "ddp") -> Dist:
+def setup_distributed() -> Dist:
     """Join the torchrun process group if launched by torchrun; else a single process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
@@ -86,7 +58,7 @@ def setup_distributed(strategy: Literal["ddp", "fsdp"] = "ddp") -> Dist:
     return Dist(rank=rank, world=world, device=device)
 
 
-def wrap(model: torch.nn.Module, dist_: Dist, strategy: Literal["ddp", "fsdp"]) -> torch.nn.Module:
+def wrap(model: torch.nn.Module, dist_: Dist, strategy: Strategy) -> torch.nn.Module:
     if dist_.world == 1:
         return model
     if strategy == "ddp":
@@ -101,7 +73,8 @@ def wrap(model: torch.nn.Module, dist_: Dist, strategy: Literal["ddp", "fsdp"]) 
     return model
 
 
-def _autocast(precision: Precision, device: torch.device):
+def autocast(precision: Precision, device: torch.device):
+    """The autocast context of ``precision`` on ``device`` (none for fp32)."""
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
@@ -150,10 +123,14 @@ class _Loggers:
             self.mlflow.end_run()
 
 
-def fit(model: torch.nn.Module, loss_fn: LossFn, sampler, cfg: LoopConfig, out: Path,
+def fit(model: torch.nn.Module, loss_fn: LossFn, sampler, cfg: TrainingConfig, out: Path, *,
         eval_fn: Callable[[torch.nn.Module], dict] | None = None, dist_: Dist | None = None,
-        strategy: Literal["ddp", "fsdp"] = "ddp", params: dict | None = None) -> dict:
-    """Train ``model`` for ``cfg.steps`` optimizer steps; returns the last metrics."""
+        flops_per_token: float = 0.0, config_hash: str = "", params: dict | None = None) -> dict:
+    """Train ``model`` for ``cfg.steps`` optimizer steps; returns the last metrics.
+
+    ``flops_per_token`` (with ``cfg.peak_tflops``) gives MFU; ``config_hash`` ties the
+    checkpoints in ``out`` to one configuration, so a rerun resumes only its own run.
+    """
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     dist_ = dist_ or Dist()
@@ -162,21 +139,23 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, sampler, cfg: LoopConfig, out: 
     out.mkdir(parents=True, exist_ok=True)
     ckpt_root = out / "checkpoints"
     model.to(dist_.device)
-    net = wrap(model, dist_, strategy)
+    net = wrap(model, dist_, cfg.strategy)
     optimizer = build_optimizer(cfg.optimizer, net, cfg.lr, cfg.weight_decay, cfg.betas)
     scaler = torch.amp.GradScaler(dist_.device.type) if cfg.precision == "fp16" else None
+    peak_flops = cfg.peak_tflops * 1e12 * dist_.world
 
     # resume from the newest checkpoint of this configuration
     step, tokens_seen = 0, 0
     last = checkpoint.latest(ckpt_root)
     if last is not None:
-        checkpoint.check_compatible(last, cfg.config_hash)
+        checkpoint.check_compatible(last, config_hash)
         state = checkpoint.load(last, net, optimizer, scaler)
         step, tokens_seen = state["step"], state["tokens_seen"]
         if dist_.rank == 0:
             print(f"resumed from {last} (step {step})")
-    loggers = _Loggers(out, cfg.log_to, step, dist_.rank, params or {})
+    loggers = _Loggers(out, list(cfg.log_to), step, dist_.rank, params or {})
     tokens_per_step = cfg.micro_batch * cfg.grad_accum * dist_.world * sampler.seq_len
+    warmup = min(cfg.warmup, cfg.steps - 1)
     metrics: dict = {}
     started, start_step = time.perf_counter(), step
     columns = (TextColumn("train"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
@@ -187,52 +166,19 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, sampler, cfg: LoopConfig, out: 
             if cfg.stop_after is not None and step - start_step >= cfg.stop_after:
                 break
             t0 = time.perf_counter()
-            lr = cfg.lr * lr_factor(step, cfg.steps, cfg.schedule, cfg.warmup, cfg.min_lr_ratio,
+            lr = cfg.lr * lr_factor(step, cfg.steps, cfg.schedule, warmup, cfg.min_lr_ratio,
                                     cfg.decay_fraction)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            net.train()
-            loss_sum, extra = 0.0, {}
-            for micro in range(cfg.grad_accum):
-                inputs, labels = sampler.batch(step, micro, cfg.micro_batch, cfg.grad_accum,
-                                               dist_.rank, dist_.world)
-                inputs, labels = _to(inputs, dist_.device), _to(labels, dist_.device)
-                last_micro = micro == cfg.grad_accum - 1
-                # DDP: all-reduce gradients only on the last micro-batch
-                no_sync = hasattr(net, "no_sync") and not last_micro
-                sync = net.no_sync() if no_sync else contextlib.nullcontext()
-                with sync:
-                    with _autocast(cfg.precision, dist_.device):
-                        loss, parts = loss_fn(net, inputs, labels)
-                    scaled = loss / cfg.grad_accum
-                    (scaler.scale(scaled) if scaler else scaled).backward()
-                loss_sum += loss.item() / cfg.grad_accum
-                for k, v in parts.items():
-                    extra[k] = extra.get(k, 0.0) + float(v) / cfg.grad_accum
-            if scaler:
-                scaler.unscale_(optimizer)
-            grad_norm = (torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-                         if cfg.grad_clip > 0 else torch.tensor(float("nan")))
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            loss_avg, grad_norm, extra = _optimizer_step(net, loss_fn, sampler, optimizer, scaler, cfg,
+                                                         step, dist_)
             step += 1
             tokens_seen += tokens_per_step
             dt = time.perf_counter() - t0
-            loss_avg = _all_mean(loss_sum, dist_)
-            if not math.isfinite(loss_avg):
-                from llm4all.errors import UserError
-
-                raise UserError(f"training diverged: loss is {loss_avg} at step {step}; lower --lr, "
-                                "raise --warmup, or use --precision bf16 instead of fp16")
-            metrics = {"loss": loss_avg, "lr": lr, "grad_norm": float(grad_norm), "tokens": tokens_seen,
-                       "tokens_per_s": tokens_per_step / dt,
-                       **{k: _all_mean(v, dist_) for k, v in extra.items()}}
-            if cfg.flops_per_token and cfg.peak_flops:
-                metrics["mfu"] = cfg.flops_per_token * tokens_per_step / dt / cfg.peak_flops
+            metrics = {"loss": loss_avg, "lr": lr, "grad_norm": grad_norm, "tokens": tokens_seen,
+                       "tokens_per_s": tokens_per_step / dt, **extra}
+            if flops_per_token and peak_flops:
+                metrics["mfu"] = flops_per_token * tokens_per_step / dt / peak_flops
             if eval_fn is not None and (step == cfg.steps or (cfg.eval_every and step % cfg.eval_every == 0)):
                 metrics.update(eval_fn(_unwrap(net)))
             loggers.log(step, metrics)
@@ -242,7 +188,7 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, sampler, cfg: LoopConfig, out: 
             bar.update(task, completed=step, info=info)
             if step == cfg.steps or (cfg.save_every and step % cfg.save_every == 0):
                 checkpoint.save(ckpt_root / f"step-{step:06d}", net, optimizer, scaler,
-                                {"step": step, "tokens_seen": tokens_seen, "config_hash": cfg.config_hash},
+                                {"step": step, "tokens_seen": tokens_seen, "config_hash": config_hash},
                                 dist_.rank)
                 if dist_.rank == 0:
                     checkpoint.prune(ckpt_root, cfg.keep_last)
@@ -253,6 +199,44 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, sampler, cfg: LoopConfig, out: 
     metrics["avg_tokens_per_s"] = (step - start_step) * tokens_per_step / max(elapsed, 1e-9)
     metrics["step"] = step
     return metrics
+
+
+def _optimizer_step(net, loss_fn: LossFn, sampler, optimizer, scaler, cfg: TrainingConfig, step: int,
+                    dist_: Dist) -> tuple[float, float, dict]:
+    """One optimizer step over ``grad_accum`` micro-batches: (mean loss, gradient norm, loss parts)."""
+    net.train()
+    loss_sum, extra = 0.0, {}
+    for micro in range(cfg.grad_accum):
+        inputs, labels = sampler.batch(step, micro, cfg.micro_batch, cfg.grad_accum, dist_.rank, dist_.world)
+        inputs, labels = _to(inputs, dist_.device), _to(labels, dist_.device)
+        last_micro = micro == cfg.grad_accum - 1
+        # DDP: all-reduce gradients only on the last micro-batch
+        no_sync = hasattr(net, "no_sync") and not last_micro
+        with net.no_sync() if no_sync else contextlib.nullcontext():
+            with autocast(cfg.precision, dist_.device):
+                loss, parts = loss_fn(net, inputs, labels)
+            scaled = loss / cfg.grad_accum
+            (scaler.scale(scaled) if scaler else scaled).backward()
+        loss_sum += loss.item() / cfg.grad_accum
+        for k, v in parts.items():
+            extra[k] = extra.get(k, 0.0) + float(v) / cfg.grad_accum
+    if scaler:
+        scaler.unscale_(optimizer)
+    grad_norm = (torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+                 if cfg.grad_clip > 0 else torch.tensor(float("nan")))
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    loss_avg = _all_mean(loss_sum, dist_)
+    if not math.isfinite(loss_avg):
+        from llm4all.errors import UserError
+
+        raise UserError(f"training diverged: loss is {loss_avg} at step {step + 1}; lower --lr, "
+                        "raise --warmup, or use --precision bf16 instead of fp16")
+    return loss_avg, float(grad_norm), {k: _all_mean(v, dist_) for k, v in extra.items()}
 
 
 def _to(x, device: torch.device):
@@ -286,7 +270,7 @@ def cross_entropy_loss(model: torch.nn.Module, inputs: torch.Tensor, labels: tor
     """
     from torch.distributed.fsdp import FSDPModule
 
-    from llm4all.train.fused_ce import fused_linear_cross_entropy
+    from llm4all.models.fused_ce import fused_linear_cross_entropy
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft (LoRA)
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
@@ -309,7 +293,7 @@ def validation_fn(tokens, seq_len: int, precision: Precision, batch_size: int = 
         model.eval()
         from torch.distributed.fsdp import FSDPModule
 
-        with _autocast(precision, next(model.parameters()).device):
+        with autocast(precision, next(model.parameters()).device):
             result = perplexity(model, tokens, context=seq_len, stride=seq_len, batch_size=batch_size,
                                 full_forward=isinstance(model, FSDPModule))
         model.train(was_training)

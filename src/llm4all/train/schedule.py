@@ -12,11 +12,12 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 from llm4all.errors import UserError
 
 Schedule = Literal["cosine", "wsd", "constant"]
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
 
 
 def lr_factor(step: int, total: int, schedule: Schedule = "cosine", warmup: int = 0,

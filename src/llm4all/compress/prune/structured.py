@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from llm4all.catalog import PRUNERS
-from llm4all.compress.calibrate import decoder_layers
 from llm4all.compress.method import InputStats, Method, check_range
 from llm4all.errors import UserError
+from llm4all.models.layers import decoder_layers
 
 
 def _shrunk(linear: nn.Linear, rows: torch.Tensor | None = None,

@@ -5,7 +5,7 @@
   columns (LLM.int8(), Dettmers et al. 2022); the int8 product runs through
   ``torch._int_mm`` (int32 accumulation).
 * ``TernaryLinear``: BitNet b1.58 weights {−1, 0, +1}·γ (2 bits each) with per-token 8-bit
-  activations, the inference form of ``compress.quantize.bitnet.BitLinear``; also through _int_mm.
+  activations, the inference form of ``models.bitnet.BitLinear``; also through _int_mm.
 """
 
 from __future__ import annotations

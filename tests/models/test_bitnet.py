@@ -6,14 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from llm4all.compress.quantize.bitnet import (
+from llm4all.compress.quantize.gptq import single_thread
+from llm4all.models.bitnet import (
     BitLinear,
     absmax_int8,
     absmean_ternary,
     bitnet_convert,
     ternarize,
 )
-from llm4all.compress.quantize.gptq import single_thread
 from llm4all.models.packed.int8 import TernaryLinear
 
 
