@@ -115,6 +115,12 @@ def test_report_stage_writes_one_self_contained_page(run_dir):
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)  # nothing fetched
     assert "<script" not in page and "@import" not in page and "url(http" not in page
     assert page.count("<details>") >= 6  # the numbers behind the plots
+    answer = json.loads((run_dir / "report" / "answer.json").read_text())
+    assert answer["teacher"] == "teacher" and {v["name"] for v in answer["variants"]} >= {"distill", "int4"}
+    assert answer["recommended"] is None and "eval speed" in answer["why"]  # no stage timed decoding
+    assert "No recommendation yet" in page
+    manifest = json.loads((run_dir / "report" / "llm4all.json").read_text())
+    assert manifest["command"] == "report" and manifest["files"]["answer"] == "answer.json"
 
 
 @pytest.mark.slow

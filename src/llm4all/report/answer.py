@@ -174,8 +174,10 @@ def variant_table(variants: list[dict]) -> tuple[str, list[str]]:
         [COLUMNS[i][0] for i in range(len(COLUMNS)) if i not in keep]
 
 
-def headline(run: Path, found: list[dict], variants: list[dict], cur: dict | None, notes: list[str]) -> str:
-    """The answer (one line per comparison), the table of every model, and what was not measured."""
+def headline(run: Path, found: list[dict], variants: list[dict], cur: dict | None, notes: list[str],
+             result: dict | None = None) -> str:
+    """The recommendation, the answer (one line per comparison), the table of every model, and what
+    was not measured."""
     done = [s for s in found if s["done"]]
     seconds = sum(s["seconds"] or 0 for s in done)
     stages_line = f"{len(done)} of {len(found)} stages finished in {seconds / 60:.1f} min of stage time."
@@ -192,7 +194,12 @@ def headline(run: Path, found: list[dict], variants: list[dict], cur: dict | Non
     lines = answer(variants, stages_line, curation_line)
     if not variants:
         lines.insert(0, "No model was trained, compressed or evaluated in this run yet.")
-    body = '<div class="lead"><ul>' + "".join(f"<li>{line}</li>" for line in lines) + "</ul></div>"
+    body = ""
+    if result is not None:
+        pick = result.get("recommended")
+        body += (f'<p class="answer"><b>Ship {esc(pick)}.</b> {esc(result["why"])}</p>' if pick else
+                 f'<p class="answer"><b>No recommendation yet:</b> {esc(result["why"])}.</p>')
+    body += '<div class="lead"><ul>' + "".join(f"<li>{line}</li>" for line in lines) + "</ul></div>"
     if variants:
         html_table, missing = variant_table(variants)
         body += "<h3>Every model</h3>" + html_table

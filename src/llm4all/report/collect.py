@@ -141,7 +141,8 @@ def _new(name: str, role: str, path: Path | None, stage: str | None = None) -> d
             "size_bytes": None, "params": None, "ppl": None, "ppl_source": None, "eval_tokens_per_s": None,
             "decode_tokens_per_s": None, "latency_ms": None, "peak_mib": None, "tasks_acc": None,
             "train_flops": None, "train_seconds": None, "train_tokens": None, "val_loss": None,
-            "val_ppl": None, "method": None, "source": None, "provenance": {}, "config": {}}
+            "val_ppl": None, "method": None, "source": None, "provenance": {}, "config": {},
+            "kind": "model", "runtime": None}
 
 
 class Models:
@@ -211,13 +212,13 @@ def _made(models: Models, s: dict, notes: list[str]) -> None:
         if local is None:  # a model the stage read, not made
             target = _local(rel)
             v = models.add(models.keys(rel), _new(Path(rel).name, _display_role(s["command"], entry), target))
-            if entry.get("role") not in (None, "model") and v["role"] == "model":
-                v["role"] = _display_role(s["command"], entry)
+            if entry.get("role") not in (None, "model") and v["kind"] == "model":
+                v["role"], v["kind"] = _display_role(s["command"], entry), entry["role"]
             continue
         name = s["name"] if len(made) == 1 else f"{s['name']}/{rel}"
         v = models.add(models.keys(rel, path),
                        _new(name, _display_role(s["command"], entry), local, s["name"]))
-        v["source"], v["method"] = entry.get("source"), entry.get("method")
+        v["source"], v["method"], v["kind"] = entry.get("source"), entry.get("method"), entry.get("role")
         v["config"] = s["config"]
         metrics = manifest.get("metrics") or {}
         if s["command"] in ("train", "distill"):
@@ -253,8 +254,10 @@ def _measured(models: Models, s: dict, notes: list[str]) -> None:
     for key, field in EVAL_METRICS.get(s["command"], {}).items():
         if metrics.get(key) is not None:
             v[field] = metrics[key]
-    if s["command"] == "eval speed" and metrics.get("peak_rss_bytes") is not None:
-        v["peak_mib"] = metrics["peak_rss_bytes"] / 2**20
+    if s["command"] == "eval speed":
+        v["runtime"] = metrics.get("runtime")
+        if metrics.get("peak_rss_bytes") is not None:
+            v["peak_mib"] = metrics["peak_rss_bytes"] / 2**20
 
 
 def variants(found: list[dict]) -> tuple[list[dict], list[str]]:

@@ -18,15 +18,16 @@ import time
 from pathlib import Path
 
 from llm4all.errors import UserError
-from llm4all.report import answer, collect, plots
+from llm4all.report import answer, choose, collect, plots
 from llm4all.report import sections as sec
-from llm4all.runs import atomic_path, write_manifest
+from llm4all.runs import atomic_path, write_json, write_manifest
 
 
-def build(run: Path, title: str | None = None) -> tuple[str, dict]:
-    """(HTML text, summary) of the report of run directory ``run``."""
+def build(run: Path, title: str | None = None, goal: choose.Goal | None = None) -> tuple[str, dict, dict]:
+    """(HTML text, summary, answer) of the report of run directory ``run``."""
     found = [s for s in collect.stages(run) if s["command"] != "report"]
     variants, notes = collect.variants(found)
+    result = choose.answer_json(variants, goal or choose.Goal())
     for i, v in enumerate(variants):  # one marker shape per model, in the table and every chart
         v["marker"] = plots.MARKERS[i % len(plots.MARKERS)]
     curations = {s["name"]: collect.curation(s["path"]) for s in found if s["command"] == "curate"}
@@ -36,7 +37,7 @@ def build(run: Path, title: str | None = None) -> tuple[str, dict]:
         elif s["command"] == "unknown":
             notes.append(f"stage {s['name']}: unrecognised (no command in config.yaml), skipped")
     first_cur = next(iter(curations.values()), None)
-    parts = [("headline", "Headline", answer.headline(run, found, variants, first_cur, notes)),
+    parts = [("headline", "Headline", answer.headline(run, found, variants, first_cur, notes, result)),
              ("pareto", "Quality against size, latency, memory and cost", sec.pareto_section(variants)),
              ("training", "Training and distillation", sec.training_section(found)),
              ("curation", "Curation", "".join(sec.curation_section(n, c) for n, c in curations.items())),
@@ -59,10 +60,10 @@ def build(run: Path, title: str | None = None) -> tuple[str, dict]:
     summary = {"sections": [a for a, *_ in shown], "skipped": skipped, "stages": len(found),
                "variants": [{k: v[k] for k in ("name", "role", "ppl", "size_bytes", "params")}
                             for v in variants]}
-    return page, summary
+    return page, summary, result
 
 
-def main(run: Path, *, out: Path | None = None, title: str | None = None) -> Path:
+def main(run: Path, *, out: Path | None = None, title: str | None = None, goal: dict | None = None) -> Path:
     """Write one self-contained HTML report (plots and the numbers behind them) of a run directory.
 
     As a recipe stage give ``run: ${run_dir}``; the runner sets ``out`` to the stage's directory,
@@ -72,6 +73,8 @@ def main(run: Path, *, out: Path | None = None, title: str | None = None) -> Pat
         run: a run directory written by `llm4all run` (one folder per stage).
         out: the HTML file to write, or a directory that gets report.html (default RUN/report.html).
         title: page title (default: "llm4all report: " and the recipe name).
+        goal: which model to recommend, e.g. {tolerance: 0.1, prefer: size}: within 10% of the best
+            perplexity, the smallest file (prefer speed: the fastest decode; quality: the best perplexity).
     """
     run = Path(run)
     if not run.is_dir():
@@ -82,12 +85,14 @@ def main(run: Path, *, out: Path | None = None, title: str | None = None) -> Pat
         out = run / "report.html"
     elif Path(out).is_dir() or Path(out).suffix.lower() not in (".html", ".htm"):
         out = Path(out) / "report.html"
-    page, summary = build(run, title)
+    chosen = choose.Goal.parse(goal)
+    page, summary, result = build(run, title, chosen)
     with atomic_path(out) as tmp:
         tmp.write_text(page, encoding="utf-8")
+    write_json(Path(out).with_name("answer.json"), result)
     if Path(out).parent != run:  # a stage directory of its own (not the run's top level)
         write_manifest(Path(out).parent, "report", inputs={"run": str(run)}, metrics=summary,
-                       files={"page": Path(out).name})
+                       files={"page": Path(out).name, "answer": "answer.json"})
     print(f"report: {len(summary['sections'])} sections ({', '.join(summary['sections'])}), "
           f"{len(page) / 1024:.0f} KiB -> {out}")
     return Path(out)

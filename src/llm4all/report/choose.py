@@ -1,0 +1,109 @@
+"""Which model to ship: the recipe's goal applied to the measured variants, and ``answer.json``.
+
+A variant can be recommended only if it was measured on the run's common ground: perplexity
+from an ``eval perplexity`` stage (the same held-out tokens for every model), its file size,
+and its batch-1 decode latency in the runtime it would ship in (llm4all's int4/int8 kernels,
+or llama.cpp for a GGUF). Among those, the goal keeps the models within ``tolerance`` of the
+best perplexity and picks, on that quality / size / speed Pareto front, the one it
+``prefer``-s: the smallest file (ties: the fastest) by default, or the fastest, or the best
+perplexity. Pure functions over ``collect.variants`` output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from llm4all.errors import UserError
+
+#: manifest roles as answer.json names them (a from-scratch model is the baseline)
+ANSWER_ROLES = {"teacher": "teacher", "adapted": "adapted", "student": "student", "scratch": "baseline",
+                "compressed": "compressed", "export": "compressed", "model": "model"}
+
+
+@dataclass(frozen=True)
+class Goal:
+    """What the recipe wants of the shipped model."""
+
+    tolerance: float = 0.10
+    """perplexity at most this fraction above the best measured one."""
+    prefer: Literal["size", "speed", "quality"] = "size"
+    """among those: the smallest file (ties: fastest), the fastest decode, or the lowest perplexity."""
+
+    @classmethod
+    def parse(cls, goal: dict | None) -> Goal:
+        goal = dict(goal or {})
+        unknown = sorted(set(goal) - {"tolerance", "prefer"})
+        if unknown:
+            raise UserError(f"--goal: unknown key {unknown[0]!r}; valid: tolerance, prefer")
+        out = cls(**goal)
+        if not 0 <= out.tolerance < 10 or out.prefer not in ("size", "speed", "quality"):
+            raise UserError(f"--goal: tolerance in [0, 10) and prefer one of size, speed, quality; "
+                            f"got {goal}")
+        return out
+
+
+def eval_ppl(v: dict) -> float | None:
+    """Perplexity from an eval perplexity stage (the common tokens), not a training loop's own."""
+    return v["ppl"] if str(v.get("ppl_source") or "").startswith("eval") else None
+
+
+def measured(v: dict) -> bool:
+    return eval_ppl(v) is not None and v.get("size_bytes") is not None and v.get("latency_ms") is not None
+
+
+def pareto(variants: list[dict]) -> list[dict]:
+    """The variants no other beats on perplexity, size and latency at once (lower is better)."""
+    def key(v: dict) -> tuple[float, float, float]:
+        return eval_ppl(v), v["size_bytes"], v["latency_ms"]
+
+    def dominates(a: dict, b: dict) -> bool:
+        return all(x <= y for x, y in zip(key(a), key(b), strict=True)) and key(a) != key(b)
+
+    return [v for v in variants if not any(dominates(o, v) for o in variants if o is not v)]
+
+
+def recommend(variants: list[dict], goal: Goal) -> tuple[dict | None, str]:
+    """(the variant to ship, one sentence why) — None and the reason when nothing qualifies."""
+    candidates = [v for v in variants if measured(v)]
+    if not candidates:
+        return None, ("no model has perplexity (eval perplexity), size and decode latency (eval speed) "
+                      "all measured, so none can be recommended")
+    best = min(candidates, key=eval_ppl)
+    limit = eval_ppl(best) * (1 + goal.tolerance)
+    front = [v for v in pareto(candidates) if eval_ppl(v) <= limit]
+    order = {"size": lambda v: (v["size_bytes"], v["latency_ms"]),
+             "speed": lambda v: (v["latency_ms"], v["size_bytes"]),
+             "quality": lambda v: (eval_ppl(v), v["size_bytes"])}[goal.prefer]
+    pick = min(front, key=order)
+    return pick, why(pick, best, variants, goal)
+
+
+def why(pick: dict, best: dict, variants: list[dict], goal: Goal) -> str:
+    teacher = next((v for v in variants if v.get("kind") == "teacher" and measured(v)), None)
+    want = {"size": "the smallest", "speed": "the fastest", "quality": "the best"}[goal.prefer]
+    text = (f"{pick['name']} is {want} model within {goal.tolerance:.0%} of the best perplexity "
+            f"({eval_ppl(best):.4g}, {best['name']}): perplexity {eval_ppl(pick):.4g}, "
+            f"{pick['size_bytes'] / 2**20:,.1f} MiB, {pick['latency_ms']:.1f} ms per token at batch 1"
+            f" ({pick.get('runtime') or 'torch'})")
+    if teacher is not None and teacher is not pick:
+        smaller = teacher["size_bytes"] / pick["size_bytes"]
+        faster = teacher["latency_ms"] / pick["latency_ms"]
+        text += (f"; against the teacher {teacher['name']}: {smaller:.1f}× smaller, decodes {faster:.1f}× "
+                 f"as fast, perplexity {100 * (eval_ppl(pick) / eval_ppl(teacher) - 1):+.1f}%")
+    return text + "."
+
+
+def answer_json(variants: list[dict], goal: Goal) -> dict[str, Any]:
+    """The machine-readable answer of a run (the shape issue #15 asks for)."""
+    pick, reason = recommend(variants, goal)
+    teacher = next((v for v in variants if v.get("kind") == "teacher"), None)
+    return {"teacher": teacher["name"] if teacher else None,
+            "recommended": pick["name"] if pick else None, "why": reason,
+            "goal": {"tolerance": goal.tolerance, "prefer": goal.prefer},
+            "variants": [{"name": v["name"], "role": ANSWER_ROLES.get(v.get("kind") or "model", "model"),
+                          "ppl": eval_ppl(v), "file_bytes": v.get("size_bytes"), "params": v.get("params"),
+                          "decode_ms_per_token": v.get("latency_ms"), "runtime": v.get("runtime"),
+                          "peak_rss_bytes": int(v["peak_mib"] * 2**20) if v.get("peak_mib") else None,
+                          "train_flops": v.get("train_flops"), "path": v.get("path")}
+                         for v in variants]}

@@ -1,0 +1,79 @@
+"""Which model to ship: the goal applied to measured variants, and the answer.json shape."""
+
+from __future__ import annotations
+
+import pytest
+
+from llm4all.errors import UserError
+from llm4all.report.choose import Goal, answer_json, pareto, recommend
+from llm4all.report.collect import _new
+
+
+def variant(name, kind, ppl, size_mib, ms, source="eval perplexity (x)"):
+    v = _new(name, kind, None)
+    v.update(kind=kind, ppl=ppl, ppl_source=source, size_bytes=size_mib * 2**20, latency_ms=ms,
+             runtime="llm4all int4 kernels" if kind == "compressed" else "torch")
+    return v
+
+
+VARIANTS = [
+    variant("teacher", "teacher", 30.3, 513, 60.0),
+    variant("adapted", "adapted", 24.0, 513, 60.0),
+    variant("adapted-int8", "compressed", 24.1, 170, 25.0),
+    variant("adapted-int4", "compressed", 25.9, 110, 17.0),   # within 10% of 24.0 (26.4), smallest
+    variant("adapted-int3", "compressed", 28.0, 90, 16.0),    # smaller still, but 16.7% worse
+    variant("student", "student", 70.0, 270, 30.0),
+    variant("fat-int4", "compressed", 26.0, 120, 18.0),       # beaten on all three by adapted-int4
+    variant("unmeasured", "compressed", 20.0, 50, None),      # no latency: cannot be recommended
+    variant("loop-only", "student", 10.0, 40, 5.0, source="distill validation"),  # not the common tokens
+]
+
+
+def test_default_goal_ships_the_smallest_within_ten_percent():
+    pick, why = recommend(VARIANTS, Goal())
+    assert pick["name"] == "adapted-int4"
+    assert "within 10% of the best perplexity (24, adapted)" in why
+    assert "4.7× smaller, decodes 3.5× as fast, perplexity −14.5%".replace("−", "-") in why
+
+
+@pytest.mark.parametrize("goal, name", [
+    (Goal(prefer="speed"), "adapted-int4"),
+    (Goal(prefer="quality"), "adapted"),
+    (Goal(tolerance=0.2), "adapted-int3"),
+    (Goal(tolerance=0.0), "adapted"),
+])
+def test_goals(goal, name):
+    assert recommend(VARIANTS, goal)[0]["name"] == name
+
+
+def test_pareto_drops_a_model_beaten_on_every_axis():
+    names = {v["name"] for v in pareto([v for v in VARIANTS if v["latency_ms"] and
+                                        v["ppl_source"].startswith("eval")])}
+    assert "fat-int4" not in names and "student" not in names and "adapted-int4" in names
+
+
+def test_nothing_measured_means_no_recommendation():
+    pick, why = recommend([variant("a", "teacher", 30.0, 500, None)], Goal())
+    assert pick is None and "none can be recommended" in why
+
+
+def test_answer_json_shape():
+    answer = answer_json(VARIANTS, Goal())
+    assert answer["teacher"] == "teacher" and answer["recommended"] == "adapted-int4"
+    row = next(v for v in answer["variants"] if v["name"] == "adapted-int4")
+    assert row["role"] == "compressed" and row["ppl"] == 25.9 and row["file_bytes"] == 110 * 2**20
+    assert row["decode_ms_per_token"] == 17.0 and row["runtime"] == "llm4all int4 kernels"
+    loop = next(v for v in answer["variants"] if v["name"] == "loop-only")
+    assert loop["ppl"] is None  # a training loop's own validation is not the common measurement
+    assert {"name", "role", "ppl", "file_bytes", "params", "decode_ms_per_token", "runtime",
+            "peak_rss_bytes", "train_flops"} <= set(row)
+
+
+@pytest.mark.parametrize("goal, message", [
+    ({"tolerence": 0.1}, "unknown key 'tolerence'"),
+    ({"prefer": "cheap"}, "prefer one of size, speed, quality"),
+    ({"tolerance": -1}, "tolerance in"),
+])
+def test_bad_goals(goal, message):
+    with pytest.raises(UserError, match=message):
+        Goal.parse(goal)
