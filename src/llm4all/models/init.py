@@ -17,8 +17,11 @@ the diagonal of sqrt(d_t/d_s)·Pᵀ·diag(g)·P, exact when P is a coordinate se
 
 Heads keep their dimension; whole KV groups are kept by the weight norm of their heads' o_proj
 columns, then the strongest query heads inside each group. MLP channels are kept by
-‖gate_j‖·‖up_j‖·‖down_j‖ — weight-magnitude choices, not calibrated importance (Michel et
-al. 2019 use gradients). Quality right after init is measured in docs/models.md.
+‖gate_j‖·‖up_j‖·‖down_j‖ — weight-magnitude choices — unless activation importance measured
+on calibration tokens is given (``importance``: Minitron, Muralidharan et al. 2024, computed by
+``models.importance.width_importance``). Which layers to keep can be measured the same way
+(``models.importance.select_layers_by_importance``: ShortGPT's block influence or the angular
+distance of Gromov et al. 2024). Quality right after init is measured in docs/models.md.
 """
 
 from __future__ import annotations
@@ -102,11 +105,11 @@ def _head_counts(config, hidden: int, heads: int | None, kv: int | None) -> tupl
     return heads, kv
 
 
-def _keep_heads(o_proj: torch.Tensor, config, heads: int, kv: int) -> tuple[list[int], list[int]]:
-    """(query heads, KV heads) to keep, in order, chosen by the norm of their o_proj columns."""
+def _keep_heads(score: torch.Tensor, config, heads: int, kv: int) -> tuple[list[int], list[int]]:
+    """(query heads, KV heads) to keep, in order, chosen by their scores (H,): whole KV groups by
+    the sum of their heads' scores, then the strongest query heads inside each kept group."""
     H, KV = config.num_attention_heads, config.num_key_value_heads or config.num_attention_heads
     group = H // KV
-    score = o_proj.float().reshape(o_proj.shape[0], H, -1).norm(dim=(0, 2))  # (H,)
     groups = sorted(score.reshape(KV, group).sum(1).argsort(descending=True)[:kv].tolist())
     q = [g * group + j for g in groups
          for j in sorted(score[g * group:(g + 1) * group].argsort(descending=True)[:heads // kv].tolist())]
@@ -122,11 +125,13 @@ def student_from_teacher(teacher, *, layers: list[int] | None = None, every: int
                          hidden_size: int | None = None, intermediate_size: int | None = None,
                          num_attention_heads: int | None = None, num_key_value_heads: int | None = None,
                          calibration_ids: torch.Tensor | None = None,
-                         projection: torch.Tensor | None = None):
+                         projection: torch.Tensor | None = None, importance: dict | None = None):
     """A student of the teacher's class: chosen layers, optionally narrower (module docstring).
 
     ``projection`` (d_teacher, d_student) overrides the PCA basis (tests pass I or a rotation).
     Defaults at a narrower width keep the teacher's ratios: heads ≈ H·d_s/d_t, MLP ≈ I·d_s/d_t.
+    ``importance`` (``models.importance.width_importance``: per layer, head and MLP-channel
+    activation scores) chooses the heads and channels kept instead of weight norms (Minitron).
     """
     cfg = teacher.config
     if cfg.model_type not in SUPPORTED:
@@ -164,7 +169,10 @@ def student_from_teacher(teacher, *, layers: list[int] | None = None, every: int
     for j, i in enumerate(keep):
         a, b = f"model.layers.{i}.", f"model.layers.{j}."
         g_in, g_post = t[a + "input_layernorm.weight"], t[a + "post_attention_layernorm.weight"]
-        q, kvh = _keep_heads(t[a + "self_attn.o_proj.weight"], cfg, heads, kv)
+        o_proj = t[a + "self_attn.o_proj.weight"]
+        head_score = (importance[i]["heads"].float() if importance else
+                      o_proj.reshape(o_proj.shape[0], cfg.num_attention_heads, -1).norm(dim=(0, 2)))  # (H,)
+        q, kvh = _keep_heads(head_score, cfg, heads, kv)
         qr, kr = _rows(q, hd), _rows(kvh, hd)
         s[b + "input_layernorm.weight"] = gain(g_in)
         s[b + "post_attention_layernorm.weight"] = gain(g_post)
@@ -174,7 +182,8 @@ def student_from_teacher(teacher, *, layers: list[int] | None = None, every: int
                 s[b + f"self_attn.{name}.bias"] = t[a + f"self_attn.{name}.bias"][rows]
         s[b + "self_attn.o_proj.weight"] = writes(t[a + "self_attn.o_proj.weight"][:, qr])
         gate, up, down = (t[a + f"mlp.{n}_proj.weight"] for n in ("gate", "up", "down"))
-        score = (gate * g_post).norm(dim=1) * (up * g_post).norm(dim=1) * down.norm(dim=0)  # (I,)
+        score = (importance[i]["channels"].float() if importance else
+                 (gate * g_post).norm(dim=1) * (up * g_post).norm(dim=1) * down.norm(dim=0))  # (I,)
         ch = score.argsort(descending=True)[:inter].sort().values
         s[b + "mlp.gate_proj.weight"] = reads(gate[ch], g_post)
         s[b + "mlp.up_proj.weight"] = reads(up[ch], g_post)
