@@ -185,6 +185,25 @@ def test_planted_documents_are_labelled_and_deterministic():
     assert all(d.meta["of"] in {x.id for x in docs} for d in a)
 
 
+def test_plant_command_writes_documents_and_a_manifest_beside_them(tmp_path):
+    from llm4all.curate.planted import main as plant_main
+    from llm4all.runs import read_manifest, write_manifest
+
+    path, docs = corpus(tmp_path)
+    counts = plant_main([path], out=tmp_path / "p" / "planted.jsonl.zst", fraction=0.2, seed=3)
+    planted = list(read_documents(tmp_path / "p" / "planted.jsonl.zst"))
+    assert len(planted) == sum(counts.values()) == int(0.2 * len(docs))
+    manifest = read_manifest(tmp_path / "p")
+    assert manifest["command"] == "plant" and manifest["outputs"] == {"documents": "planted.jsonl.zst"}
+    assert manifest["metrics"] == {"read": len(docs), "planted": len(planted), "by_kind": counts}
+    assert manifest["arguments"] == {"fraction": 0.2, "seed": 3}
+    write_manifest(tmp_path / "c", "curate")
+    with pytest.raises(UserError, match="belongs to another stage"):
+        plant_main([path], out=tmp_path / "c" / "planted.jsonl.zst")
+    assert read_manifest(tmp_path / "c")["command"] == "curate"
+    assert not (tmp_path / "c" / "planted.jsonl.zst").exists()
+
+
 def _lines(path):
     import zstandard
 
