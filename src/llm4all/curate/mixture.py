@@ -77,7 +77,7 @@ class TemperatureWeights:
 
     τ = 1 is proportional and τ → ∞ uniform, so small groups (low-resource languages) are
     up-sampled. Arivazhagan et al. 2019 ("Massively Multilingual Neural Machine Translation in
-    the Wild") use T = 5; XLM (Lample & Conneau 2019) samples languages with α = 1/τ = 0.5,
+    the Wild") use T = 5; XLM (Lample & Conneau 2019) samples languages ∝ p_i^α with α = 1/τ,
     XLM-R (Conneau et al. 2020) and mT5 (Xue et al. 2021) with α = 0.3; T5 (Raffel et al. 2020)
     calls it temperature-scaled mixing.
 
