@@ -14,7 +14,12 @@ The whole method, in the order this file runs it (``MinHashDedup`` at the bottom
    verification (a pair at the threshold is missed with probability ≤ 1%).
 3. *Verification* (``verify``): candidates are joined exactly on their shingle sets
    (``shingles.set_jaccard`` on hashes spilled to a temporary file by ``ShingleStore``), by
-   their estimated Jaccard, or not at all.
+   their estimated Jaccard, or not at all. The exact check is the one that follows LSH in the
+   CodeParrot near-deduplication script (Hugging Face ``transformers``
+   examples/research_projects/codeparrot, ``find_extremes``: exact Jaccard of token sets
+   inside each LSH cluster), its BigCode descendant (bigcode-project/bigcode-dataset,
+   ``near_deduplication``) and text-dedup's false-positive check (C. Mou); it turns LSH into a
+   pure recall device, so the banding can be loose.
 4. *Clusters*: connected components (union-find) of the joined pairs; every cluster keeps
    one deterministic survivor (first in input order, or the longest) and every other member
    is dropped with the cluster number, the survivor's id and its Jaccard to the survivor.
