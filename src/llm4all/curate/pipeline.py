@@ -82,10 +82,10 @@ def main(
         out: output directory (replaced atomically when the run succeeds).
         signals: signals to compute (`llm4all ls signals`), names or {name: ..., option: ...}.
         steps: steps in order, each {filter|dedup|select: NAME, option: value, ...}.
-        curriculum: write curriculum.json: {signal: NAME, order: easy_to_hard|hard_to_easy,
-            higher_is_harder: true, pacing: linear|root|step, c0: 0.1}.
-        mixture: write mixture.json: {by: lang, method: fixed|proportional|temperature,
-            weights: {en: 0.8, fr: 0.2}, tau: 1.0}.
+        curriculum: write curriculum.json, e.g. {signal: flesch_kincaid_grade, order:
+            easy_to_hard, higher_is_harder: true, pacing: root, c0: 0.1} (`llm4all ls curricula`).
+        mixture: write mixture.json, e.g. {by: lang, method: temperature, tau: 2.0} or
+            {by: lang, method: fixed, weights: {en: 0.8, fr: 0.2}} (`llm4all ls mixtures`).
         engine: local (worker processes) or ray (Ray Data) for per-document work.
         workers: processes (local) or CPUs (ray).
         shard_docs: documents per shard (the unit of parallel work and of the rerun cache).
