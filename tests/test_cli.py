@@ -57,3 +57,12 @@ def test_ls_lists_registries_and_entries(capsys):
     assert "smollm2-135m" in capsys.readouterr().out
     assert main(["ls", "modles"]) == 2
     assert "did you mean 'models'" in capsys.readouterr().err
+
+
+def test_ls_lists_curricula_and_mixtures(capsys):
+    assert main(["ls", "curricula"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("linear", "root", "step", "Platanios"))
+    assert main(["ls", "mixtures"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("fixed", "proportional", "temperature", "Arivazhagan"))

@@ -56,7 +56,7 @@ def test_unknown_option_is_rejected_before_work():
 def test_every_catalog_registry_loads_and_has_documented_entries():
     from llm4all import catalog  # noqa: F401
 
-    for kind in ("models", "signals", "dedupers", "scaling_laws", "hardware"):
+    for kind in ("models", "signals", "dedupers", "scaling_laws", "hardware", "curricula", "mixtures"):
         entries = REGISTRIES[kind].describe()
         assert entries, kind
         for name, line in entries:

@@ -14,6 +14,8 @@ CHINCHILLA_CONSTANTS = Registry("scaling_laws", modules=("llm4all.plan.scaling",
 HARDWARE = Registry("hardware", modules=("llm4all.plan.hardware",))
 SELECTORS = Registry("selectors", modules=("llm4all.curate.select",))
 FILTERS = Registry("filters", modules=("llm4all.curate.filters",))
+CURRICULA = Registry("curricula", modules=("llm4all.curate.curriculum",))
+MIXTURES = Registry("mixtures", modules=("llm4all.curate.mixture",))
 OPTIMIZERS = Registry("optimizers", modules=("llm4all.train.optim",))
 PRESETS = Registry("presets", modules=("llm4all.models.presets",))
 KD_LOSSES = Registry("kd_losses", modules=("llm4all.distill.losses",))

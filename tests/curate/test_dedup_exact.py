@@ -1,45 +1,14 @@
-"""Exact dedup: normalisation (hand-written cases, ASCII fast path == general path), hashing,
-first-occurrence survivors, streaming decisions, registry options."""
+"""Exact dedup: hashing of the normalised text, first-occurrence survivors, streaming
+decisions, registry options (normalisation itself: test_dedup_shingles.py)."""
 
 from __future__ import annotations
 
 import pytest
 
 from llm4all.catalog import DEDUPERS
-from llm4all.curate.dedup.exact import (
-    Decision,
-    ExactDedup,
-    exact_duplicates,
-    normalize,
-    normalize_unicode,
-    text_hash,
-)
+from llm4all.curate.dedup.exact import ExactDedup, exact_duplicates, text_hash
+from llm4all.curate.step import Decision
 from llm4all.errors import UserError
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("Hello,   World!", "hello world"),
-        ("  don't\tstop\n\nme-now  ", "don t stop me now"),
-        ("snake_case stays; 3.14 splits", "snake_case stays 3 14 splits"),
-        # NFKC: full-width letters, ideographic space, ligature
-        ("Ｆｕｌｌ\u3000ｗｉｄｔｈ ﬁne", "full width fine"),
-        ("Café — Ünïcode «quotes»", "café ünïcode quotes"),
-        ("$5 + 7% = ???", "5 7"),
-        ("", ""),
-        ("...!!!", ""),
-    ],
-)
-def test_normalize_hand_cases(text, expected):
-    assert normalize(text) == expected
-
-
-def test_ascii_fast_path_equals_general_path_for_every_ascii_character():
-    for i in range(128):
-        c = chr(i)
-        for text in (f"Ab{c}cD {c}x", f"{c}{c}q{c}", c):
-            assert normalize(text) == normalize_unicode(text), repr(text)
 
 
 def test_text_hash_is_128_bit_and_normalised():

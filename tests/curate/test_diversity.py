@@ -130,6 +130,26 @@ def test_main_writes_json_and_is_a_command(tiny_model, tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+def test_main_writes_its_manifest_and_never_another_stages(tiny_model, tmp_path):
+    from llm4all.runs import read_manifest, write_manifest
+
+    data = tmp_path / "docs.jsonl"
+    data.write_text("".join(json.dumps({"id": str(i), "text": t}) + "\n"
+                            for i, t in enumerate(tiny_texts(8, words=20))))
+    kwargs = {"probe": str(tiny_model), "num_batches": 2, "batch_size": 2, "max_tokens": 16}
+    got = main([data], out=tmp_path / "out", **kwargs)
+    manifest = read_manifest(tmp_path / "out")
+    assert manifest["command"] == "diversity" and manifest["outputs"] == {"result": "diversity.json"}
+    assert manifest["inputs"] == {"data": [str(data)], "probe": str(tiny_model)}
+    assert manifest["metrics"]["diversity_coefficient"] == got["diversity_coefficient"]
+    assert manifest["metrics"]["documents"] == 4
+    write_manifest(tmp_path / "curate", "curate", metrics={"kept": 1})
+    with pytest.raises(UserError, match="belongs to another stage"):
+        main([data], out=tmp_path / "curate", **kwargs)
+    assert read_manifest(tmp_path / "curate")["command"] == "curate"
+    assert not (tmp_path / "curate" / "diversity.json").exists()
+
+
 DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"
 
 

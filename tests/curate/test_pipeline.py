@@ -102,6 +102,30 @@ def test_skip_bad_counts_rejects_as_removed(tmp_path):
     assert summary["removed_by_step"] == {"read": {"malformed record": 1}}
 
 
+def test_stage_manifest_records_inputs_counts_and_outputs(tmp_path):
+    from llm4all.runs import read_manifest
+
+    path, docs = corpus(tmp_path)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "zz", "text": "' + PROSE + '"}\n{"id": "b", "text": \n')
+    summary = curate([path, bad], out=tmp_path / "o", workers=1, skip_bad=True,
+                     signals=["word_entropy", "gopher_quality", "gopher_repetition"],
+                     mixture={"by": "lang", "method": "proportional"})
+    manifest = read_manifest(tmp_path / "o")
+    assert manifest["command"] == "curate" and manifest["models"] == []
+    assert manifest["inputs"] == {"data": [str(path), str(bad)]}
+    m = manifest["metrics"]
+    assert (m["read"], m["kept"], m["removed"], m["rejected"]) == (len(docs) + 2, summary["kept"],
+                                                                  summary["removed"], 1)
+    assert m["read"] == m["kept"] + m["removed"]
+    assert m["removed_by_step"]["read"] == {"malformed record": 1}
+    counts = ("in", "judged", "kept", "removed")
+    assert m["steps"]["dedup:exact"] == {k: summary["steps"][1][k] for k in counts}
+    assert m["steps"]["dedup:exact"]["removed"] == 1  # "copy"
+    assert set(manifest["outputs"]) == {"kept", "removed", "signals", "summary", "mixture"}
+    assert all((tmp_path / "o" / f).exists() for f in manifest["outputs"].values())
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"signals": ["nope"]}, "unknown signals entry 'nope'"),
     ({"steps": [{"dedup": "minhash", "treshold": 0.8}]},
@@ -159,6 +183,25 @@ def test_planted_documents_are_labelled_and_deterministic():
     kinds = {d.meta["planted"] for d in a}
     assert {"exact_copy", "near_copy", "boilerplate", "symbols"} <= kinds
     assert all(d.meta["of"] in {x.id for x in docs} for d in a)
+
+
+def test_plant_command_writes_documents_and_a_manifest_beside_them(tmp_path):
+    from llm4all.curate.planted import main as plant_main
+    from llm4all.runs import read_manifest, write_manifest
+
+    path, docs = corpus(tmp_path)
+    counts = plant_main([path], out=tmp_path / "p" / "planted.jsonl.zst", fraction=0.2, seed=3)
+    planted = list(read_documents(tmp_path / "p" / "planted.jsonl.zst"))
+    assert len(planted) == sum(counts.values()) == int(0.2 * len(docs))
+    manifest = read_manifest(tmp_path / "p")
+    assert manifest["command"] == "plant" and manifest["outputs"] == {"documents": "planted.jsonl.zst"}
+    assert manifest["metrics"] == {"read": len(docs), "planted": len(planted), "by_kind": counts}
+    assert manifest["arguments"] == {"fraction": 0.2, "seed": 3}
+    write_manifest(tmp_path / "c", "curate")
+    with pytest.raises(UserError, match="belongs to another stage"):
+        plant_main([path], out=tmp_path / "c" / "planted.jsonl.zst")
+    assert read_manifest(tmp_path / "c")["command"] == "curate"
+    assert not (tmp_path / "c" / "planted.jsonl.zst").exists()
 
 
 def _lines(path):

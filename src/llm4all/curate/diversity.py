@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from llm4all.errors import UserError
-from llm4all.runs import write_json
+from llm4all.runs import MANIFEST, read_manifest, write_json, write_manifest
 
 BOOTSTRAP_SAMPLES = 2000
 
@@ -206,6 +206,10 @@ def main(data: list[Path], *, probe: str = "smollm2-135m", num_batches: int = 10
 
     if num_batches < 2 or batch_size < 1:
         raise UserError("--num-batches must be at least 2 and --batch-size at least 1")
+    manifest = Path(out) / MANIFEST if out is not None else None
+    if manifest and manifest.exists() and (read_manifest(out) or {}).get("command") != "diversity":
+        raise UserError(f"{manifest} belongs to another stage (or not to llm4all); "
+                        "give --out a folder of its own")
     texts = reservoir((d.text for d in read_documents(data)), num_batches * batch_size, seed)
     result = {"data": [str(p) for p in data],
               **diversity_coefficient(texts, probe, num_batches, batch_size, max_tokens, seed)}
@@ -221,4 +225,8 @@ def main(data: list[Path], *, probe: str = "smollm2-135m", num_batches: int = 10
     Console().print(table)
     if out is not None:
         write_json(Path(out) / "diversity.json", result)
+        write_manifest(out, "diversity", inputs={"data": result["data"], "probe": probe},
+                       outputs={"result": "diversity.json"},
+                       metrics={k: result[k] for k in ("diversity_coefficient", "ci95", "ci95_bootstrap",
+                                                       "documents", "usable_documents", "seconds")})
     return result

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from llm4all.catalog import FILTERS
-from llm4all.curate.dedup.exact import Decision
+from llm4all.curate.step import Decision
 from llm4all.errors import UserError, did_you_mean
 
 Bounds = Mapping[str, tuple[float | None, float | None, str]]

@@ -1,7 +1,9 @@
 """``llm4all curate``: signals, filters, dedup and selection over documents -- nothing lost.
 
-The run, top to bottom:
+The run, top to bottom (``main``):
 
+0. check every name and option — signals, steps, curriculum, mixture — through their
+   registries before any work;
 1. read every document (a malformed one is an error, or with ``--skip-bad`` a removal at
    step ``read`` with its reason);
 2. compute the signal table for all of them (per-document signals in worker processes or
@@ -10,65 +12,38 @@ The run, top to bottom:
    a reason, for every document it sees;
 4. write ``kept.jsonl.zst`` (input order), ``removed.jsonl.zst`` (each with its step and
    reason), ``signals.parquet`` (every document read), the optional curriculum and mixture
-   manifests, and ``summary.json``; check ``kept + removed == read``.
+   manifests, ``summary.json`` and the stage manifest ``llm4all.json``; check
+   ``kept + removed == read``.
 
-A step is a mapping with one of the keys ``filter`` / ``dedup`` / ``select`` naming a
-registered entry (``llm4all ls filters|dedupers|selectors``) and that entry's options, e.g.
-``{dedup: minhash, threshold: 0.8}``; ``label:`` renames it and ``when: {lang: en}`` applies it
-only to documents whose meta matches (the others pass it untouched: Gopher's English
-stop-word rule has no business judging French). Dedup and selection are global: this stage holds the
-texts of the documents it reads in memory (about their size in bytes, twice); curate larger
-corpora in parts.
+A step (the protocol: ``step.py``) is a mapping with one of the keys ``filter`` / ``dedup`` /
+``select`` naming a registered entry (``llm4all ls filters|dedupers|selectors``) and that
+entry's options, e.g. ``{dedup: minhash, threshold: 0.8}``; ``label:`` renames it and
+``when: {lang: en}`` applies it only to documents whose meta matches (the others pass it
+untouched: Gopher's English stop-word rule has no business judging French). Dedup and
+selection are global: this stage holds the texts of the documents it reads in memory (about
+their size in bytes, twice); curate larger corpora in parts.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from llm4all.curate.dedup.exact import Decision
+from llm4all.curate import curriculum as curricula
+from llm4all.curate import mixture as mixtures
 from llm4all.curate.engine import Engine, ShardCache, compute_table
+from llm4all.curate.step import Step, build_step, check_decisions
+from llm4all.data.document import Document
 from llm4all.errors import UserError
-from llm4all.runs import atomic_dir, write_json
+from llm4all.runs import atomic_dir, write_json, write_manifest
 
 DEFAULT_SIGNALS = ["char_entropy", "word_entropy", "zlib_ratio", "ttr", "mtld", "flesch",
                    "gopher_quality", "gopher_repetition"]
 DEFAULT_STEPS = [{"filter": "published"}, {"dedup": "exact"}, {"dedup": "minhash"}]
-STEP_KINDS = ("filter", "dedup", "select")
-StepFn = Callable[[list[str], list[str], dict[str, np.ndarray]], list[Decision]]
-
-
-def build_step(spec: dict[str, Any], where: str) -> tuple[str, StepFn]:
-    """Turn ``{dedup: minhash, threshold: 0.8}`` into (label, fn); options checked now."""
-    from llm4all import catalog
-    from llm4all.registry import check_options
-
-    if not isinstance(spec, dict):
-        raise UserError(f"{where}: a step is a mapping like {{dedup: minhash}}, got {spec!r}")
-    if not isinstance(spec.get("when", {}), dict):
-        raise UserError(f"{where}.when: expected a mapping like {{lang: en}}, got {spec['when']!r}")
-    kinds = [k for k in STEP_KINDS if k in spec]
-    if len(kinds) != 1:
-        raise UserError(f"{where}: a step needs exactly one of {', '.join(STEP_KINDS)}; got {sorted(spec)}")
-    kind = kinds[0]
-    options = {k: v for k, v in spec.items() if k not in (kind, "label", "when")}
-    name = spec[kind]
-    label = str(spec.get("label", f"{kind}:{name}"))
-    if kind == "filter":
-        fn = catalog.FILTERS.get(name)
-        check_options(fn, options, where=f"{where} (filter {name!r})")
-        return label, lambda ids, texts, table: fn(ids, table, **options)
-    registry = catalog.DEDUPERS if kind == "dedup" else catalog.SELECTORS
-    check_options(registry.get(name), options, where=f"{where} ({kind} {name!r})")
-    instance = registry.build({"name": name, **options})
-    if kind == "dedup":
-        return label, lambda ids, texts, table: list(instance(zip(ids, texts, strict=True)))
-    return label, instance
 
 
 class Ledger:
@@ -107,10 +82,10 @@ def main(
         out: output directory (replaced atomically when the run succeeds).
         signals: signals to compute (`llm4all ls signals`), names or {name: ..., option: ...}.
         steps: steps in order, each {filter|dedup|select: NAME, option: value, ...}.
-        curriculum: write curriculum.json: {signal: NAME, order: easy_to_hard|hard_to_easy,
-            higher_is_harder: true, pacing: linear|root|step, c0: 0.1}.
-        mixture: write mixture.json: {by: lang, method: fixed|proportional|temperature,
-            weights: {en: 0.8, fr: 0.2}, tau: 1.0}.
+        curriculum: write curriculum.json, e.g. {signal: flesch_kincaid_grade, order:
+            easy_to_hard, higher_is_harder: true, pacing: root, c0: 0.1} (`llm4all ls curricula`).
+        mixture: write mixture.json, e.g. {by: lang, method: temperature, tau: 2.0} or
+            {by: lang, method: fixed, weights: {en: 0.8, fr: 0.2}} (`llm4all ls mixtures`).
         engine: local (worker processes) or ray (Ray Data) for per-document work.
         workers: processes (local) or CPUs (ray).
         shard_docs: documents per shard (the unit of parallel work and of the rerun cache).
@@ -118,22 +93,12 @@ def main(
         skip_bad: record malformed input records as removed at step 'read' instead of stopping.
         max_docs: read at most this many documents.
     """
-    from llm4all.curate import curriculum as curriculum_mod
-    from llm4all.curate import mixture as mixture_mod
-    from llm4all.curate.signals.compute import resolve
-    from llm4all.data.readers import Rejects, read_documents
     from llm4all.data.writers import DocumentWriter
 
+    # 0. every name and option, checked before any work
     signals = list(DEFAULT_SIGNALS if signals is None else signals)
     steps = list(DEFAULT_STEPS if steps is None else steps)
-    columns = [c for _, fn, _ in resolve(signals) for c in fn.columns]  # unknown names fail here
-    if curriculum and curriculum.get("signal") not in columns:
-        raise UserError(f"curriculum: no signal column {curriculum.get('signal')!r}; "
-                        f"computed columns: {', '.join(columns)}")
-    built = [build_step(s, f"steps[{i}]") for i, s in enumerate(steps)]
-    labels = [label for label, _ in built]
-    if len(set(labels)) != len(labels):
-        raise UserError(f"steps: labels must be unique, got {labels}; add label: to repeated steps")
+    built, cur, mix = check_config(signals, steps, curriculum, mixture)
     if workers < 1 or shard_docs < 1:
         raise UserError("--workers and --shard-docs must be at least 1")
     out = Path(out)
@@ -145,21 +110,8 @@ def main(
         ledger = Ledger(removed_writer)
         # 1. read
         t0 = time.perf_counter()
-        rejects = Rejects()
-        docs, seen = [], set()
-        for doc in read_documents(data, text_key=text_key, skip_bad=skip_bad, rejects=rejects):
-            if doc.id in seen:
-                raise UserError(f"duplicate document id {doc.id!r}; ids must be unique")
-            seen.add(doc.id)
-            docs.append(doc)
-            if max_docs is not None and len(docs) >= max_docs:
-                break
-        read = len(docs) + rejects.count
-        for n in range(rejects.count):
-            ledger.remove("read", {"id": f"rejected/{n}", "text": "", "meta": {}},
-                          {"reason": "malformed record"})
-        if not docs:
-            raise UserError(f"{', '.join(map(str, data))}: no documents to curate")
+        docs, rejected = read_all(data, text_key, skip_bad, max_docs, ledger)
+        read = len(docs) + rejected
         ids, texts = [d.id for d in docs], [d.text for d in docs]
         timings["read"] = time.perf_counter() - t0
 
@@ -171,30 +123,8 @@ def main(
         _write_signals(tmp / "signals.parquet", ids, table)
 
         # 3. steps
-        keep = np.arange(len(docs))
-        step_rows = []
-        for (label, fn), spec in zip(built, steps, strict=True):
-            t0 = time.perf_counter()
-            when = spec.get("when") or {}
-            seen_idx = np.asarray([i for i in keep if _matches(docs[i].meta, when)], dtype=np.int64)
-            sub = {c: v[seen_idx] for c, v in table.items()}
-            decisions = fn([ids[i] for i in seen_idx], [texts[i] for i in seen_idx], sub)
-            if len(decisions) != len(seen_idx) or any(
-                    d.id != ids[i] for d, i in zip(decisions, seen_idx, strict=True)):
-                raise RuntimeError(f"step {label!r} did not answer once per document, in order")
-            dropped = set()
-            for d, i in zip(decisions, seen_idx, strict=True):
-                if not d.keep:
-                    dropped.add(int(i))
-                    ledger.remove(label, docs[i].to_dict(), d.reason or {"reason": label})
-            survivors = [int(i) for i in keep if int(i) not in dropped]
-            timings[label] = time.perf_counter() - t0
-            step_rows.append({"step": label, "in": int(len(keep)), "judged": int(len(seen_idx)),
-                              "kept": len(survivors),
-                              "removed": int(len(keep) - len(survivors)),
-                              "reasons": dict(ledger.by_step.get(label, Counter()).most_common()),
-                              "seconds": round(timings[label], 3)})
-            keep = np.asarray(survivors, dtype=np.int64)
+        keep, step_rows = run_steps(built, steps, docs, table, ledger)
+        timings.update({row["step"]: row["seconds"] for row in step_rows})
 
         # 4. outputs
         with DocumentWriter(tmp / "kept.jsonl.zst") as kept_writer:
@@ -203,12 +133,9 @@ def main(
         if ledger.removed + len(keep) != read:
             raise RuntimeError(f"accounting broken: kept {len(keep)} + removed {ledger.removed} "
                                f"!= read {read}")
-        kept_ids = [ids[i] for i in keep]
-        kept_table = {c: v[keep] for c, v in table.items()}
-        if curriculum:
-            write_json(tmp / "curriculum.json", _curriculum(curriculum_mod, kept_ids, kept_table, curriculum))
-        if mixture:
-            write_json(tmp / "mixture.json", _mixture(mixture_mod, kept_ids, docs, keep, mixture))
+        outputs = {"kept": "kept.jsonl.zst", "removed": "removed.jsonl.zst",
+                   "signals": "signals.parquet", "summary": "summary.json",
+                   **write_order_manifests(tmp, docs, keep, table, cur, mix)}
         summary = {
             "read": read, "kept": int(len(keep)), "removed": ledger.removed,
             "removed_by_step": {s: dict(c.most_common()) for s, c in ledger.by_step.items()},
@@ -217,36 +144,106 @@ def main(
         }
         summary["seconds"]["total"] = round(time.perf_counter() - start, 3)
         write_json(tmp / "summary.json", summary)
+        write_manifest(tmp, "curate", inputs={"data": [str(p) for p in data]}, outputs=outputs,
+                       metrics={"read": read, "kept": summary["kept"], "removed": ledger.removed,
+                                "rejected": rejected, "removed_by_step": summary["removed_by_step"],
+                                "steps": {r["step"]: {k: r[k] for k in ("in", "judged", "kept", "removed")}
+                                          for r in step_rows},
+                                "seconds": summary["seconds"]["total"]})
     _print_summary(out, summary)
     return summary
 
 
+def check_config(signals: list, steps: list[dict], curriculum: dict | None, mixture: dict | None
+                 ) -> tuple[list[tuple[str, Step]], curricula.Curriculum | None, mixtures.Mixture | None]:
+    """Signals, steps, curriculum and mixture through their registries: (steps built, curriculum, mixture)."""
+    from llm4all.curate.signals.compute import resolve
+
+    columns = [c for _, fn, _ in resolve(signals) for c in fn.columns]  # unknown names fail here
+    cur = curricula.parse(curriculum) if curriculum else None
+    if cur and cur.signal not in columns:
+        raise UserError(f"curriculum: no signal column {cur.signal!r}; "
+                        f"computed columns: {', '.join(columns)}")
+    mix = mixtures.parse(mixture) if mixture else None
+    built = [build_step(s, f"steps[{i}]") for i, s in enumerate(steps)]
+    labels = [label for label, _ in built]
+    if len(set(labels)) != len(labels):
+        raise UserError(f"steps: labels must be unique, got {labels}; add label: to repeated steps")
+    return built, cur, mix
+
+
+def read_all(data: list[Path], text_key: str, skip_bad: bool, max_docs: int | None,
+             ledger: Ledger) -> tuple[list[Document], int]:
+    """(documents, rejected count): ids checked unique; each rejected record goes to the ledger."""
+    from llm4all.data.readers import Rejects, read_documents
+
+    rejects = Rejects()
+    docs: list[Document] = []
+    seen: set[str] = set()
+    for doc in read_documents(data, text_key=text_key, skip_bad=skip_bad, rejects=rejects):
+        if doc.id in seen:
+            raise UserError(f"duplicate document id {doc.id!r}; ids must be unique")
+        seen.add(doc.id)
+        docs.append(doc)
+        if max_docs is not None and len(docs) >= max_docs:
+            break
+    for n in range(rejects.count):
+        ledger.remove("read", {"id": f"rejected/{n}", "text": "", "meta": {}},
+                      {"reason": "malformed record"})
+    if not docs:
+        raise UserError(f"{', '.join(map(str, data))}: no documents to curate")
+    return docs, rejects.count
+
+
+def run_steps(built: list[tuple[str, Step]], steps: list[dict], docs: list[Document],
+              table: dict[str, np.ndarray], ledger: Ledger) -> tuple[np.ndarray, list[dict]]:
+    """Apply the steps in order to the documents still kept (and matching ``when:``).
+
+    Returns the kept indices (input order) and one row of counts per step; every removal goes
+    to the ledger with its step label and reason (the label, if a step gave none).
+    """
+    keep = np.arange(len(docs))
+    rows = []
+    for (label, step), spec in zip(built, steps, strict=True):
+        t0 = time.perf_counter()
+        when = spec.get("when") or {}
+        judged = np.asarray([i for i in keep if _matches(docs[i].meta, when)], dtype=np.int64)
+        judged_ids = [docs[i].id for i in judged]
+        decisions = step(judged_ids, [docs[i].text for i in judged], {c: v[judged] for c, v in table.items()})
+        check_decisions(label, decisions, judged_ids)
+        dropped = set()
+        for d, i in zip(decisions, judged, strict=True):
+            if not d.keep:
+                dropped.add(int(i))
+                ledger.remove(label, docs[i].to_dict(), d.reason or {"reason": label})
+        survivors = [int(i) for i in keep if int(i) not in dropped]
+        rows.append({"step": label, "in": int(len(keep)), "judged": int(len(judged)),
+                     "kept": len(survivors), "removed": int(len(keep) - len(survivors)),
+                     "reasons": dict(ledger.by_step.get(label, Counter()).most_common()),
+                     "seconds": round(time.perf_counter() - t0, 3)})
+        keep = np.asarray(survivors, dtype=np.int64)
+    return keep, rows
+
+
+def write_order_manifests(tmp: Path, docs: list[Document], keep: np.ndarray,
+                          table: dict[str, np.ndarray], cur: curricula.Curriculum | None,
+                          mix: mixtures.Mixture | None) -> dict[str, str]:
+    """``curriculum.json`` and ``mixture.json`` over the kept documents, when asked; {name: file}."""
+    written = {}
+    kept_ids = [docs[i].id for i in keep]
+    if cur:
+        write_json(tmp / "curriculum.json",
+                   curricula.manifest(cur, kept_ids, {c: v[keep] for c, v in table.items()}))
+        written["curriculum"] = "curriculum.json"
+    if mix:
+        write_json(tmp / "mixture.json", mixtures.manifest(
+            mix, kept_ids, [docs[i].meta for i in keep], [len(docs[i].text) for i in keep]))
+        written["mixture"] = "mixture.json"
+    return written
+
+
 def _matches(meta: dict[str, Any], when: dict[str, Any]) -> bool:
     return all(meta.get(k) == v for k, v in when.items())
-
-
-def _curriculum(mod, ids, table, spec: dict) -> dict:
-    options = dict(spec)
-    if "signal" not in options:
-        raise UserError("curriculum: needs signal: NAME (a computed signal column)")
-    allowed = {"signal", "order", "higher_is_harder", "pacing", "c0", "n_steps"}
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise UserError(f"curriculum: unknown key {unknown[0]!r}; valid: {', '.join(sorted(allowed))}")
-    if "order" in options:
-        options["order_"] = options.pop("order")
-    return mod.build(ids, table, **options)
-
-
-def _mixture(mod, ids, docs, keep, spec: dict) -> dict:
-    options = dict(spec)
-    allowed = {"by", "method", "weights", "tau"}
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise UserError(f"mixture: unknown key {unknown[0]!r}; valid: {', '.join(sorted(allowed))}")
-    if "weights" in options:
-        options["weights_"] = options.pop("weights")
-    return mod.build(ids, [docs[i].meta for i in keep], [len(docs[i].text) for i in keep], **options)
 
 
 def _write_signals(path: Path, ids: list[str], table: dict[str, np.ndarray]) -> None:

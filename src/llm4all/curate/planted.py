@@ -93,6 +93,9 @@ def plant(docs: list[Document], fraction: float = 0.05, seed: int = 0,
 def main(data: list[Path], *, out: Path, fraction: float = 0.05, seed: int = 0) -> dict:
     """Write labelled near-duplicates and junk made from DATA to OUT (a .jsonl.zst file).
 
+    The stage manifest goes beside OUT (``llm4all.json`` in its folder): what was read, how
+    many documents of each kind were planted, and the file written.
+
     Args:
         data: document files or folders to copy and spoil.
         out: output file (.jsonl, .jsonl.gz, .jsonl.zst or .parquet).
@@ -103,9 +106,18 @@ def main(data: list[Path], *, out: Path, fraction: float = 0.05, seed: int = 0) 
 
     from llm4all.data.readers import read_documents
     from llm4all.data.writers import write_documents
+    from llm4all.runs import MANIFEST, read_manifest, write_manifest
 
-    planted = plant(list(read_documents(data)), fraction, seed)
+    folder = Path(out).parent
+    if (folder / MANIFEST).exists() and (read_manifest(folder) or {}).get("command") != "plant":
+        raise UserError(f"{folder / MANIFEST} belongs to another stage (or not to llm4all); "
+                        "write --out into a folder of its own")
+    docs = list(read_documents(data))
+    planted = plant(docs, fraction, seed)
     write_documents(out, planted)
     counts = dict(Counter(d.meta["planted"] for d in planted))
+    write_manifest(folder, "plant", inputs={"data": [str(p) for p in data]},
+                   outputs={"documents": Path(out).name}, arguments={"fraction": fraction, "seed": seed},
+                   metrics={"read": len(docs), "planted": len(planted), "by_kind": counts})
     print(f"planted {len(planted)} documents -> {out}: {counts}")
     return counts

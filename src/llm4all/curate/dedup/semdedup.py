@@ -33,8 +33,8 @@ from typing import Literal, NamedTuple
 import numpy as np
 
 from llm4all.catalog import DEDUPERS
-from llm4all.curate.dedup.exact import Decision
 from llm4all.curate.kmeans import default_clusters, spherical_kmeans
+from llm4all.curate.step import Decision
 from llm4all.errors import UserError
 
 _BLOCK = 1024  # rows of a cluster's similarity matrix held at once: (_BLOCK, cluster size)

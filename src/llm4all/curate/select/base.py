@@ -2,9 +2,10 @@
 
 A selector (registry ``SELECTORS``) is a class whose ``__init__`` takes its options and whose
 ``__call__(ids, texts, table) -> list[Decision]`` returns one ``Decision`` per document, in
-order. ``table`` maps signal columns (e.g. ``"ask_llm"``, ``"ppl"``, ``"mtld"``) to float
-arrays aligned with ``ids``. Embedding-based selectors also accept ``embeddings=`` (n, d), so a
-pipeline that has embedded already (or a test) skips the model.
+order (the step protocol: ``llm4all.curate.step``). ``table`` maps signal columns (e.g.
+``"ask_llm"``, ``"ppl"``, ``"mtld"``) to float arrays aligned with ``ids``. Embedding-based
+selectors also accept ``embeddings=`` (n, d), so a pipeline that has embedded already (or a
+test) skips the model.
 """
 
 from __future__ import annotations

@@ -23,7 +23,6 @@ from __future__ import annotations
 import numpy as np
 
 from llm4all.catalog import SELECTORS
-from llm4all.curate.dedup.exact import Decision
 from llm4all.curate.dedup.semdedup import semdedup
 from llm4all.curate.kmeans import default_clusters, spherical_kmeans
 from llm4all.curate.select.base import (
@@ -33,6 +32,7 @@ from llm4all.curate.select.base import (
     embeddings_for,
     kept_count,
 )
+from llm4all.curate.step import Decision
 
 
 def resolve_survivors(keep: np.ndarray, parent: np.ndarray) -> np.ndarray:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import numpy as np
 
 from llm4all.catalog import SELECTORS
-from llm4all.curate.dedup.exact import Decision
 from llm4all.curate.select.base import (
     check_fraction,
     check_lengths,
@@ -31,6 +30,7 @@ from llm4all.curate.select.base import (
     embeddings_for,
     kept_count,
 )
+from llm4all.curate.step import Decision
 from llm4all.errors import UserError
 
 _BLOCK = 2048  # rows of the (rows, |R|) kernel matrix held at once

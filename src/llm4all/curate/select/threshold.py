@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from llm4all.catalog import SELECTORS
-from llm4all.curate.dedup.exact import Decision
 from llm4all.curate.select.base import check_fraction, check_lengths, column, kept_count
+from llm4all.curate.step import Decision
 from llm4all.errors import UserError
 
 
