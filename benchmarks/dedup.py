@@ -43,9 +43,8 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from llm4all.curate.dedup.exact import normalize
-from llm4all.curate.dedup.lsh import MinHashDedup, candidate_pairs, lsh_params, recall_params
-from llm4all.curate.dedup.minhash import minhash_signatures
+from llm4all.curate.dedup.minhash import MinHashDedup, candidate_pairs, lsh_params, recall_params
+from llm4all.curate.dedup.shingles import minhash_signatures, normalize
 from llm4all.curate.planted import perturb
 
 RATES = (0.0, 0.01, 0.02, 0.05, 0.10)  # word edit rates of planted copies (0 = exact copy)

@@ -125,7 +125,7 @@ def test_report_stage_writes_one_self_contained_page(run_dir):
 
 @pytest.mark.slow
 def test_planted_recall_and_removals_match_the_curate_outputs(run_dir):
-    cur = collect.curation(run_dir / "curate")
+    cur = collect.curation(next(s for s in collect.stages(run_dir) if s["name"] == "curate"))
     summary = json.loads((run_dir / "curate" / "summary.json").read_text())
     assert len(cur["removed"]) == summary["removed"]
     assert sum(r["planted"] for r in cur["planted"].values()) == 4

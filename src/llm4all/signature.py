@@ -296,7 +296,7 @@ def add_arguments(parser: argparse.ArgumentParser, fn: Callable) -> None:
         helps.update(field_docs(cls))
     for name, (p, tp) in params(fn).items():
         base, _ = _unwrap_optional(tp)
-        help_text = helps.get(name, "")
+        help_text = helps.get(name, "").replace("%", "%%")  # argparse %-formats help
         flag = "--" + name.rstrip("_").replace("_", "-")  # from_ -> --from
         is_list = typing.get_origin(base) in (list, tuple)
         choices = list(typing.get_args(base)) if typing.get_origin(base) is Literal else None

@@ -139,7 +139,7 @@ def test_main_writes_its_manifest_and_never_another_stages(tiny_model, tmp_path)
     kwargs = {"probe": str(tiny_model), "num_batches": 2, "batch_size": 2, "max_tokens": 16}
     got = main([data], out=tmp_path / "out", **kwargs)
     manifest = read_manifest(tmp_path / "out")
-    assert manifest["command"] == "diversity" and manifest["outputs"] == {"result": "diversity.json"}
+    assert manifest["command"] == "diversity" and manifest["files"] == {"result": "diversity.json"}
     assert manifest["inputs"] == {"data": [str(data)], "probe": str(tiny_model)}
     assert manifest["metrics"]["diversity_coefficient"] == got["diversity_coefficient"]
     assert manifest["metrics"]["documents"] == 4

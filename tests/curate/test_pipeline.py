@@ -122,8 +122,8 @@ def test_stage_manifest_records_inputs_counts_and_outputs(tmp_path):
     counts = ("in", "judged", "kept", "removed")
     assert m["steps"]["dedup:exact"] == {k: summary["steps"][1][k] for k in counts}
     assert m["steps"]["dedup:exact"]["removed"] == 1  # "copy"
-    assert set(manifest["outputs"]) == {"kept", "removed", "signals", "summary", "mixture"}
-    assert all((tmp_path / "o" / f).exists() for f in manifest["outputs"].values())
+    assert set(manifest["files"]) == {"kept", "removed", "signals", "summary", "mixture"}
+    assert all((tmp_path / "o" / f).exists() for f in manifest["files"].values())
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -194,7 +194,7 @@ def test_plant_command_writes_documents_and_a_manifest_beside_them(tmp_path):
     planted = list(read_documents(tmp_path / "p" / "planted.jsonl.zst"))
     assert len(planted) == sum(counts.values()) == int(0.2 * len(docs))
     manifest = read_manifest(tmp_path / "p")
-    assert manifest["command"] == "plant" and manifest["outputs"] == {"documents": "planted.jsonl.zst"}
+    assert manifest["command"] == "plant" and manifest["files"] == {"documents": "planted.jsonl.zst"}
     assert manifest["metrics"] == {"read": len(docs), "planted": len(planted), "by_kind": counts}
     assert manifest["arguments"] == {"fraction": 0.2, "seed": 3}
     write_manifest(tmp_path / "c", "curate")

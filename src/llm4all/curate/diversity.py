@@ -226,7 +226,7 @@ def main(data: list[Path], *, probe: str = "smollm2-135m", num_batches: int = 10
     if out is not None:
         write_json(Path(out) / "diversity.json", result)
         write_manifest(out, "diversity", inputs={"data": result["data"], "probe": probe},
-                       outputs={"result": "diversity.json"},
+                       files={"result": "diversity.json"},
                        metrics={k: result[k] for k in ("diversity_coefficient", "ci95", "ci95_bootstrap",
                                                        "documents", "usable_documents", "seconds")})
     return result

@@ -144,7 +144,7 @@ def main(
         }
         summary["seconds"]["total"] = round(time.perf_counter() - start, 3)
         write_json(tmp / "summary.json", summary)
-        write_manifest(tmp, "curate", inputs={"data": [str(p) for p in data]}, outputs=outputs,
+        write_manifest(tmp, "curate", inputs={"data": [str(p) for p in data]}, files=outputs,
                        metrics={"read": read, "kept": summary["kept"], "removed": ledger.removed,
                                 "rejected": rejected, "removed_by_step": summary["removed_by_step"],
                                 "steps": {r["step"]: {k: r[k] for k in ("in", "judged", "kept", "removed")}

@@ -117,7 +117,7 @@ def main(data: list[Path], *, out: Path, fraction: float = 0.05, seed: int = 0) 
     write_documents(out, planted)
     counts = dict(Counter(d.meta["planted"] for d in planted))
     write_manifest(folder, "plant", inputs={"data": [str(p) for p in data]},
-                   outputs={"documents": Path(out).name}, arguments={"fraction": fraction, "seed": seed},
+                   files={"documents": Path(out).name}, arguments={"fraction": fraction, "seed": seed},
                    metrics={"read": len(docs), "planted": len(planted), "by_kind": counts})
     print(f"planted {len(planted)} documents -> {out}: {counts}")
     return counts

@@ -317,23 +317,28 @@ def planted_kind(meta: dict) -> str | None:
     return kind
 
 
-def curation(path: Path) -> dict:
-    """summary.json, the signal table, which documents each step removed, planted-junk recall."""
-    out: dict[str, Any] = {"summary": read_json(path / "summary.json"), "signals": {}, "removed": {},
-                           "planted": {}, "notes": []}
-    if out["summary"] is None:
-        out["notes"].append(f"{path}/summary.json is missing or unreadable")
+def curation(stage: dict) -> dict:
+    """A curate stage's summary, signal table, which documents each step removed, planted-junk
+    recall: the files its manifest names (``summary``, ``signals``, ``removed``, ``kept``)."""
+    out: dict[str, Any] = {"summary": (stage.get("manifest") or {}).get("metrics"), "signals": {},
+                           "removed": {}, "planted": {}, "notes": []}
+    files = {key: stage_file(stage, key) for key in ("summary", "signals", "removed", "kept")}
+    missing = [key for key, file in files.items() if file is None or not file.exists()]
+    if missing:
+        out["notes"].append(f"stage {stage['name']}: its manifest names no readable {', '.join(missing)}")
+    if files["summary"] is not None:
+        out["summary"] = read_json(files["summary"]) or out["summary"]
     try:
         import pyarrow.parquet as pq
 
-        table = pq.read_table(path / "signals.parquet").to_pydict()
+        table = pq.read_table(files["signals"]).to_pydict()
         ids = table.pop("id")
         out["signals"] = {"ids": ids, "columns": table}
     except Exception as e:  # noqa: BLE001  (any unreadable table: say so, draw the rest)
-        out["notes"].append(f"signals.parquet unreadable ({type(e).__name__})")
+        out["notes"].append(f"signal table unreadable ({type(e).__name__})")
     planted: dict[str, dict[str, int]] = {}
     try:
-        for doc in _jsonl_zst(path / "removed.jsonl.zst"):
+        for doc in _jsonl_zst(files["removed"]):
             out["removed"][doc.get("id")] = doc.get("step", "?")
             kind = planted_kind(doc.get("meta") or {})
             if kind:
@@ -341,12 +346,12 @@ def curation(path: Path) -> dict:
                 row["planted"] += 1
                 row["removed"] += 1
                 row[f"by {doc.get('step', '?')}"] = row.get(f"by {doc.get('step', '?')}", 0) + 1
-        if planted or (path / "kept.jsonl.zst").exists():
-            for doc in _jsonl_zst(path / "kept.jsonl.zst"):
+        if files["kept"] is not None and files["kept"].exists():
+            for doc in _jsonl_zst(files["kept"]):
                 kind = planted_kind(doc.get("meta") or {})
                 if kind:
                     planted.setdefault(kind, {"planted": 0, "removed": 0})["planted"] += 1
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, TypeError) as e:
         out["notes"].append(f"removed/kept documents unreadable ({type(e).__name__}: {e})")
     out["planted"] = planted
     return out

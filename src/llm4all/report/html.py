@@ -30,7 +30,7 @@ def build(run: Path, title: str | None = None, goal: choose.Goal | None = None) 
     result = choose.answer_json(variants, goal or choose.Goal())
     for i, v in enumerate(variants):  # one marker shape per model, in the table and every chart
         v["marker"] = plots.MARKERS[i % len(plots.MARKERS)]
-    curations = {s["name"]: collect.curation(s["path"]) for s in found if s["command"] == "curate"}
+    curations = {s["name"]: collect.curation(s) for s in found if s["command"] == "curate"}
     for s in found:
         if not s["done"]:
             notes.append(f"stage {s['name']} ({s['command']}) has not finished (no DONE marker)")
