@@ -1,9 +1,10 @@
 """``llm4all export``: write a model as a Hugging Face directory or a GGUF file.
 
 The model is anything ``llm4all.models.load`` accepts (a registered name, an HF directory, a
-.gguf file): dense weights in, so a compressed checkpoint is exported after it loads back as a
-dense model. ``--format hf`` writes safetensors in ``--dtype``; ``--format gguf`` writes one
-file in ``--type`` (f32, f16, q8_0, q4_0) for llama.cpp, and transformers' ``gguf_file=``.
+.gguf file). ``--format hf`` writes safetensors in ``--dtype``, and a packed checkpoint as
+compressed-tensors (``export/compressed_tensors.py``; vLLM serves it) where its layout maps
+exactly; ``--format gguf`` writes one file in ``--type`` (f32, f16, q8_0, q4_0) for llama.cpp,
+and transformers' ``gguf_file=``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def main(
         out: output directory (hf), or .gguf file (gguf; a directory gets model-TYPE.gguf).
         format: hf (config.json + model.safetensors + tokenizer) or gguf (one file, llama arch).
         type: GGUF tensor type for 2-D weights; norms stay f32 (gguf only).
-        dtype: safetensors dtype (hf only).
+        dtype: safetensors dtype (hf only; a packed model's scales stay float16 unless float32).
     """
     if format == "hf":
         from llm4all.export.hf import export_hf

@@ -43,11 +43,15 @@ def export_hf(model: str | Path, out: str | Path,
               dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16") -> dict:
     """Write ``model`` (registered name, HF directory or .gguf) as an HF directory at ``out``.
 
+    A packed checkpoint (``llm4all compress``) becomes a compressed-tensors directory
+    (``export.compressed_tensors``) when its layout has an exact compressed-tensors form, else
+    its de-quantised dense weights (with a printed note saying why).
     Returns a summary: output path, dtype, parameter count, safetensors bytes and SHA-256.
     """
     import torch
 
     from llm4all.models.load import load, resolve
+    from llm4all.models.packed import is_packed, read_quant_file
     from llm4all.models.quiet import quiet_transformers
 
     if dtype not in HF_DTYPES:
@@ -57,8 +61,15 @@ def export_hf(model: str | Path, out: str | Path,
         raise UserError(f"--out {out}: an HF export is a directory; use --format gguf for a .gguf file")
     start = time.perf_counter()
     source = resolve(model)
+    if is_packed(source):  # a compressed checkpoint: compressed-tensors where it maps exactly
+        from llm4all.export.compressed_tensors import plan
+
+        schemes, reason = plan(read_quant_file(source)["modules"])
+        if reason is None:
+            return export_packed(model, source, out, schemes, dtype, start)
+        print(f"note: {reason}; exporting the de-quantised dense model instead (docs/export.md)")
     net, tokenizer = load(source, dtype=dtype)
-    if (source / "llm4all_quant.json").exists():  # a compressed checkpoint: export its de-quantised weights
+    if is_packed(source):  # no compressed-tensors form: export its de-quantised weights
         from llm4all.models.packed.dense import densify
 
         densify(net, getattr(torch, dtype))
@@ -67,10 +78,7 @@ def export_hf(model: str | Path, out: str | Path,
         with quiet_transformers():
             net.save_pretrained(tmp, safe_serialization=True, max_shard_size="100GB")
             tokenizer.save_pretrained(tmp)
-        mask = os.umask(0)
-        os.umask(mask)
-        for f in tmp.iterdir():  # safetensors arrive 0600 from a temp file; give them the usual mode
-            os.chmod(f, 0o666 & ~mask)
+        usual_modes(tmp)
         weights = sorted(tmp.glob("*.safetensors"))
         summary = {
             "format": "hf", "out": str(out), "source": str(model), "source_dir": str(source),
@@ -84,3 +92,42 @@ def export_hf(model: str | Path, out: str | Path,
             "seconds": round(time.perf_counter() - start, 2),
         })
     return summary
+
+
+def usual_modes(directory: Path) -> None:
+    """Give the files in ``directory`` the usual mode (safetensors arrive 0600 from a temp file)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for f in directory.iterdir():
+        os.chmod(f, 0o666 & ~mask)
+
+
+def export_packed(model: str | Path, source: Path, out: Path, schemes: dict, dtype: str,
+                  start: float) -> dict:
+    """A packed checkpoint as a compressed-tensors directory (``export.compressed_tensors``).
+
+    Scales and dense tensors stay float16, the packed checkpoint's own storage dtype, so
+    nothing is rounded (bfloat16 would round the scales), unless ``dtype`` is float32.
+    """
+    import torch
+
+    from llm4all.export.compressed_tensors import describe, write_compressed_tensors
+    from llm4all.runs import write_manifest
+
+    store = torch.float32 if dtype == "float32" else torch.float16
+    with atomic_dir(out) as tmp:
+        qconfig = write_compressed_tensors(source, tmp, schemes, store)
+        usual_modes(tmp)
+        weights = tmp / "model.safetensors"
+        groups = "; ".join(describe(g) for g in qconfig["config_groups"].values())
+        made = {"format": "compressed-tensors", "dtype": str(store).removeprefix("torch."),
+                "scheme": f"{qconfig['format']}, {groups}", "quantized_linears": len(schemes),
+                "safetensors_bytes": weights.stat().st_size, "sha256": {weights.name: sha256(weights)}}
+        made_model = {"path": ".", "role": "export", "format": "compressed-tensors"}
+        write_manifest(tmp, "export", models=[made_model],
+                       inputs={"model": str(model), "source_dir": str(source)},
+                       metrics={"safetensors_bytes": made["safetensors_bytes"]}, **made,
+                       exported_by=f"llm4all {__version__} export --format hf",
+                       source_provenance=source_provenance(source),
+                       seconds=round(time.perf_counter() - start, 2))
+    return {"out": str(out), "source": str(model), "source_dir": str(source), **made}
