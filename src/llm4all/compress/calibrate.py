@@ -41,20 +41,6 @@ from llm4all.models.layers import decoder_layers, linears
 PROBE_TOKENS = 8  # tokens of the forward that finds which Linears share an input
 
 
-def calibration_windows(data: Path, tokens: int, seq_len: int = 256, seed: int = 0,
-                        split: str = "train") -> torch.Tensor:
-    """(n, seq_len) token windows drawn at random offsets from a token-shard split."""
-    from llm4all.data.shards import TokenShards
-
-    stream = TokenShards(data).tokens(split)
-    n = max(1, tokens // seq_len)
-    if len(stream) < seq_len + 1:
-        raise UserError(f"{data}: split {split!r} has {len(stream)} tokens, fewer than one "
-                        f"calibration window of {seq_len}")
-    starts = np.random.default_rng(seed).integers(0, len(stream) - seq_len, size=n)
-    return torch.from_numpy(np.stack([np.asarray(stream[s : s + seq_len], dtype=np.int64) for s in starts]))
-
-
 def busy_cores(seconds: float = 0.25) -> float:
     """Cores' worth of CPU time used (by other processes: we sleep) over ``seconds``, from
     /proc/stat; the 1-minute load average where there is no /proc/stat."""

@@ -66,7 +66,8 @@ def main(model: str, *, out: Path, method: dict, calib: Path | None = None, cali
     from rich.console import Console
     from rich.table import Table
 
-    from llm4all.compress.calibrate import calibration_windows, compress_layers, free_cores, thread_limit
+    from llm4all.compress.calibrate import compress_layers, free_cores, thread_limit
+    from llm4all.data.shards import calibration_windows
     from llm4all.models.load import DTYPES, load
     from llm4all.models.packed.embedding import pack_embeddings
 

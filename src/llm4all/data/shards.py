@@ -64,3 +64,17 @@ class TokenShards:
 
     def num_tokens(self, split: str) -> int:
         return int(self.index["splits"][split]["tokens"])
+
+
+def calibration_windows(data: Path, tokens: int, seq_len: int = 256, seed: int = 0,
+                        split: str = "train"):
+    """(n, seq_len) int64 torch tensor: token windows at random offsets of a token-shard split."""
+    import torch
+
+    stream = TokenShards(data).tokens(split)
+    n = max(1, tokens // seq_len)
+    if len(stream) < seq_len + 1:
+        raise UserError(f"{data}: split {split!r} has {len(stream)} tokens, fewer than one "
+                        f"calibration window of {seq_len}")
+    starts = np.random.default_rng(seed).integers(0, len(stream) - seq_len, size=n)
+    return torch.from_numpy(np.stack([np.asarray(stream[s : s + seq_len], dtype=np.int64) for s in starts]))

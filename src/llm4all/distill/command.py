@@ -13,11 +13,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-
 from llm4all.distill.args import KDConfig
 from llm4all.distill.run import distill_student
 from llm4all.distill.step import Teacher
+from llm4all.models.build import StudentInit
 from llm4all.runs import write_json, write_manifest
 from llm4all.signature import flat_arguments, takes_configs
 from llm4all.train.args import TrainingConfig
@@ -32,9 +31,7 @@ def main(
     out: Path,
     teacher: str = "smollm2-135m",
     student: str | None = None,
-    init_every: int | None = 2,
-    init_layers: list[int] | None = None,
-    init_hidden_size: int | None = None,
+    init: StudentInit = StudentInit(),
     kd: KDConfig = KDConfig(),
     training: TrainingConfig = TrainingConfig(),
 ) -> dict:
@@ -45,9 +42,7 @@ def main(
         out: run directory: metrics.jsonl, checkpoints/, model/ (the student), result.json.
         teacher: the teacher (registered name, HF directory or .gguf).
         student: a preset or HF directory for the student; default: initialised from the teacher.
-        init_every: student = every k-th teacher layer (when --student is not given).
-        init_layers: student = exactly these teacher layers.
-        init_hidden_size: narrower student width (PCA-projected from the teacher).
+        init: the student's shape when --student is not given (models.build.StudentInit: --init-*).
         kd: the distillation options (distill.args.KDConfig: --mode, --alpha, ...).
         training: the loop's options (train.args.TrainingConfig: --steps, --lr, ...).
     """
@@ -63,8 +58,7 @@ def main(
         from llm4all.models.init import check_shared_vocabulary
 
         check_shared_vocabulary(load_tokenizer(teacher), tokenizer)
-    net, source = _student(teacher, student, len(tokenizer), training, init_every, init_layers,
-                           init_hidden_size)
+    net, source = _student(teacher, student, len(tokenizer), training, init, data)
     if dist_.rank == 0:
         print(parameter_summary(net, source, training, dist_.world) +
               f"; mode {kd.mode}, {kd.divergence}, alpha {kd.alpha}, T {kd.temperature}")
@@ -95,18 +89,18 @@ def main(
     return result
 
 
-def _student(teacher: str, student: str | None, vocab_size: int, cfg: TrainingConfig,
-             init_every: int | None, init_layers: list[int] | None, init_hidden_size: int | None):
+def _student(teacher: str, student: str | None, vocab_size: int, cfg: TrainingConfig, init: StudentInit,
+             data: Path):
     """(model, source): the student given by --student, or one initialised from the teacher's layers."""
     from llm4all.models.build import build_model
 
     if student is not None:
         net, _, source = build_model(student, vocab_size, cfg.seq_len, cfg.seed)
         return net, source
-    torch.manual_seed(cfg.seed)
-    net, _, _ = build_model("", vocab_size, cfg.seq_len, cfg.seed, init_from=teacher,
-                            init_every=None if init_layers else init_every, init_layers=init_layers,
-                            init_hidden_size=init_hidden_size)
-    kept = f"layers {init_layers}" if init_layers else f"every {init_every}"
-    width = f", hidden {init_hidden_size}" if init_hidden_size else ""
-    return net, f"student of {teacher} ({kept}{width})"
+    from llm4all.data.shards import calibration_windows
+
+    ids = calibration_windows(data, init.init_calibration_tokens, cfg.seq_len, cfg.seed) \
+        if init.needs_calibration else None
+    net, _, source = build_model("", vocab_size, cfg.seq_len, cfg.seed, init_from=teacher, student=init,
+                                 calibration_ids=ids)
+    return net, source

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from llm4all.errors import UserError
+from llm4all.models.build import StudentInit
 from llm4all.runs import config_hash, write_json, write_manifest
 from llm4all.signature import flat_arguments, takes_configs
 from llm4all.train.args import TrainingConfig
@@ -31,9 +32,7 @@ def main(
     out: Path,
     model: str = "llama-10m",
     init_from: str | None = None,
-    init_every: int | None = None,
-    init_layers: list[int] | None = None,
-    init_hidden_size: int | None = None,
+    student: StudentInit = StudentInit(),
     training: TrainingConfig = TrainingConfig(),
     curriculum: Path | None = None,
     mixture: Path | None = None,
@@ -48,10 +47,8 @@ def main(
         data: token-shard directory from `llm4all tokenize` (train split; validation for eval).
         out: run directory: metrics.jsonl, checkpoints/, model/ (resumes if checkpoints exist).
         model: a preset (`llm4all ls presets`) or a checkpoint to continue (HF dir, name, .gguf).
-        init_from: initialise the model from this teacher instead (see --init-every ...).
-        init_every: keep every k-th teacher layer (DistilBERT-style).
-        init_layers: keep exactly these teacher layers.
-        init_hidden_size: a narrower student width (embeddings projected by PCA).
+        init_from: initialise the model from this teacher instead (its shape: the --init-* options).
+        student: the student's shape when --init-from is given (models.build.StudentInit).
         training: the loop's options (train.args.TrainingConfig: --steps, --lr, ...).
         curriculum: curriculum.json from `llm4all curate` (order and pacing).
         mixture: mixture.json from `llm4all curate` (group weights).
@@ -64,7 +61,7 @@ def main(
         runs_table: JSONL that `llm4all plan fit` reads (default: OUT/../runs.jsonl).
     """
     arguments = flat_arguments({k: v for k, v in locals().items()})  # params only
-    from llm4all.data.shards import TokenShards
+    from llm4all.data.shards import TokenShards, calibration_windows
     from llm4all.models.build import build_model
     from llm4all.models.load import load_tokenizer
 
@@ -77,8 +74,9 @@ def main(
     dist_ = setup_distributed()
     shards = TokenShards(data)
     tokenizer = load_tokenizer(shards.index["tokenizer_path"])
-    net, role, source = build_model(model, len(tokenizer), cfg.seq_len, cfg.seed, init_from, init_every,
-                                    init_layers, init_hidden_size)
+    ids = (calibration_windows(data, student.init_calibration_tokens, cfg.seq_len, cfg.seed)
+           if init_from and student.needs_calibration else None)
+    net, role, source = build_model(model, len(tokenizer), cfg.seq_len, cfg.seed, init_from, student, ids)
     if net.get_input_embeddings().num_embeddings < shards.index["vocab_size"]:
         raise UserError(f"{data}: shards use a {shards.index['vocab_size']}-token vocabulary but the "
                         f"model has {net.get_input_embeddings().num_embeddings} embeddings")
