@@ -28,6 +28,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "tokenize": "llm4all.data.tokenize:main",
     "train": "llm4all.train.command:main",
     "distill": "llm4all.distill.command:main",
+    "adapt": "llm4all.distill.adapt:main",
     "report": "llm4all.report.html:main",
     "compress": "llm4all.compress.command:main",
     "teacher-cache": "llm4all.distill.teacher_cache:main",

@@ -97,7 +97,7 @@ def student_of(teacher_name: str, init: StudentInit, calibration_ids: torch.Tens
     """A student of ``teacher_name`` shaped by ``init``; ``calibration_ids`` (n, T) token windows
     are needed when ``init.needs_calibration``."""
     from llm4all.models.importance import residual_stream, select_layers_by_importance, width_importance
-    from llm4all.models.init import student_from_teacher
+    from llm4all.models.init import select_layers, student_from_teacher
     from llm4all.models.load import load
 
     teacher, _ = load(teacher_name)
@@ -115,10 +115,13 @@ def student_of(teacher_name: str, init: StudentInit, calibration_ids: torch.Tens
             layers = select_layers_by_importance(stream, init.init_keep, init.init_select)
     importance = width_importance(teacher, ids) if init.init_width == "activations" else None
     every = init.init_every if layers is None else None
-    return student_from_teacher(teacher, layers=layers, every=every, hidden_size=init.init_hidden_size,
-                                intermediate_size=init.init_intermediate_size,
-                                num_attention_heads=init.init_heads, num_key_value_heads=init.init_kv_heads,
-                                calibration_ids=ids, importance=importance)
+    student = student_from_teacher(teacher, layers=layers, every=every, hidden_size=init.init_hidden_size,
+                                   intermediate_size=init.init_intermediate_size,
+                                   num_attention_heads=init.init_heads,
+                                   num_key_value_heads=init.init_kv_heads, calibration_ids=ids,
+                                   importance=importance)
+    student.teacher_layers = select_layers(n_layers, layers, every)  # which teacher layers it kept
+    return student
 
 
 def build_model(model: str, vocab_size: int, seq_len: int, seed: int, init_from: str | None = None,
@@ -145,7 +148,7 @@ def build_model(model: str, vocab_size: int, seq_len: int, seed: int, init_from:
     if init_from:
         init = student or StudentInit()
         net = student_of(init_from, init, calibration_ids)
-        return net, "student", f"student of {init_from} ({init.describe()})"
+        return net, "student", f"student of {init_from} ({init.describe()}: layers {net.teacher_layers})"
     if not Path(model).exists() and model not in catalog.MODELS.names():
         from transformers import LlamaForCausalLM
 

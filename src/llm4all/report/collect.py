@@ -23,7 +23,7 @@ from llm4all.runs import read_manifest
 DISPLAY_ROLES = {("distill", "student"): "distilled student",
                  ("train", "student"): "student (teacher init, trained)",
                  ("models init-student", "student"): "student (teacher init, untrained)",
-                 "scratch": "from scratch", "adapted": "continued pre-training", "teacher": "teacher",
+                 "scratch": "from scratch", "adapted": "adapted (continued training)", "teacher": "teacher",
                  "model": "model"}
 #: eval manifests' metrics -> variant fields (the report's column names)
 EVAL_METRICS = {"eval speed": {"decode_tokens_per_s": "decode_tokens_per_s",
@@ -291,7 +291,7 @@ def variants(found: list[dict]) -> tuple[list[dict], list[str]]:
             if src is not None:
                 v["params"] = v["params"] or src["params"]
                 v["source"] = src["name"]
-    order = ("teacher", "distilled", "student", "continued", "from scratch", "compressed", "export", "model")
+    order = ("teacher", "adapted", "distilled", "student", "from scratch", "compressed", "export", "model")
     unique.sort(key=lambda v: next((i for i, o in enumerate(order) if v["role"].startswith(o)), len(order)))
     return unique, notes
 

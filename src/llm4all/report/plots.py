@@ -17,7 +17,7 @@ STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.titleweight": "bold", "axes
          "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3, "legend.frameon": False,
          "svg.fonttype": "none", "font.family": "sans-serif"}
 ROLE_COLOURS = [("teacher", "#3b3b3b"), ("distilled", "#1f77b4"), ("student", "#17becf"),
-                ("continued", "#8c564b"), ("from scratch", "#ff7f0e"), ("compressed", "#2ca02c"),
+                ("adapted", "#8c564b"), ("from scratch", "#ff7f0e"), ("compressed", "#2ca02c"),
                 ("export", "#9467bd")]
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf",
            "#bcbd22", "#7f7f7f"]
