@@ -195,3 +195,23 @@ def test_untranslated_sections_are_recognised():
     # 3 English function words (the, of, the) against 1 French one (le): 3 is not > 3 × 1
     assert not mostly_english("Lancez le programme: the list of the packages")
     assert mostly_english("Lancez le programme: the list of the packages in it")  # 5 > 3
+
+
+def test_outside_corpus_is_the_licence_texts_of_base_files(tmp_path):
+    """The committed text outside the demo's domains: every licence file once, in 2 KB pieces."""
+    from llm4all.data.demo import iter_demo, outside_corpus_path
+
+    docs = list(iter_demo(path=outside_corpus_path()))
+    names = {d["meta"]["license_name"] for d in docs}
+    assert {"GPL-3", "Apache-2.0", "MPL-2.0", "BSD"} <= names and "GPL" not in names  # no symlink twice
+    assert len({d["id"] for d in docs}) == len(docs)
+    assert all(d["meta"]["source"] == "licenses" and d["meta"]["lang"] == "en" for d in docs)
+    gpl3 = " ".join(d["text"] for d in docs if d["meta"]["license_name"] == "GPL-3")
+    assert "GNU GENERAL PUBLIC LICENSE" in gpl3 and "Version 3, 29 June 2007" in gpl3
+    root = Path("/")
+    if (root / "usr/share/common-licenses/GPL-3").is_file():  # on Debian the builder reproduces it
+        rebuilt = demo.main(out=tmp_path / "outside", corpus="outside")
+        committed = json.loads((outside_corpus_path() / "manifest.json").read_text())
+        assert rebuilt["files"]["en/licenses.jsonl.zst"]["documents"] == len(docs)
+        assert rebuilt["files"]["en/licenses.jsonl.zst"]["text_bytes"] == \
+            committed["files"]["en/licenses.jsonl.zst"]["text_bytes"]

@@ -20,7 +20,8 @@ stage for one that reads ``${run_dir}``, like the report) ran again since: then 
 ``--only`` and ``--from`` pick stages, ``--force`` reruns them.
 
 Substitutions in strings: ``${STAGE}`` (that stage's output directory, which must come
-earlier), ``${run_dir}``, ``${demo_corpus}`` (the bundled demo corpus) and ``${demo_planted}``
+earlier), ``${run_dir}``, ``${demo_corpus}`` (the bundled demo corpus), ``${outside_corpus}`` (text
+outside its domains, to measure forgetting) and ``${demo_planted}``
 (near-duplicates and junk planted into it by ``llm4all plant``, so removals are visible).
 """
 
@@ -41,6 +42,7 @@ from llm4all.signature import bind, params, resolved
 TOP_KEYS = ("name", "description", "run_dir", "stages")
 RECIPES_DIR = Path(__file__).parent / "recipes"
 _VAR = re.compile(r"\$\{([A-Za-z0-9_\-]+)\}")
+BUILTIN = ("run_dir", "demo_corpus", "demo_planted", "outside_corpus")  # variables that are not stages
 
 
 def find_recipe(recipe: str | Path) -> Path:
@@ -110,6 +112,10 @@ def load_recipe(recipe: str | Path, run_dir: Path | None = None) -> tuple[Path, 
 
         variables["demo_corpus"] = str(demo_corpus_path())
         variables["demo_planted"] = str(demo_corpus_path().parent / "demo-planted")
+    if any("${outside_corpus}" in str(v) for v in stages.values()):
+        from llm4all.data.demo import outside_corpus_path
+
+        variables["outside_corpus"] = str(outside_corpus_path())
     out = []
     for name, options in stages.items():
         where = f"{path}: stages.{name}"
@@ -119,8 +125,7 @@ def load_recipe(recipe: str | Path, run_dir: Path | None = None) -> tuple[Path, 
         command = str(options.pop("command", name))
         fn = _command(command, where)
         refs = set(_VAR.findall(str(options)))
-        needs = sorted(m for m in refs if m in variables and m not in ("run_dir", "demo_corpus",
-                                                                       "demo_planted"))
+        needs = sorted(m for m in refs if m in variables and m not in BUILTIN)
         # what it reads: the stages it names, or every earlier stage if it reads the whole run (report)
         inputs = [s["name"] for s in out] if "run_dir" in refs else needs
         options = _substitute(options, variables, where)

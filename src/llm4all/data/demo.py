@@ -30,20 +30,28 @@ import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import zstandard
 
-from llm4all.data.demo_sources import PARTS, UNTRANSLATED, Part, build_part, installed_packages
+from llm4all.data.demo_sources import OUTSIDE_PARTS, PARTS, UNTRANSLATED, Part, build_part, installed_packages
 from llm4all.errors import UserError
 from llm4all.runs import atomic_path
 
-#: where the committed snapshot lives inside a checkout
+#: where the committed snapshots live inside a checkout: the demo corpus, and text outside its domains
 SNAPSHOT = Path("data") / "demo"
+OUTSIDE = Path("data") / "outside"
 
 
-def demo_corpus_path() -> Path:
+def outside_corpus_path() -> Path:
+    """The committed snapshot of text outside the demo's domains (``data/outside``: licence texts)."""
+    return demo_corpus_path(OUTSIDE)
+
+
+def demo_corpus_path(snapshot: Path | None = None) -> Path:
     """The committed demo snapshot: ``data/demo`` beside the package source, or under the cwd."""
-    candidates = [Path(__file__).resolve().parents[3] / SNAPSHOT, Path.cwd() / SNAPSHOT]
+    snapshot = snapshot or SNAPSHOT
+    candidates = [Path(__file__).resolve().parents[3] / snapshot, Path.cwd() / snapshot]
     for path in candidates:
         if (path / "manifest.json").is_file():
             return path
@@ -83,9 +91,9 @@ def check_documents(docs: list[dict], name: str) -> None:
         seen.add(d["id"])
 
 
-def _check_installed(root: Path, names: list[str]) -> dict[str, str]:
+def _check_installed(root: Path, names: list[str], parts: dict[str, Part] = PARTS) -> dict[str, str]:
     versions = installed_packages(root)
-    wanted = [p for name in names for p in PARTS[name].packages]
+    wanted = [p for name in names for p in parts[name].packages]
     missing = [p for p in dict.fromkeys(wanted) if p not in versions]
     if missing:
         raise UserError(
@@ -97,8 +105,9 @@ def _check_installed(root: Path, names: list[str]) -> dict[str, str]:
 
 
 def _provenance(manifest: dict, parts: dict[str, Part]) -> str:
+    outside = parts is not PARTS
     rows = [
-        "# Demo corpus: provenance",
+        "# Text outside the demo corpus's domains: provenance" if outside else "# Demo corpus: provenance",
         "",
         "Real text from Debian packages, cut into documents by "
         "`llm4all.data.demo` and stored as zstandard-compressed JSONL, one JSON document per "
@@ -110,7 +119,7 @@ def _provenance(manifest: dict, parts: dict[str, Part]) -> str:
         "    sudo apt-get install -y " + " ".join(
             sorted({p for part in parts.values() for p in part.packages})
         ),
-        "    llm4all demo-corpus --out data/demo",
+        "    llm4all demo-corpus --corpus outside" if outside else "    llm4all demo-corpus --out data/demo",
         "",
         "| file | lang | documents | text bytes (UTF-8) | compressed bytes |",
         "|---|---|---:|---:|---:|",
@@ -138,28 +147,34 @@ def _provenance(manifest: dict, parts: dict[str, Part]) -> str:
     return "\n".join(rows) + "\n"
 
 
-def main(out: Path = SNAPSHOT, root: Path = Path("/"), level: int = 19) -> dict:
+def main(out: Path | None = None, root: Path = Path("/"), level: int = 19,
+         corpus: Literal["demo", "outside"] = "demo") -> dict:
     """Build the demo corpus snapshot from installed Debian packages.
 
     Reads the King James Bible, the Python 3.11 documentation, the fortunes, the Debian
     Reference (English and French), the Debian New Maintainers' Guide, the Debian FAQ and
     the Debian Developer's Reference (French) from the files their Debian packages install,
     and writes one zstd-compressed JSONL file per part plus manifest.json and PROVENANCE.md.
+    ``--corpus outside`` builds the text outside those domains instead (the licence texts of
+    base-files, on every Debian system), on which adapting to the demo domain measures forgetting.
 
     Args:
-        out: output directory (files in it are replaced one by one, others are left alone).
+        out: output directory (default data/demo or data/outside; files in it are replaced one
+            by one, others are left alone).
         root: file-system root the packages are installed under (for chroots and tests).
         level: zstandard compression level (1-22; 19 keeps the committed snapshot small).
+        corpus: demo (the demo corpus) or outside (text outside its domains).
     """
     from rich.console import Console
     from rich.table import Table
 
     if not 1 <= level <= 22:
         raise UserError(f"--level must be between 1 and 22 (zstandard levels), got {level}")
-    out, root = Path(out), Path(root)
-    versions = _check_installed(root, list(PARTS))
+    parts = PARTS if corpus == "demo" else OUTSIDE_PARTS
+    out, root = Path(out or (SNAPSHOT if corpus == "demo" else OUTSIDE)), Path(root)
+    versions = _check_installed(root, list(parts), parts)
     built: dict[str, tuple[Part, list[dict]]] = {}
-    for name, part in PARTS.items():
+    for name, part in parts.items():
         docs = build_part(name, root)
         check_documents(docs, name)
         built[name] = (part, docs)
@@ -197,7 +212,7 @@ def main(out: Path = SNAPSHOT, root: Path = Path("/"), level: int = 19) -> dict:
         tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
         tmp.chmod(0o644)
     with atomic_path(out / "PROVENANCE.md") as tmp:
-        tmp.write_text(_provenance(manifest, PARTS))
+        tmp.write_text(_provenance(manifest, parts))
         tmp.chmod(0o644)
 
     table = Table(title=f"demo corpus → {out}")

@@ -114,6 +114,19 @@ PARTS: dict[str, Part] = {
         "(`developers-reference.html`) and `search.html` are skipped.",
     ),
 }
+#: text outside the demo corpus's domains (scripture, Python docs, fortunes, Debian manuals), to
+#: measure what adapting to the demo domain forgets: the licence texts every Debian system has
+OUTSIDE_PARTS: dict[str, Part] = {
+    "licenses": Part(
+        "en", ("base-files",), ("usr/share/common-licenses",), "verbatim-copying",
+        "each licence text permits verbatim copies of itself (e.g. GPL-3: \"Everyone is permitted "
+        "to copy and distribute verbatim copies of this license document, but changing it is not "
+        "allowed.\"); /usr/share/doc/base-files/copyright.",
+        "one licence text (Apache-2.0, Artistic, BSD, CC0-1.0, GFDL-1.2/1.3, GPL-1/2/3, "
+        "LGPL-2/2.1/3, MPL-1.1/2.0), split into paragraphs grouped to at least 2 KB",
+        "symbolic links (GPL -> GPL-3, ...) are skipped so no text is read twice.",
+    ),
+}
 #: Sphinx manuals: the element holding the content, and pages that repeat other pages
 MANUAL_MAIN = {"devref-fr": {"role": "main"}}
 MANUAL_SKIP = {"devref-fr": frozenset({"developers-reference.html", "search.html"})}
@@ -158,7 +171,7 @@ def _need(root: Path, rel: str, package: str) -> Path:
 
 
 def _doc(id: str, text: str, part: str, **meta: object) -> dict:
-    p = PARTS[part]
+    p = PARTS.get(part) or OUTSIDE_PARTS[part]
     return {"id": id, "text": text, "meta": {"source": part, "lang": p.lang,
                                              "license": p.license, **meta}}
 
@@ -306,8 +319,29 @@ def manual_documents(root: Path, part: str) -> list[dict]:
     return docs
 
 
+def licence_documents(root: Path) -> list[dict]:
+    """The licence texts of base-files, each cut at blank lines into pieces of at least 2 KB."""
+    folder = _need(root, OUTSIDE_PARTS["licenses"].paths[0], "base-files")
+    docs = []
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.is_symlink()):
+        text = path.read_text(encoding="utf-8", errors="replace")
+        paragraphs = [p.strip() for p in text.split("\n\n")]
+        chunk: list[str] = []
+        pieces = 0
+        for para in [p for p in paragraphs if p] + [""]:
+            if para:
+                chunk.append(para)
+            if chunk and (not para or sum(len(c) for c in chunk) >= 2048):
+                docs.append(_doc(f"licenses/{path.name}/{pieces}", "\n\n".join(chunk), "licenses",
+                                 license_name=path.name))
+                chunk, pieces = [], pieces + 1
+    return docs
+
+
 def build_part(name: str, root: Path) -> list[dict]:
     """The documents of one part, read from the packages installed under ``root``."""
+    if name == "licenses":
+        return licence_documents(root)
     if name == "kjv":
         return kjv_documents(root)
     if name == "pydoc":
