@@ -75,3 +75,9 @@ class ScriptedLM:
 
     def crop(self, n):
         del self.cached[n:]
+
+
+@pytest.fixture()
+def scripted_lm():
+    """The ScriptedLM class (tests call it with a tokenizer and the token ids to emit)."""
+    return ScriptedLM

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import ScriptedLM
 from llm4all.cli import main as cli
 from llm4all.errors import UserError
 from llm4all.serve.backends import TorchLM, open_lm
@@ -57,25 +56,25 @@ def test_an_eos_token_from_the_generation_config_stops_generation(lively_model):
     assert hf_greedy(lm, "she was with", 20) == stopped.token_ids  # model.generate stops there too
 
 
-def test_stop_string_split_over_tokens_and_utf8_through_the_loop(byte_bpe):
+def test_stop_string_split_over_tokens_and_utf8_through_the_loop(byte_bpe, scripted_lm):
     text = "Sure 🌊 café. User: ignored"
     script = byte_bpe(text)["input_ids"]
     user = byte_bpe(" User:")["input_ids"]
     assert len(user) > 1  # the stop string spans tokens
     pieces = []
-    result = generate(ScriptedLM(byte_bpe, script), "the", stop=["User:"], on_text=pieces.append)
+    result = generate(scripted_lm(byte_bpe, script), "the", stop=["User:"], on_text=pieces.append)
     assert result.text == "".join(pieces) == "Sure 🌊 café. "
     assert all(REPLACEMENT not in p and "U" not in p for p in pieces)
     assert result.stop_reason == "stop"
     assert byte_bpe.decode(result.token_ids).endswith("User:")  # stopped on the token completing it
-    full = generate(ScriptedLM(byte_bpe, script), "the")
+    full = generate(scripted_lm(byte_bpe, script), "the")
     assert full.text == text and full.stop_reason == "eos"
-    assert generate(ScriptedLM(byte_bpe, script), "the", max_new_tokens=3).stop_reason == "length"
+    assert generate(scripted_lm(byte_bpe, script), "the", max_new_tokens=3).stop_reason == "length"
 
 
-def test_iterating_a_stream_gives_the_pieces_and_then_the_result(byte_bpe):
+def test_iterating_a_stream_gives_the_pieces_and_then_the_result(byte_bpe, scripted_lm):
     script = byte_bpe("one two")["input_ids"]
-    s = stream(ScriptedLM(byte_bpe, script), "the")
+    s = stream(scripted_lm(byte_bpe, script), "the")
     assert s.result is None
     assert "".join(s) == "one two"
     assert s.result.text == "one two" and s.result.stop_reason == "eos"
@@ -142,3 +141,15 @@ def test_cli_streams_to_stdout(lively_model, capsys):
     assert cli(["generate", str(lively_model), "the", "--top-p", "0"]) == 2
     assert "--top-p" in capsys.readouterr().err
     assert cli(["generate", str(lively_model), "the", "--system", "x"]) == 2
+
+
+def test_greedy_on_a_packed_int4_checkpoint_equals_its_model_generate(lively_model, tmp_path):
+    from llm4all.compress.command import main as compress
+    from llm4all.models.packed.qlinear import QuantLinear
+
+    out = tmp_path / "int4"
+    compress(str(lively_model), out=out, method={"name": "rtn", "bits": 4, "group_size": 32})
+    lm = open_lm(str(out))
+    assert any(isinstance(m, QuantLinear) for m in lm.model.modules())  # runs the packed layers
+    for prompt in PROMPTS:
+        assert generate(lm, prompt, max_new_tokens=20).token_ids == hf_greedy(lm, prompt, 20)

@@ -73,7 +73,7 @@ class TorchLM:
     def forward(self, ids: list[int]) -> torch.Tensor:
         """Feed ``ids`` after the cached tokens; return the logits (V,) of the next token."""
         try:
-            with torch.inference_mode():
+            with torch.no_grad():  # not inference_mode: packed layers cache tensors reused outside it
                 out = self.model(input_ids=torch.tensor([ids], device=self.device),
                                  cache=self.cache, use_cache=True, logits_to_keep=1)
         except BaseException:  # ctrl-C inside the forward pass: some layers cached the new keys
