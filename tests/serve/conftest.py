@@ -81,3 +81,11 @@ class ScriptedLM:
 def scripted_lm():
     """The ScriptedLM class (tests call it with a tokenizer and the token ids to emit)."""
     return ScriptedLM
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """The CLI sets torch's thread count for its process; give the next test the original."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

@@ -168,10 +168,21 @@ def generate(lm, prompt: str | Sequence[int], *, on_text: Callable[[str], object
     return text_stream.result
 
 
+def open_for_cli(model: str, engine: Engine, device: str, dtype: str, threads: int):
+    """``open_lm`` with ``threads`` (0: the cores other processes leave free) for both engines."""
+    import torch
+
+    from llm4all.compress.calibrate import free_cores
+
+    threads = free_cores(threads)
+    torch.set_num_threads(threads)
+    return open_lm(model, engine=engine, device=device, dtype=dtype, threads=threads)
+
+
 def main(model: str, prompt: str, *, max_new_tokens: int = 256, temperature: float = 0.0,
          top_p: float = 1.0, top_k: int = 0, seed: int = 0, stop: list[str] | None = None,
          chat: bool = False, system: str = "", engine: Engine = "auto", device: str = "auto",
-         dtype: str = "auto") -> Generation:
+         dtype: str = "auto", threads: int = 0) -> Generation:
     """Generate text from a model, streaming it to stdout as it is produced.
 
     Registered names, HF directories and packed checkpoints run through transformers (packed
@@ -192,13 +203,14 @@ def main(model: str, prompt: str, *, max_new_tokens: int = 256, temperature: flo
         engine: auto (llama.cpp for .gguf files, torch otherwise), torch or llama.cpp.
         device: auto (CUDA when present, else CPU), cpu, cuda or cuda:N.
         dtype: auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16 or float16.
+        threads: CPU threads (0: the cores that other processes leave free).
     """
     if prompt == "-":
         prompt = sys.stdin.read()
     sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     if system and not chat:
         raise UserError("--system needs --chat (a system message is part of the chat template)")
-    lm = open_lm(model, engine=engine, device=device, dtype=dtype)
+    lm = open_for_cli(model, engine, device, dtype, threads)
     result = generate(lm, prompt, max_new_tokens=max_new_tokens, sampling=sampling, stop=stop or (),
                       chat=chat, system=system, on_text=lambda t: print(t, end="", flush=True))
     print(flush=True)
