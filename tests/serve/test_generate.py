@@ -94,12 +94,12 @@ def test_ctrl_c_inside_the_forward_pass_leaves_a_usable_cache(lively_model):
     expected = generate(lm, "she was with", max_new_tokens=12).token_ids
     calls = {"n": 0}
 
-    def interrupt_fourth_step(module, args, output):
+    def interrupt_fourth_step(module, args):
         calls["n"] += 1
-        if calls["n"] == 4:  # layer 0 has cached step 4's keys; layer 1 raises
+        if calls["n"] == 4:  # layer 0 has cached step 4's keys, layer 1 has not started
             raise KeyboardInterrupt
 
-    hook = lm.model.model.layers[-1].register_forward_hook(interrupt_fourth_step)
+    hook = lm.model.model.layers[-1].register_forward_pre_hook(interrupt_fourth_step)
     with pytest.raises(KeyboardInterrupt):
         generate(lm, "she was with", max_new_tokens=12)
     hook.remove()

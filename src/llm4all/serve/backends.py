@@ -88,9 +88,15 @@ class TorchLM:
         """Nothing to free beyond what Python's garbage collection does (llama.cpp's has one)."""
 
     def crop(self, n: int) -> None:
-        extra = self.cache.get_seq_length() - n
-        if extra > 0:
-            self.cache.crop(-extra)  # transformers 5: a negative argument drops that many tokens
+        """Keep the first ``n`` cached tokens in every layer.
+
+        Layer by layer and by slicing, not ``DynamicCache.crop``: that drops the same number of
+        tokens from every layer, and after ctrl-C in the middle of a forward pass the first
+        layers hold one more token than the last ones (or a layer its keys but not its values).
+        """
+        for layer in self.cache.layers:
+            if getattr(layer, "keys", None) is not None and layer.keys.numel():
+                layer.keys, layer.values = layer.keys[..., :n, :], layer.values[..., :n, :]
         del self.cached[n:]
 
 
