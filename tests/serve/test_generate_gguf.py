@@ -109,6 +109,8 @@ def test_cli_generate_streams_a_gguf(gguf, lm, capsys):
     out, err = capsys.readouterr()
     assert out == expected + "\n" and "[llama.cpp:" in err
     assert cli(["generate", str(gguf), "x", "--device", "cuda"]) == 2
+    assert cli(["generate", str(gguf), "x", "--dtype", "float16"]) == 2
+    assert "--dtype" in capsys.readouterr().err
 
 
 def test_chat_on_llama_cpp_reuses_its_kv_cache(lm, gguf):

@@ -225,6 +225,9 @@ def open_lm(model: str, *, engine: Engine = "auto", device: str = "auto", dtype:
                             "(export it with `llm4all export --format gguf` first)")
         if device not in ("auto", "cpu"):
             raise UserError(f"--device {device}: llm4all runs llama.cpp on the CPU; use --device cpu")
+        if dtype != "auto":
+            raise UserError(f"--dtype {dtype}: a GGUF runs in its own tensor types; drop --dtype "
+                            "(or use --engine torch)")
         return LlamaCppLM(gguf, context=context, threads=threads)
     torch_device = resolve_device(device)
     if dtype == "auto":
