@@ -3,6 +3,8 @@ strings, UTF-8 streaming, the KV-cache prefix, the CLI."""
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 
@@ -153,3 +155,13 @@ def test_greedy_on_a_packed_int4_checkpoint_equals_its_model_generate(lively_mod
     assert any(isinstance(m, QuantLinear) for m in lm.model.modules())  # runs the packed layers
     for prompt in PROMPTS:
         assert generate(lm, prompt, max_new_tokens=20).token_ids == hf_greedy(lm, prompt, 20)
+
+
+def test_cli_reads_the_prompt_from_stdin_and_stops_at_a_stop_string(lively_model, capsys, monkeypatch):
+    lm = open_lm(str(lively_model))
+    full = generate(lm, "she was with", max_new_tokens=10).text
+    stop = full.split()[2]  # the third word of the greedy text
+    monkeypatch.setattr("sys.stdin", io.StringIO("she was with"))
+    assert cli(["generate", str(lively_model), "-", "--max-new-tokens", "10", "--stop", stop]) == 0
+    out, err = capsys.readouterr()
+    assert out == full[: full.index(stop)] + "\n" and "stop: stop" in err
