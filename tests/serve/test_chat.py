@@ -132,3 +132,14 @@ def test_cli_chat_reads_stdin(chat_model, lively_model, monkeypatch, capsys):
     assert cli(["chat", str(lively_model)]) == 2  # no chat template
     assert "no chat template" in capsys.readouterr().err
 
+
+
+def test_oldest_exchanges_are_dropped_to_fit_the_context(chat_model):
+    session = session_for(chat_model)  # the tiny model's context: 256 tokens
+    questions = [" ".join([w] * 70) for w in ("the", "of", "and", "to")]
+    out = chat(session, "\n".join(questions) + "\n" + " ".join(["it"] * 300) + "\n")
+    users = [m["content"] for m in session.messages if m["role"] == "user"]
+    assert users == questions[-3:]  # 3 exchanges of ~80 tokens fit, the first was dropped
+    assert len(session.lm.chat_ids(session.messages)) + 6 <= 256
+    assert "error: the message has" in out and "context is 256" in out  # 300 words never fit
+    assert session.turns[3].reused_tokens < 5  # the history changed at its start: only "<s> he" reused

@@ -53,19 +53,23 @@ class ChatSession:
         self.messages = [{"role": "system", "content": self.system}] if self.system else []
 
     def prompt(self, user: str) -> list[int]:
-        """The token ids of the history plus ``user``, oldest exchanges dropped to fit the context."""
-        self.messages.append({"role": "user", "content": user})
+        """The token ids of the history plus ``user``, oldest exchanges dropped to fit the context.
+
+        ``user`` joins the history only if it fits; a message too long for the context on its
+        own raises UserError and leaves the history as it was.
+        """
+        messages = [*self.messages, {"role": "user", "content": user}]
+        first = 1 if self.system else 0  # the system message is never dropped
+        limit = self.lm.context_length
         while True:
-            ids = self.lm.chat_ids(self.messages)
-            limit = self.lm.context_length
+            ids = self.lm.chat_ids(messages)
             if not limit or len(ids) + min(self.max_new_tokens, limit // 4) <= limit:
+                self.messages = messages
                 return ids
-            first = 1 if self.system else 0
-            if len(self.messages) - first <= 1:  # the new message alone is too long
-                self.messages.pop()
+            if len(messages) - first <= 1:
                 raise UserError(f"the message has {len(ids)} tokens with the template; "
                                 f"the model's context is {limit}")
-            del self.messages[first : first + 2]  # the oldest question and its answer
+            del messages[first : first + 2]  # the oldest question and its answer
 
     def reply(self, user: str, output: TextIO) -> Generation | None:
         """Append ``user`` to the history and answer it, writing the reply to ``output`` as it comes.
@@ -135,13 +139,13 @@ def run(session: ChatSession, stdin: TextIO, stdout: TextIO) -> ChatSession:
             continue
         if not line:
             continue
-        before = len(session.messages)
         try:
             session.reply(line, stdout)
         except UserError as e:
             stdout.write(f"error: {e}\n")
         except KeyboardInterrupt:  # ctrl-C while the prompt was being prepared
-            del session.messages[before:]
+            if session.messages and session.messages[-1] == {"role": "user", "content": line}:
+                session.messages.pop()
             stdout.write("[stopped]\n")
     stdout.flush()
     return session
