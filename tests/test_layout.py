@@ -19,7 +19,7 @@ PACKAGE = SRC / "llm4all"
 
 #: the layers of docs/DESIGN.md, lowest first: a package may import its own layer or lower ones
 LAYERS = [
-    {"errors", "runs", "registry", "signature", "malloc", "catalog", "__init__", "__main__"},
+    {"errors", "runs", "registry", "signature", "malloc", "threads", "catalog", "__init__", "__main__"},
     {"plan", "data", "models"},
     {"train", "evaluate", "curate"},
     {"distill", "export"},

@@ -34,6 +34,8 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "teacher-cache": "llm4all.distill.teacher_cache:main",
     "export": "llm4all.export.command:main",
     "diversity": "llm4all.curate.diversity:main",
+    "generate": "llm4all.serve.generate:main",
+    "chat": "llm4all.serve.chat:main",
     "models": {
         "convert": "llm4all.models.load:convert",
         "info": "llm4all.models.load:info",

@@ -7,19 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from llm4all.compress.calibrate import (
-    Accumulator,
-    busy_cores,
-    compress_layers,
-    free_cores,
-    layer0_inputs,
-    linear_groups,
-    thread_limit,
-)
+from llm4all.compress.calibrate import Accumulator, compress_layers, layer0_inputs, linear_groups
 from llm4all.compress.method import Method
 from llm4all.compress.quantize.gptq import gptq, gptq_quantize, layer_error
 from llm4all.compress.quantize.rtn import quant_params, quantize_codes
 from llm4all.models.load import load
+from llm4all.threads import busy_cores, free_cores, thread_limit
 from tinymodels import build_tiny_model
 
 
@@ -54,11 +47,11 @@ def test_accumulator_is_two_over_n_xtx_in_pieces():
 
 def test_thread_choice(monkeypatch):
     monkeypatch.setattr("os.cpu_count", lambda: 2)
-    monkeypatch.setattr("llm4all.compress.calibrate.busy_cores", lambda: 0.95)
+    monkeypatch.setattr("llm4all.threads.busy_cores", lambda: 0.95)
     assert free_cores(3) == 3 and free_cores(0) == 1  # another process holds a whole core
-    monkeypatch.setattr("llm4all.compress.calibrate.busy_cores", lambda: 0.7)
+    monkeypatch.setattr("llm4all.threads.busy_cores", lambda: 0.7)
     assert free_cores(0) == 2
-    monkeypatch.setattr("llm4all.compress.calibrate.busy_cores", lambda: 1.9)
+    monkeypatch.setattr("llm4all.threads.busy_cores", lambda: 1.9)
     assert free_cores(0) == 1
     before = torch.get_num_threads()
     with thread_limit(1) as n:

@@ -66,10 +66,11 @@ def main(model: str, *, out: Path, method: dict, calib: Path | None = None, cali
     from rich.console import Console
     from rich.table import Table
 
-    from llm4all.compress.calibrate import compress_layers, free_cores, thread_limit
+    from llm4all.compress.calibrate import compress_layers
     from llm4all.data.shards import calibration_windows
     from llm4all.models.load import DTYPES, load
     from llm4all.models.packed.embedding import pack_embeddings
+    from llm4all.threads import free_cores, thread_limit
 
     start = time.perf_counter()
     chosen = build_method(method)  # unknown names and options fail before any work

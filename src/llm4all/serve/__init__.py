@@ -1,0 +1,1 @@
+"""Generating text in process (generate, chat) and launching serving engines (serve)."""
