@@ -217,7 +217,9 @@ def test_layouts_without_an_exact_type_say_so(models, tmp_path, capsys):
 
     cases = {"g16": (SYM4 | {"group_size": 16}, "groups of 16", "Q8_0"),
              "asym8": ({"name": "rtn", "bits": 8, "group_size": -1}, "F32 is exact", "Q8_0"),
-             "lowrank": ({"name": "svd", "ratio": 0.5}, "low-rank", "F16")}
+             "lowrank": ({"name": "svd", "ratio": 0.5}, "low-rank", "F16"),
+             "w8a8": ({"name": "w8a8"}, "float32 scale rounded to float16 in Q8_0", "Q8_0"),
+             "bitnet": ({"name": "bitnet"}, "float32 scale rounded to float16 in Q4_0", "Q4_0")}
     for name, (method, reason, kind) in cases.items():
         packed = tmp_path / name
         result = compress(str(models["tied"]), out=packed, method=method)
@@ -230,6 +232,10 @@ def test_layouts_without_an_exact_type_say_so(models, tmp_path, capsys):
         assert manifest["command"] == "export" and manifest["models"][0]["path"] == "model-auto.gguf"
         assert manifest["gguf"]["lossless"] is False
         assert manifest["gguf"]["tensor_types"][kind] >= 10
+        if name in ("w8a8", "bitnet"):  # the codes are kept: only the scale's float16 rounding differs
+            ref, got = packed_weights(packed), dequantized(stage / "model-auto.gguf")
+            for t, w in ref.items():
+                assert np.abs(got[t][1] - w).max() <= 2**-11 * np.abs(w).max(), t
     from llm4all.export.command import main as export
 
     with pytest.raises(UserError, match="another stage's llm4all.json"):  # never overwrites a stage

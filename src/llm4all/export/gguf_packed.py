@@ -86,7 +86,11 @@ def integer_grid(module: nn.Module) -> Grid | str:
     rows, cols = dense_shape(module)
     if cols % gb.QK:
         return f"{desc}: rows of {cols} weights do not split into ggml's 32-weight blocks"
-    per_block = lambda s: s.repeat_interleave(cols // gb.QK // s.shape[1], dim=1)  # noqa: E731 (rows, cols/32)
+
+    def per_block(scales: torch.Tensor) -> np.ndarray:
+        """(rows, groups) scales → float16 (rows, cols/32): each group's scale for each of its blocks."""
+        return scales.half().repeat_interleave(cols // gb.QK // scales.shape[1], dim=1).numpy()
+
     if isinstance(module, QuantLinear):
         if module.group_size % gb.QK:
             return f"{desc}: groups of {module.group_size} are not a multiple of ggml's 32-weight blocks"
@@ -94,19 +98,18 @@ def integer_grid(module: nn.Module) -> Grid | str:
         zero = (torch.full_like(module.scales, 2 ** (module.bits - 1), dtype=torch.int16) if module.symmetric
                 else module.zeros.to(torch.int16))  # (rows, groups)
         k = codes - zero.repeat_interleave(module.group_size, dim=1)
-        return Grid(k.numpy(), per_block(module.scales.half()).numpy(), True, desc)
+        return Grid(k.numpy(), per_block(module.scales), True, desc)
     if isinstance(module, PackedEmbedding) and module.kind == "int8":
-        return Grid(module.qweight.to(torch.int16).numpy(), per_block(module.scales[:, None].half()).numpy(),
-                    True, desc)
-    if isinstance(module, TernaryLinear):
+        return Grid(module.qweight.to(torch.int16).numpy(), per_block(module.scales[:, None]), True, desc)
+    if isinstance(module, TernaryLinear):  # one γ for the matrix (TQ1_0/TQ2_0 would be smaller; not written)
         gamma = module.scales.float().reshape(1, 1).expand(rows, 1)
-        return Grid(unpack_ternary(module.qweight, cols).to(torch.int16).numpy(),
-                    per_block(gamma.half()).numpy(), fp16_exact(module.scales), desc)
+        return Grid(unpack_ternary(module.qweight, cols).to(torch.int16).numpy(), per_block(gamma),
+                    fp16_exact(module.scales), desc)
     if isinstance(module, Int8Linear):
         if module.outlier_idx.numel():
-            return f"{desc}: {module.outlier_idx.numel()} float16 outlier columns inside the int8 blocks"
+            return f"{desc}: float16 outlier columns inside the int8 blocks"
         k = module.qweight_t.T.to(torch.int16).numpy()
-        return Grid(k, per_block(module.scales[:, None].half()).numpy(), fp16_exact(module.scales), desc)
+        return Grid(k, per_block(module.scales[:, None]), fp16_exact(module.scales), desc)
     return f"{desc}: not an integer grid"
 
 
@@ -192,7 +195,8 @@ def encode_packed(module: nn.Module, want: str = "AUTO") -> Encoded:
     grid = integer_grid(module)
     if isinstance(grid, str):
         return written(module, want, f"{grid}: {want} re-rounded from the de-quantised weights")
-    scale_note = "" if grid.exact_scale else f"{grid.layout}: float32 scale rounded to float16 in {want}"
+    scale_note = ("" if grid.exact_scale
+                  else f"{grid.layout}: float32 scale rounded to float16 in {want} (closest)")
     if want == "Q4_1" and (np.ptp(gb.blocks(grid.k), axis=-1) <= 15).all():
         data, err = gb.q4_1(grid.k, grid.d)
         note = scale_note or ("" if not (err > 0).any() else
