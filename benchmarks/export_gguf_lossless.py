@@ -7,10 +7,13 @@ token ids, 512-token windows). Each packed checkpoint is exported twice: the los
 file is evaluated by llama.cpp (llama-cpp-python) and by transformers' GGUF loader. The packed
 models are SmolLM2-135M-Instruct compressed with GPTQ int4 on the demo corpus' shards: groups
 of 64 asymmetric (the quickstart's setting; maps to Q5_0, or to Q4_1 with ``gguf_exact``) and
-groups of 32 symmetric (maps to Q4_0). The last line is the ratio of llama.cpp's perplexity of
-the lossless export to llm4all's perplexity of the packed model (quickstart setting).
+groups of 32 symmetric (maps to Q4_0; with ``--embeddings int8`` the embedding maps to Q8_0,
+the old path's size). The last line is the ratio of llama.cpp's perplexity of
+the lossless export to llm4all's perplexity of the packed model (the first checkpoint run:
+the quickstart's setting by default).
 
     .venv/bin/python benchmarks/export_gguf_lossless.py [--tokens 4096] [--threads 2] [--work DIR]
+        [--checkpoints gptq4-g64 gptq4-g64-exact gptq4-g32-sym gptq4-g32-sym-emb8]
 
 ``--work`` keeps the shards and checkpoints between runs (about 25 s to tokenize the demo
 corpus and 1-2 min per GPTQ run on 2 cores).
@@ -28,10 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
-METHODS = {  # name → compress --method
-    "gptq4-g64": "{name: gptq, bits: 4, group_size: 64}",
-    "gptq4-g64-exact": "{name: gptq, bits: 4, group_size: 64, gguf_exact: true}",
-    "gptq4-g32-sym": "{name: gptq, bits: 4, group_size: 32, symmetric: true}",
+METHODS = {  # name → compress --method, --embeddings
+    "gptq4-g64": ("{name: gptq, bits: 4, group_size: 64}", "float16"),
+    "gptq4-g64-exact": ("{name: gptq, bits: 4, group_size: 64, gguf_exact: true}", "float16"),
+    "gptq4-g32-sym": ("{name: gptq, bits: 4, group_size: 32, symmetric: true}", "float16"),
+    "gptq4-g32-sym-emb8": ("{name: gptq, bits: 4, group_size: 32, symmetric: true}", "int8"),
 }
 
 
@@ -40,16 +44,18 @@ def llm4all(*args: str) -> None:
                    stdout=subprocess.DEVNULL)
 
 
-def prepare(work: Path) -> Path:
+def prepare(work: Path, names: list[str]) -> Path:
     """Token shards of the demo corpus and one packed checkpoint per METHODS entry, made once."""
     shards = work / "shards"
     if not (shards / "index.json").exists():
         llm4all("tokenize", "data/demo", "--out", str(shards), "--tokenizer", "smollm2-135m",
                 "--workers", "1")
-    for name, method in METHODS.items():
+    for name in names:
+        method, embeddings = METHODS[name]
         if not (work / name / "llm4all_quant.json").exists():
             llm4all("compress", "smollm2-135m", "--out", str(work / name), "--method", method,
-                    "--calib", str(shards), "--calib-tokens", "8192", "--seq-len", "128")
+                    "--embeddings", embeddings, "--calib", str(shards), "--calib-tokens", "8192",
+                    "--seq-len", "128")
     return shards
 
 
@@ -89,13 +95,15 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--checkpoints", nargs="+", choices=list(METHODS), default=list(METHODS))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = args.work or Path(tempfile.mkdtemp(prefix="llm4all-lossless-"))
-    tokens = np.asarray(TokenShards(prepare(work)).tokens("validation", args.tokens), dtype=np.int64)
+    tokens = np.asarray(TokenShards(prepare(work, args.checkpoints)).tokens("validation", args.tokens),
+                        dtype=np.int64)
 
     rows = []
-    for name in METHODS:
+    for name in args.checkpoints:
         packed = work / name
         net, tokenizer = load(packed)
         ref = perplexity(net, tokens, context=512)["ppl"]  # llm4all's CPU int4 kernels (bf16 activations)
