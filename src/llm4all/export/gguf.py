@@ -10,9 +10,13 @@ llama.cpp's ``convert_hf_to_gguf.py`` (``LlamaModel``) does for a ``LlamaForCaus
   layout (first half of a head's dimensions paired with the second half) to the interleaved
   layout ggml's RoPE expects (dimensions 2i and 2i+1 paired): :func:`permute_qk`;
 * a GPT-2-style byte-level BPE vocabulary (``tokenizer.ggml.model = "gpt2"``), see ``vocab.py``;
-* 1-D tensors (norm weights) in F32, 2-D weights in the requested type; Q8_0 and Q4_0 use
-  ggml's reference block quantisers as ported to numpy in the ``gguf`` package
-  (``gguf.quants``, bit-exact with ``quantize_row_q8_0_ref`` / ``quantize_row_q4_0_ref``).
+* 1-D tensors (norm weights) in F32, 2-D weights in the requested type; for dense weights
+  Q8_0, Q5_0, Q4_1 and Q4_0 use ggml's reference block quantisers as ported to numpy in the
+  ``gguf`` package (``gguf.quants``, bit-exact with ``quantize_row_q8_0_ref`` /
+  ``quantize_row_q4_0_ref``);
+* the packed modules of a compressed checkpoint (``llm4all.models.packed``) are written from
+  their codes and scales, in the ggml block type they map to exactly when there is one
+  (``gguf_packed.py``, blocks in ``gguf_blocks.py``): ``--type auto``.
 
 Q4_0 keeps the output projection (the tied embedding when there is no separate one) at Q8_0:
 llama.cpp's ``llama-quantize`` also keeps that tensor at higher precision (Q6_K, which ``gguf``
