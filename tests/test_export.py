@@ -243,7 +243,7 @@ def test_cli_export(bpe_model, tmp_path, capsys):
 def test_bad_inputs(tiny_model, bpe_model, tmp_path):
     from transformers import MistralConfig, MistralForCausalLM
 
-    with pytest.raises(UserError, match="not a GGUF type; valid: f32, f16, q8_0, q4_0"):
+    with pytest.raises(UserError, match="not a GGUF type; valid: auto, f32, f16, q8_0"):
         export_gguf(bpe_model, tmp_path / "x.gguf", type="q5_k")
     with pytest.raises(UserError, match="WordLevel"):  # the tiny word-level tokenizer has no GGUF form
         export_gguf(tiny_model, tmp_path / "x.gguf", type="f16")

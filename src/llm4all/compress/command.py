@@ -18,6 +18,7 @@ import torch
 
 from llm4all.compress.method import Method
 from llm4all.errors import UserError, did_you_mean
+from llm4all.export.gguf_packed import describe, gguf_mapping
 from llm4all.models.packed import save_packed
 from llm4all.runs import write_manifest
 
@@ -116,10 +117,11 @@ def main(model: str, *, out: Path, method: dict, calib: Path | None = None, cali
                                    {**(recover_options or {})}, attributes=info["attributes"], spec=spec)
     if embeddings == "int8":
         pack_embeddings(net, "int8")
+    info["gguf_type"] = gguf_mapping(net)  # the GGUF types `export --type auto` writes, exact or closest
     save_packed(net, tokenizer, Path(out), info)
     result = {"out": str(out), "method": info["method"], "seconds": round(time.perf_counter() - start, 1),
               "compress_seconds": report["seconds"], "bytes_fp32_in_memory": before,
-              "bytes_on_disk": dir_bytes(Path(out))}
+              "bytes_on_disk": dir_bytes(Path(out)), "gguf_type": describe(info["gguf_type"])}
     if recover_steps:
         result["recovered_val_ppl"] = f"{info['recovery']['val_ppl_before']:.2f} -> " \
                                       f"{info['recovery']['val_ppl_after']:.2f}"

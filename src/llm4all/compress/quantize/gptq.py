@@ -33,7 +33,13 @@ from torch import nn
 
 from llm4all.catalog import QUANTIZERS
 from llm4all.compress.method import InputStats, Method, check_range
-from llm4all.compress.quantize.rtn import Quantized, check_bits_group, quant_params, to_module
+from llm4all.compress.quantize.rtn import (
+    Quantized,
+    check_bits_group,
+    check_gguf_exact,
+    quant_params,
+    to_module,
+)
 
 #: columns per sub-block of rank-1 updates inside a lazy batch (CPU cache-sized; not in the paper)
 SUB = 16
@@ -41,7 +47,7 @@ SUB = 16
 
 def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int | None = None,
                   blocksize: int = 128, percdamp: float = 0.01, act_order: bool = False,
-                  symmetric: bool = False) -> Quantized:
+                  symmetric: bool = False, gguf_exact: bool = False) -> Quantized:
     """GPTQ (Algorithm 1) of W (rows, cols) given the Hessian H (cols, cols) of its inputs."""
     rows, cols = W.shape
     gs = check_bits_group(bits, group_size, cols)
@@ -53,20 +59,21 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int |
     static = None
     if act_order:
         if gs < cols:  # group parameters fixed from the original columns (static groups)
-            static = quant_params(W.view(rows, cols // gs, gs), bits, symmetric)  # 2 × (rows, groups)
+            # 2 × (rows, groups)
+            static = quant_params(W.view(rows, cols // gs, gs), bits, symmetric, gguf_exact)
         perm = torch.argsort(torch.diag(H), descending=True)
         W, H = W[:, perm], H[perm][:, perm]
     else:
         perm = torch.arange(cols)
     with single_thread():
         Hinv = _inverse_cholesky(H, percdamp)
-        codes, scales, zeros = _columns(W, Hinv, perm, bits, gs, blocksize, symmetric, static)
+        codes, scales, zeros = _columns(W, Hinv, perm, bits, gs, blocksize, symmetric, static, gguf_exact)
     inverse = torch.argsort(perm)
     return Quantized(codes[:, inverse].to(torch.uint8), scales.half(),
                      None if symmetric else zeros.to(torch.uint8), bits, gs)
 
 
-def _columns(W, Hinv, perm, bits, gs, blocksize, symmetric, static):
+def _columns(W, Hinv, perm, bits, gs, blocksize, symmetric, static, gguf_exact=False):
     """Algorithm 1's loop over blocks and columns, on Wᵀ so that a column is a contiguous row.
 
     Three levels of lazy updates: inside a sub-block of ``SUB`` columns each quantisation error
@@ -100,7 +107,8 @@ def _columns(W, Hinv, perm, bits, gs, blocksize, symmetric, static):
                     scale, zero = static[0][g], static[1][g]
                     zs = zero * scale
                 elif static is None and j % gs == 0:  # a group's first column: from the updated weights
-                    scale, zero = quant_params((Wt[j : j + gs] if gs < cols else Wt).T, bits, symmetric)
+                    scale, zero = quant_params((Wt[j : j + gs] if gs < cols else Wt).T, bits, symmetric,
+                                               gguf_exact)
                     scales[j // gs], zeros[j // gs] = scale, zero
                     zs = zero * scale
                 w, c, err = w_rows[j], code_rows[j], err_rows[j - i1]
@@ -170,9 +178,10 @@ def layer_error(W: torch.Tensor, W_hat: torch.Tensor, H: torch.Tensor) -> float:
 
 @QUANTIZERS.register("gptq")
 def gptq(bits: int = 4, group_size: int | None = 128, symmetric: bool = False, act_order: bool = False,
-         blocksize: int = 128, percdamp: float = 0.01) -> Method:
+         blocksize: int = 128, percdamp: float = 0.01, gguf_exact: bool = False) -> Method:
     """GPTQ: column-wise quantisation with inverse-Hessian error updates (Frantar et al. 2023)."""
     check_bits_group(bits, None, 1, "gptq")
+    check_gguf_exact(bits, symmetric, gguf_exact, "gptq")
     check_range("percdamp", percdamp, 0.0, 1.0, "gptq")
 
     def compress(name: str, linear: nn.Linear, stats: InputStats | None) -> nn.Module:
@@ -185,7 +194,7 @@ def gptq(bits: int = 4, group_size: int | None = 128, symmetric: bool = False, a
         for name, lin in zip(names, lins, strict=True):
             check_bits_group(bits, group_size, lin.in_features, name)
         q = gptq_quantize(torch.cat([lin.weight for lin in lins]), stats.hessian, bits, group_size,
-                          blocksize, percdamp, act_order, symmetric)
+                          blocksize, percdamp, act_order, symmetric, gguf_exact)
         out, row = [], 0
         for lin in lins:
             rows = slice(row, row + lin.out_features)
@@ -196,5 +205,5 @@ def gptq(bits: int = 4, group_size: int | None = 128, symmetric: bool = False, a
         return out
 
     options = {"bits": bits, "group_size": group_size, "symmetric": symmetric, "act_order": act_order,
-               "blocksize": blocksize, "percdamp": percdamp}
+               "blocksize": blocksize, "percdamp": percdamp, "gguf_exact": gguf_exact}
     return Method("gptq", options, compress, stats="hessian", compress_group=compress_group)

@@ -6,7 +6,8 @@ et al. 2023 ("GPTQ", section 5). Codes are unsigned b-bit integers: symmetric qu
 stores c = q + 2^(b−1) with q = round(w / s), s = max|w| / (2^(b−1) − 1); asymmetric stores
 c = round(w / s) + z with s = (max(w, 0) − min(w, 0)) / (2^b − 1), z = round(−min(w, 0) / s)
 (zero is always exactly representable, as in the GPTQ reference quantiser).
-Scales are rounded to float16 (their storage type) before any code is computed.
+Scales are rounded to float16 (their storage type) before any code is computed; with
+``gguf_exact`` an asymmetric scale is rounded to 7 significant bits first (``gguf_scale``).
 """
 
 from __future__ import annotations
@@ -49,8 +50,25 @@ def check_bits_group(bits: int, group_size: int | None, in_features: int, where:
     return group_size
 
 
-def quant_params(w: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale and zero point of each row of ``w`` (…, n) -> (…,) fp32 scale (fp16-exact), (…,) zero."""
+#: significant bits of an asymmetric scale under ``gguf_exact``: zero (≤ 4 bits) × scale (≤ 7 bits)
+#: then has ≤ 11, a float16 number (ggml's Q4_1 stores the minimum m = −zero·scale in float16)
+GGUF_SCALE_BITS = 7
+
+
+def gguf_scale(scale: torch.Tensor) -> torch.Tensor:
+    """Round scales > 0 to ``GGUF_SCALE_BITS`` significant bits (relative change ≤ 2^−8), in float16."""
+    mantissa, exponent = torch.frexp(scale)  # scale = mantissa · 2^exponent, mantissa ∈ [0.5, 1)
+    steps = 2.0**GGUF_SCALE_BITS
+    return torch.ldexp(torch.round(mantissa * steps) / steps, exponent).half().float()
+
+
+def quant_params(w: torch.Tensor, bits: int, symmetric: bool,
+                 gguf_exact: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point of each row of ``w`` (…, n) -> (…,) fp32 scale (fp16-exact), (…,) zero.
+
+    ``gguf_exact`` (asymmetric only) rounds the scale with ``gguf_scale`` so that −zero·scale is
+    exact in float16 and the codes map to ggml Q4_1 blocks without loss (``export/gguf_blocks.py``).
+    """
     maxq = 2**bits - 1
     if symmetric:
         scale = w.abs().amax(-1) / (2 ** (bits - 1) - 1)
@@ -58,6 +76,8 @@ def quant_params(w: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Ten
         lo, hi = w.amin(-1).clamp(max=0), w.amax(-1).clamp(min=0)
         scale = (hi - lo) / maxq
     scale = scale.clamp(min=1e-7, max=6e4).half().float()
+    if gguf_exact and not symmetric:
+        scale = gguf_scale(scale)
     if symmetric:
         return scale, torch.full_like(scale, 2 ** (bits - 1))
     return scale, torch.round(-lo / scale).clamp(0, maxq)
@@ -69,12 +89,12 @@ def quantize_codes(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bit
 
 
 def rtn_quantize(W: torch.Tensor, bits: int, group_size: int | None = None,
-                 symmetric: bool = True) -> Quantized:
+                 symmetric: bool = True, gguf_exact: bool = False) -> Quantized:
     """Round-to-nearest quantisation of W (out, in) with one (scale, zero) per row and group."""
     out, cols = W.shape
     gs = check_bits_group(bits, group_size, cols)
     w = W.detach().float().view(out, cols // gs, gs)  # (out, groups, gs)
-    scale, zero = quant_params(w, bits, symmetric)  # (out, groups)
+    scale, zero = quant_params(w, bits, symmetric, gguf_exact)  # (out, groups)
     codes = quantize_codes(w, scale[..., None], zero[..., None], bits).view(out, cols)
     return Quantized(codes.to(torch.uint8), scale.half(), None if symmetric else zero.to(torch.uint8),
                      bits, gs)
@@ -86,16 +106,26 @@ def to_module(q: Quantized, linear: nn.Linear) -> nn.Module:
     return QuantLinear.from_codes(q.codes, q.scales, q.zeros, q.bits, q.group_size, linear.bias)
 
 
+def check_gguf_exact(bits: int, symmetric: bool, gguf_exact: bool, where: str) -> None:
+    """``gguf_exact`` changes asymmetric 4-bit scales; asymmetric 8-bit has no exact ggml type at all."""
+    if gguf_exact and bits == 8 and not symmetric:
+        raise UserError(f"{where}: gguf_exact with asymmetric 8-bit codes: no ggml type holds them exactly "
+                        "(code − zero needs 9 bits); use symmetric: true (Q8_0)")
+
+
 @QUANTIZERS.register("rtn")
-def rtn(bits: int = 4, group_size: int | None = 128, symmetric: bool = False) -> Method:
+def rtn(bits: int = 4, group_size: int | None = 128, symmetric: bool = False,
+        gguf_exact: bool = False) -> Method:
     """Round-to-nearest b-bit weights per group (absmax or zero-point; Frantar et al. 2023 baseline)."""
     check_bits_group(bits, None, 1, "rtn")
+    check_gguf_exact(bits, symmetric, gguf_exact, "rtn")
 
     def compress(name: str, linear: nn.Linear, stats: InputStats | None) -> nn.Module:
         check_bits_group(bits, group_size, linear.in_features, name)
-        return to_module(rtn_quantize(linear.weight, bits, group_size, symmetric), linear)
+        return to_module(rtn_quantize(linear.weight, bits, group_size, symmetric, gguf_exact), linear)
 
-    return Method("rtn", {"bits": bits, "group_size": group_size, "symmetric": symmetric}, compress)
+    options = {"bits": bits, "group_size": group_size, "symmetric": symmetric, "gguf_exact": gguf_exact}
+    return Method("rtn", options, compress)
 
 
 @QUANTIZERS.register("int8")

@@ -18,8 +18,12 @@ _SCRATCH: dict[tuple, torch.Tensor] = {}
 
 
 def scratch(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """A reusable buffer (not thread-safe: the result is valid until the next call)."""
-    key = (shape, dtype)
+    """A reusable buffer (not thread-safe: the result is valid until the next call).
+
+    One per inference mode too: a tensor made under ``torch.inference_mode`` cannot be written
+    outside it (``perplexity`` runs in inference mode, ``model(...)`` under ``no_grad`` does not).
+    """
+    key = (shape, dtype, torch.is_inference_mode_enabled())
     if key not in _SCRATCH:
         _SCRATCH[key] = torch.empty(shape, dtype=dtype)
     return _SCRATCH[key]
