@@ -51,7 +51,8 @@ def main(
         self_distill: β in [0, 1): weight of the KL to the original model's own predictions
             (0: plain cross-entropy on the domain).
         top_k: the original model's log-probabilities cached per token for --self-distill.
-        forgetting: token shards of text outside the domain: perplexity there before and after.
+        forgetting: token shards of text outside the domain (all splits are used; none is
+            trained on): perplexity there before and after.
         training: the loop's options (train.args.TrainingConfig: --steps, --lr, ...).
     """
     arguments = flat_arguments({k: v for k, v in locals().items()})  # params only
@@ -70,7 +71,7 @@ def main(
     other = TokenShards(forgetting) if forgetting is not None else None
     net, tokenizer = load(model)
     in_domain = validation_fn(shards.tokens("validation", cfg.eval_tokens), cfg.seq_len, "fp32")
-    outside = (validation_fn(other.tokens("validation", cfg.eval_tokens), cfg.seq_len, "fp32")
+    outside = (validation_fn(_all_tokens(other, cfg.eval_tokens), cfg.seq_len, "fp32")
                if other is not None else None)
     before = _measure(net, in_domain, outside)
     start = time.perf_counter()
@@ -114,6 +115,18 @@ def _continue(net, shards, out: Path, cfg: TrainingConfig, arguments: dict):
                   flops_per_token=flops_per_token(net, cfg.seq_len), config_hash=config_hash(arguments),
                   params=arguments)
     return net, metrics
+
+
+def _all_tokens(shards, max_tokens: int):
+    """Up to ``max_tokens`` tokens of every split of ``shards`` (none of them is trained on)."""
+    import numpy as np
+
+    parts, left = [], max_tokens
+    for split in shards.splits:
+        if left > 0:
+            parts.append(np.asarray(shards.tokens(split, left)))
+            left -= parts[-1].size
+    return np.concatenate(parts)
 
 
 def _measure(net, in_domain, outside) -> dict:
