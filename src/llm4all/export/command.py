@@ -3,7 +3,9 @@
 The model is anything ``llm4all.models.load`` accepts (a registered name, an HF directory, a
 .gguf file): dense weights in, so a compressed checkpoint is exported after it loads back as a
 dense model. ``--format hf`` writes safetensors in ``--dtype``; ``--format gguf`` writes one
-file in ``--type`` (f32, f16, q8_0, q4_0) for llama.cpp, and transformers' ``gguf_file=``.
+file in ``--type`` (f32, f16, q8_0, q4_0) for llama.cpp, and transformers' ``gguf_file=``;
+the K-quants (q4_k_m, q5_k_m, q6_k) go through llama.cpp's llama-quantize, with an importance
+matrix from ``--calib`` token shards (``export/kquants.py``).
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ def main(
     *,
     out: Path,
     format: Literal["hf", "gguf"] = "gguf",
-    type: Literal["f32", "f16", "q8_0", "q4_0"] = "f16",
+    type: Literal["f32", "f16", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k"] = "f16",
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16",
+    calib: Path | None = None,
+    calib_tokens: int = 32768,
 ) -> dict:
     """Export a model to a Hugging Face safetensors directory or a llama.cpp GGUF file.
 
@@ -30,7 +34,13 @@ def main(
         format: hf (config.json + model.safetensors + tokenizer) or gguf (one file, llama arch).
         type: GGUF tensor type for 2-D weights; norms stay f32 (gguf only).
         dtype: safetensors dtype (hf only).
+        calib: token shards (llm4all tokenize) for llama.cpp's importance matrix (K-quants only).
+        calib_tokens: calibration tokens read from --calib.
     """
+    from llm4all.export.kquants import KQUANTS
+
+    if calib is not None and not (format == "gguf" and type in KQUANTS):
+        raise UserError(f"--calib needs --format gguf with a K-quant --type ({', '.join(KQUANTS)})")
     if format == "hf":
         from llm4all.export.hf import export_hf
 
@@ -40,7 +50,12 @@ def main(
 
         # a directory (e.g. a recipe stage's) gets model-<type>.gguf inside it
         target = Path(out) if Path(out).suffix == ".gguf" else Path(out) / f"model-{type}.gguf"
-        result = export_gguf(model, target, type=type)
+        if type in KQUANTS:
+            from llm4all.export.kquants import export_kquant
+
+            result = export_kquant(model, target, type=type, calib=calib, calib_tokens=calib_tokens)
+        else:
+            result = export_gguf(model, target, type=type)
     else:
         raise UserError(f"--format {format!r} is not supported; valid: hf, gguf")
     show(result)
