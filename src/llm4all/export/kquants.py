@@ -34,6 +34,8 @@ from llm4all.runs import atomic_path
 
 #: our --type name → llama-quantize's type name
 KQUANTS = {"q4_k_m": "Q4_K_M", "q5_k_m": "Q5_K_M", "q6_k": "Q6_K"}
+#: every type :func:`quantize` accepts (the 32-block types too, to compare with llm4all's own)
+QUANTIZE_TYPES = {**KQUANTS, "q4_0": "Q4_0", "q4_1": "Q4_1", "q5_0": "Q5_0", "q8_0": "Q8_0"}
 
 
 def calibration_text(shards: str | Path, out: Path, tokenizer, max_tokens: int = 32768,
@@ -77,11 +79,11 @@ def importance_matrix(model_gguf: Path, text: Path, out: Path, context: int = 51
 
 def quantize(model_gguf: Path, out: Path, type: str, imatrix: Path | None = None,
              threads: int | None = None, log: Path | None = None) -> Path:
-    """Run llama-quantize from ``model_gguf`` (F32/F16) to ``out`` in K-quant ``type``."""
-    if type not in KQUANTS:
-        raise UserError(f"--type {type!r} is not a K-quant; valid: {', '.join(KQUANTS)}")
+    """Run llama-quantize from ``model_gguf`` (F32/F16) to ``out`` in ``type`` (QUANTIZE_TYPES)."""
+    if type not in QUANTIZE_TYPES:
+        raise UserError(f"--type {type!r}: llama-quantize types here: {', '.join(QUANTIZE_TYPES)}")
     with atomic_path(out) as tmp:
-        args = (["--imatrix", imatrix] if imatrix else []) + [model_gguf, tmp, KQUANTS[type],
+        args = (["--imatrix", imatrix] if imatrix else []) + [model_gguf, tmp, QUANTIZE_TYPES[type],
                                                               threads or os.cpu_count()]
         run_tool("llama-quantize", args, log=log)
     return out
