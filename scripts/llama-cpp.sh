@@ -39,7 +39,7 @@ CACHE=$ROOT/$VERSION-$HASH
 build() {  # → $CACHE/{bin,lib} (built in $CACHE.tmp-PID, renamed when complete)
   local work=$CACHE.tmp-$$ start=$SECONDS
   rm -rf "$work" && mkdir -p "$work"/{bin,lib,src}
-  echo "llama.cpp: building llama-cpp-python $VERSION's llama.cpp into $CACHE (10-30 min on 2 cores)"
+  echo "llama.cpp: building llama-cpp-python $VERSION's llama.cpp into $CACHE (5-25 min on 2 cores, depending on their load)"
   sdist "$work/src"
   trap 'echo "llama.cpp: build failed; last lines of $work/build.log:"; tail -20 "$work/build.log"' ERR
   cmake -S "$work/src/llama_cpp_python-$VERSION/vendor/llama.cpp" -B "$work/build" -G "$GENERATOR" \

@@ -37,7 +37,7 @@ def tool(name: str) -> Path:
     if found:
         return Path(found)
     raise UserError(f"{name} (llama.cpp) not found in {places[-1]} or on PATH; `make install` builds "
-                    "llama.cpp once (about 20 min on 2 cores) and links its programs into the venv")
+                    "llama.cpp once (5-25 min on 2 cores) and links its programs into the venv")
 
 
 def run_tool(name: str, args: list[str | Path], *, log: Path | None = None,
