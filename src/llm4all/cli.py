@@ -33,6 +33,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "compress": "llm4all.compress.command:main",
     "teacher-cache": "llm4all.distill.teacher_cache:main",
     "export": "llm4all.export.command:main",
+    "serve": "llm4all.serve.command:main",
     "diversity": "llm4all.curate.diversity:main",
     "generate": "llm4all.serve.generate:main",
     "chat": "llm4all.serve.chat:main",

@@ -4,7 +4,7 @@ The same strided windows as ``llm4all.evaluate.perplexity`` (each window of ``co
 tokens scores only the tokens no earlier window scored), evaluated by llama.cpp itself with
 ``logits_all=True``; the negative log-likelihood is computed here in float64 from llama.cpp's
 logits, so a GGUF and its source model can be compared token for token on identical ids.
-llama-cpp-python is optional (``pip install llama-cpp-python`` builds llama.cpp from source).
+llama-cpp-python is installed by ``make install`` (scripts/llama-cpp.sh).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def open_llama(path: str | Path, n_ctx: int = 512, threads: int | None = None, l
     try:
         from llama_cpp import Llama
     except ImportError as e:
-        raise UserError("llama.cpp check needs llama-cpp-python: pip install llama-cpp-python") from e
+        raise UserError("llama.cpp check needs llama-cpp-python: `make install` builds it") from e
     return Llama(model_path=str(path), n_ctx=n_ctx, logits_all=logits_all, verbose=False,
                  n_threads=threads, n_batch=n_ctx)
 

@@ -1,1 +1,1 @@
-"""Generating text in process (generate, chat) and launching serving engines (serve)."""
+"""Use a model: generate text, chat in the terminal, serve it through llama.cpp or vLLM."""

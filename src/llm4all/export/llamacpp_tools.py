@@ -1,0 +1,60 @@
+"""llama.cpp's own programs (llama-server, llama-quantize, llama-imatrix, llama-perplexity, ...).
+
+``make install`` builds llama.cpp once per machine (``scripts/llama-cpp.sh``: the llama.cpp
+source that llama-cpp-python's sdist vendors, compiled into ``~/.cache/llm4all/llama.cpp/
+VERSION-HASH/{bin,lib}``) and links its programs into the venv's ``bin/``. :func:`tool` finds
+a program there, even when the venv is not activated (``sys.prefix/bin``), then in
+``$LLM4ALL_LLAMA_CPP_BIN`` and on ``PATH``; :func:`run_tool` runs one and turns a failure into a
+``UserError`` that quotes the program's last words.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from llm4all.errors import UserError
+
+#: the programs `make install` links into the venv (see scripts/llama-cpp.sh)
+TOOLS = ("llama-server", "llama-quantize", "llama-imatrix", "llama-perplexity", "llama-bench",
+         "llama-completion", "llama-tokenize")
+
+
+def tool(name: str) -> Path:
+    """The path of llama.cpp program ``name``; a UserError naming `make install` when missing."""
+    if name not in TOOLS:
+        raise ValueError(f"unknown llama.cpp program {name!r}; known: {', '.join(TOOLS)}")
+    places = [Path(sys.prefix) / "bin", Path(sys.executable).parent]
+    if os.environ.get("LLM4ALL_LLAMA_CPP_BIN"):
+        places.insert(0, Path(os.environ["LLM4ALL_LLAMA_CPP_BIN"]))
+    for place in places:
+        if (place / name).is_file() and os.access(place / name, os.X_OK):
+            return place / name
+    found = shutil.which(name)
+    if found:
+        return Path(found)
+    raise UserError(f"{name} (llama.cpp) not found in {places[-1]} or on PATH; `make install` builds "
+                    "llama.cpp once (5-25 min on 2 cores) and links its programs into the venv")
+
+
+def run_tool(name: str, args: list[str | Path], *, log: Path | None = None,
+             timeout: float | None = None) -> str:
+    """Run llama.cpp program ``name`` with ``args``; its combined output (also appended to ``log``).
+
+    A non-zero exit raises a UserError with the command and the last line the program printed.
+    """
+    command = [str(tool(name)), *map(str, args)]
+    done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          errors="replace", timeout=timeout, check=False)
+    if log is not None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("a") as f:
+            f.write(f"$ {' '.join(command)}\n{done.stdout}\n")
+    if done.returncode != 0:
+        last = [line for line in done.stdout.splitlines() if line.strip()][-1:] or ["(no output)"]
+        where = f" (full output: {log})" if log is not None else ""
+        raise UserError(f"{name} failed with exit status {done.returncode}: {last[0].strip()}{where}")
+    return done.stdout
