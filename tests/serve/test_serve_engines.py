@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -85,9 +86,12 @@ def test_gguf_for_a_packed_checkpoint_and_hf_for_vllm(bpe_model, tmp_path):
     packed = tmp_path / "int4"
     compress(str(bpe_model), out=packed, method={"name": "rtn", "bits": 4, "group_size": 32})
     gguf = gguf_for(packed)
-    assert tensor_types(gguf).get("Q8_0", 0) > 0  # today: de-quantised, re-rounded to Q8_0
+    assert tensor_types(gguf).get("Q5_0", 0) > 0  # asymmetric int4 codes, written exactly as Q5_0
+    assert tensor_types(gguf).get("Q8_0", 0) == 0  # nothing de-quantised and re-rounded
     hf = hf_for(packed)
-    assert (hf / "config.json").is_file() and hf_for(bpe_model) == bpe_model
+    config = json.loads((hf / "config.json").read_text())
+    assert config["quantization_config"]["quant_method"] == "compressed-tensors"  # what vLLM serves
+    assert hf_for(bpe_model) == bpe_model
 
 
 def test_bad_input_names_the_flag(bpe_model, tmp_path):
