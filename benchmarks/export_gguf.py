@@ -37,9 +37,9 @@ def main() -> None:
     from rich.table import Table
     from transformers import AutoModelForCausalLM
 
+    from llm4all.evaluate.llamacpp import generation_speed, llama_cpp_perplexity
     from llm4all.evaluate.perplexity import perplexity
     from llm4all.export.gguf import export_gguf
-    from llm4all.export.llamacpp import generation_speed, llama_cpp_perplexity
     from llm4all.models.load import load, resolve
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

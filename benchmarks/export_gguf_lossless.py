@@ -67,7 +67,7 @@ def gguf_ppl(path: Path, tokens: np.ndarray, threads: int) -> tuple[float, float
     from llm4all.evaluate.perplexity import perplexity
 
     try:
-        from llm4all.export.llamacpp import llama_cpp_perplexity
+        from llm4all.evaluate.llamacpp import llama_cpp_perplexity
 
         cpp = llama_cpp_perplexity(path, tokens, context=512, threads=threads)["ppl"]
     except ImportError:

@@ -30,9 +30,9 @@ def main() -> None:
     from rich.table import Table
 
     from llm4all.data.shards import TokenShards
+    from llm4all.evaluate.llamacpp import llama_cpp_perplexity
     from llm4all.export.gguf import export_gguf
     from llm4all.export.kquants import calibration_text, importance_matrix, quantize, tensor_types
-    from llm4all.export.llamacpp import llama_cpp_perplexity
     from llm4all.models.load import load_tokenizer
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

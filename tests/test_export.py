@@ -335,7 +335,7 @@ def test_smollm2_gguf_metadata_mirrors_the_original(smollm2):
 
 @pytest.mark.slow
 def test_smollm2_llama_cpp_perplexity_matches_transformers(smollm2):
-    from llm4all.export.llamacpp import llama_cpp_perplexity
+    from llm4all.evaluate.llamacpp import llama_cpp_perplexity
 
     ours = llama_cpp_perplexity(smollm2.file("f16"), smollm2.tokens[:1024], context=512)
     ref = smollm2.ppl(1024)

@@ -173,7 +173,7 @@ def test_llama_cpp_runs_the_export_like_the_packed_model(models, tmp_path, monke
     pytest.importorskip("llama_cpp")
     monkeypatch.setenv("LLM4ALL_QKERNEL", "0")
     from llm4all.compress.command import main as compress
-    from llm4all.export.llamacpp import open_llama
+    from llm4all.models.llamacpp import open_llama
     from llm4all.models.load import load
 
     packed = tmp_path / "packed"
@@ -329,7 +329,7 @@ def test_smollm2_gptq_llama_cpp_perplexity_within_1_percent(smol_gptq):
     """The issue's acceptance: llama.cpp's perplexity of the exported GPTQ model is within 1 % of
     llm4all's perplexity of the packed model on the same tokens."""
     pytest.importorskip("llama_cpp")
-    from llm4all.export.llamacpp import llama_cpp_perplexity
+    from llm4all.evaluate.llamacpp import llama_cpp_perplexity
 
     ours = llama_cpp_perplexity(smol_gptq.gguf, smol_gptq.tokens, context=512)
     ref = smol_gptq.packed_ppl()

@@ -56,8 +56,8 @@ def test_calibration_shards_of_another_tokenizer_are_refused(model_and_shards, t
 def test_q4_k_m_with_and_without_importance_matrix(model_and_shards, tmp_path):
     import gguf
 
+    from llm4all.evaluate.llamacpp import llama_cpp_perplexity
     from llm4all.export.gguf import export_gguf
-    from llm4all.export.llamacpp import llama_cpp_perplexity
 
     model, shards = model_and_shards
     plain = export_kquant(model, tmp_path / "plain.gguf", type="q4_k_m")

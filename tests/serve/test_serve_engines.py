@@ -11,7 +11,7 @@ import pytest
 
 from llm4all.catalog import ENGINES
 from llm4all.errors import UserError
-from llm4all.export.llamacpp_tools import tool
+from llm4all.models.llamacpp import tool
 from llm4all.serve.command import alias_of
 from llm4all.serve.command import main as serve
 from llm4all.serve.engines import EngineOptions, LlamaServer

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from llm4all.errors import UserError
-from llm4all.export.llamacpp_tools import run_tool
+from llm4all.models.llamacpp import run_tool
 from llm4all.runs import atomic_path
 
 #: our --type name → llama-quantize's type name

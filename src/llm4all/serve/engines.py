@@ -48,7 +48,7 @@ class LlamaServer:
     @staticmethod
     def launcher() -> list[str]:
         """The program (a UserError naming `make install` when llama.cpp is missing)."""
-        from llm4all.export.llamacpp_tools import tool
+        from llm4all.models.llamacpp import tool
 
         return [str(tool("llama-server"))]
 

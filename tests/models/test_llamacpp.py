@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from llm4all.errors import UserError
-from llm4all.export import llamacpp_tools
-from llm4all.export.llamacpp_tools import TOOLS, run_tool, tool
+from llm4all.models import llamacpp as llamacpp_tools
+from llm4all.models.llamacpp import TOOLS, run_tool, tool
 
 
 @pytest.mark.parametrize("name", TOOLS)

@@ -1,4 +1,5 @@
-"""llama.cpp's own programs (llama-server, llama-quantize, llama-imatrix, llama-perplexity, ...).
+"""llama.cpp as a runtime: its own programs (llama-server, llama-quantize, llama-imatrix, ...)
+and its Python binding (``open_llama``: a GGUF loaded in process through llama-cpp-python).
 
 ``make install`` builds llama.cpp once per machine (``scripts/llama-cpp.sh``: the llama.cpp
 source that llama-cpp-python's sdist vendors, compiled into ``~/.cache/llm4all/llama.cpp/
@@ -58,3 +59,13 @@ def run_tool(name: str, args: list[str | Path], *, log: Path | None = None,
         where = f" (full output: {log})" if log is not None else ""
         raise UserError(f"{name} failed with exit status {done.returncode}: {last[0].strip()}{where}")
     return done.stdout
+
+
+def open_llama(path: str | Path, n_ctx: int = 512, threads: int | None = None, logits_all: bool = True):
+    """A ``llama_cpp.Llama`` for ``path`` (keeping the logits of every position by default)."""
+    try:
+        from llama_cpp import Llama
+    except ImportError as e:
+        raise UserError("llama.cpp check needs llama-cpp-python: `make install` builds it") from e
+    return Llama(model_path=str(path), n_ctx=n_ctx, logits_all=logits_all, verbose=False,
+                 n_threads=threads, n_batch=n_ctx)

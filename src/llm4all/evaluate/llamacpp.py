@@ -15,17 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llm4all.errors import UserError
-
-
-def open_llama(path: str | Path, n_ctx: int = 512, threads: int | None = None, logits_all: bool = True):
-    """A ``llama_cpp.Llama`` for ``path`` (keeping the logits of every position by default)."""
-    try:
-        from llama_cpp import Llama
-    except ImportError as e:
-        raise UserError("llama.cpp check needs llama-cpp-python: `make install` builds it") from e
-    return Llama(model_path=str(path), n_ctx=n_ctx, logits_all=logits_all, verbose=False,
-                 n_threads=threads, n_batch=n_ctx)
+from llm4all.models.llamacpp import open_llama
 
 
 def log_softmax_nll(logits: np.ndarray, targets: np.ndarray) -> float:
