@@ -170,7 +170,6 @@ def test_llama_cpp_runs_the_export_like_the_packed_model(models, tmp_path, monke
     """llama.cpp computes the packed model's logits from the exported blocks: a wrong nibble order,
     scale or row permutation would be off by the size of the logits, not by llama.cpp's own 8-bit
     activation rounding (Q8_0/Q8_1 activations in its CPU dot products, ~1 % here)."""
-    pytest.importorskip("llama_cpp")
     monkeypatch.setenv("LLM4ALL_QKERNEL", "0")
     from llm4all.compress.command import main as compress
     from llm4all.models.llamacpp import open_llama
@@ -328,7 +327,6 @@ def test_smollm2_gptq_gguf_is_the_packed_model(smol_gptq, monkeypatch):
 def test_smollm2_gptq_llama_cpp_perplexity_within_1_percent(smol_gptq):
     """The issue's acceptance: llama.cpp's perplexity of the exported GPTQ model is within 1 % of
     llm4all's perplexity of the packed model on the same tokens."""
-    pytest.importorskip("llama_cpp")
     from llm4all.evaluate.llamacpp import llama_cpp_perplexity
 
     ours = llama_cpp_perplexity(smol_gptq.gguf, smol_gptq.tokens, context=512)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import itertools
 
+import llama_cpp  # installed by `make install` (scripts/llama-cpp.sh): these tests never skip
 import pytest
 import torch
 
@@ -16,7 +17,6 @@ from llm4all.serve.generate import generate
 from llm4all.serve.sampling import Sampling
 
 pytestmark = pytest.mark.slow
-llama_cpp = pytest.importorskip("llama_cpp")
 
 QUESTIONS = ["What is the capital of France?", "Write a haiku about autumn.", "Who wrote Hamlet?"]
 

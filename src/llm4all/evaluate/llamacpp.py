@@ -60,3 +60,61 @@ def generation_speed(path: str | Path, prompt: str = "The", n_tokens: int = 64,
     finally:
         llm.close()
     return out["usage"]["completion_tokens"] / seconds
+
+
+def gguf_speed(path: str | Path, prompt_lengths: list[int], new_tokens: int, repeats: int,
+               threads: int | None = None) -> dict:
+    """Prefill tokens/s and batch-1 decode latency of a GGUF in llama.cpp (as ``speed.py`` measures torch).
+
+    Prefill: one ``eval`` of L random token ids (best of ``repeats``). Decode: after a 32-token
+    prompt, ``new_tokens`` single-token ``eval`` calls, each timed; the token fed does not change the
+    cost of a step, so ids are drawn at random as for the torch measurement.
+    """
+    llm = open_llama(path, n_ctx=max(max(prompt_lengths), 32 + new_tokens) + 1, threads=threads,
+                     logits_all=False)
+    rng = np.random.default_rng(0)
+    vocab = llm.n_vocab()
+    try:
+        prefill = []
+        for length in prompt_lengths:
+            ids, best = rng.integers(0, vocab, size=length).tolist(), float("inf")
+            for _ in range(repeats):
+                llm.reset()
+                start = time.perf_counter()
+                llm.eval(ids)
+                best = min(best, time.perf_counter() - start)
+            prefill.append({"prompt_tokens": length, "batch": 1, "seconds": best,
+                            "tokens_per_s": length / best})
+        steps, rates = [], []
+        for _ in range(repeats):
+            llm.reset()
+            llm.eval(rng.integers(0, vocab, size=32).tolist())
+            gaps = []
+            for token in rng.integers(0, vocab, size=new_tokens).tolist():
+                start = time.perf_counter()
+                llm.eval([token])
+                gaps.append(time.perf_counter() - start)
+            steps += gaps
+            rates.append(len(gaps) / sum(gaps))
+    finally:
+        llm.close()
+    p50, p90, p99 = np.percentile(steps, [50, 90, 99])
+    decode = {"batch": 1, "new_tokens": new_tokens, "tokens_per_s": max(rates),
+              "latency_ms": {"p50": 1e3 * p50, "p90": 1e3 * p90, "p99": 1e3 * p99}}
+    return {"prefill": prefill, "decode": [decode]}
+
+
+def gguf_memory_child(path: str, length: int, new_tokens: int, threads: int) -> dict:
+    """In a fresh process: RSS before and after loading the GGUF, and the high-water mark after a
+    prefill of ``length`` tokens and ``new_tokens`` decode steps (MiB)."""
+    from llm4all.plan.measure import proc_status
+
+    before = proc_status("VmRSS") / 2**20
+    llm = open_llama(path, n_ctx=length + new_tokens + 1, threads=threads, logits_all=False)
+    after = proc_status("VmRSS") / 2**20
+    llm.eval(list(range(1, length + 1)))
+    for token in range(new_tokens):
+        llm.eval([token + 1])
+    peak = proc_status("VmHWM") / 2**20
+    llm.close()
+    return {"rss_before_load_mib": before, "rss_after_load_mib": after, "peak_rss_mib": peak}

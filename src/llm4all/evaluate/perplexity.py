@@ -144,6 +144,7 @@ def main(
     dtype: Literal["float32", "bfloat16"] = "float32",
     max_tokens: int | None = None,
     text_key: str = "text",
+    engine: Literal["auto", "torch", "llama.cpp"] = "auto",
     out: Path | None = None,
 ) -> dict:
     """Strided-window perplexity of MODEL on DATA (token shards or documents).
@@ -158,6 +159,8 @@ def main(
         dtype: float32 or bfloat16 weights and activations (the loss is summed in fp32).
         max_tokens: evaluate only the first N tokens (for quick runs).
         text_key: the text field of JSONL/parquet documents.
+        engine: torch (llm4all's own forward, packed kernels included), llama.cpp (a .gguf file, run by
+            llama.cpp itself: what a user of the file gets), or auto (llama.cpp for a .gguf, else torch).
         out: directory for perplexity.json (nothing written if not given).
     """
     import torch
@@ -169,6 +172,8 @@ def main(
 
     if context < 2 or batch_size < 1 or (max_tokens is not None and max_tokens < 2):
         raise UserError("--context and --max-tokens must be at least 2, --batch-size at least 1")
+    if engine == "llama.cpp" or (engine == "auto" and str(model).endswith(".gguf")):
+        return _in_llama_cpp(model, Path(data), split, context, stride, max_tokens, out)
     net, tokenizer = load(model, dtype=dtype)
     limit = getattr(net.config, "max_position_embeddings", None)
     if limit:
@@ -188,7 +193,7 @@ def main(
     seconds = time.perf_counter() - start
     result = {"model": str(model), "data": source, "dtype": dtype, "context": context,
               "stride": stride, **result, "seconds": round(seconds, 2),
-              "tokens_per_second": round(result["tokens"] / seconds),
+              "tokens_per_second": round(result["tokens"] / seconds), "runtime": "torch",
               "torch_threads": torch.get_num_threads()}
     table = Table(title=f"perplexity of {model} on {source}")
     for col in ("dtype", "context/stride", "tokens", "ppl", "bits/token", "tok/s"):
@@ -196,10 +201,37 @@ def main(
     table.add_row(dtype, f"{context}/{stride}", f"{result['tokens']:,}", f"{result['ppl']:.3f}",
                   f"{result['bits_per_token']:.4f}", f"{result['tokens_per_second']:,}")
     Console().print(table)
+    _write(out, model, data, result)
+    return result
+
+
+def _write(out: Path | None, model: str, data: Path, result: dict) -> None:
     if out is not None:
         write_json(Path(out) / "perplexity.json", result)
         write_manifest(out, "eval perplexity", inputs={"model": str(model), "data": str(data)},
-                       metrics={"ppl": result["ppl"], "nll": result["nll"], "tokens": result["tokens"],
-                                "context": context, "stride": stride, "dtype": dtype,
-                                "tokens_per_second": result["tokens_per_second"]})
+                       metrics={k: result[k] for k in ("ppl", "nll", "tokens", "context", "stride", "dtype",
+                                                       "tokens_per_second", "runtime") if k in result})
+
+
+def _in_llama_cpp(model: str, data: Path, split: str, context: int, stride: int | None,
+                  max_tokens: int | None, out: Path | None) -> dict:
+    """The same windows scored by llama.cpp on a GGUF file (token shards only: no tokenizer needed)."""
+    from llm4all.data.shards import TokenShards, is_shard_dir
+    from llm4all.evaluate.llamacpp import llama_cpp_perplexity
+    from llm4all.threads import free_cores
+
+    if not str(model).endswith(".gguf") or not Path(model).is_file():
+        raise UserError(f"--engine llama.cpp runs a .gguf file; {model!r} is not one")
+    if not is_shard_dir(data):
+        raise UserError(f"{data}: --engine llama.cpp scores token shards (llm4all tokenize), not documents")
+    tokens = TokenShards(data).tokens(split, max_tokens)
+    stride = stride or max(1, context // 2)
+    threads = free_cores()
+    result = llama_cpp_perplexity(model, tokens, context, stride, threads=threads)
+    result = {"model": str(model), "data": str(data), "dtype": "gguf", "runtime": "llama.cpp",
+              "context": context, "stride": stride, **result, "bits_per_token": result["nll"] / math.log(2),
+              "tokens_per_second": round(result.pop("tokens_per_s")), "threads": threads}
+    print(f"perplexity of {model} in llama.cpp on {data}: {result['ppl']:.3f} over {result['tokens']:,} "
+          f"tokens ({context}/{stride}, {result['tokens_per_second']:,} tok/s)")
+    _write(out, model, data, result)
     return result

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Literal
 
 from llm4all.errors import UserError
 
@@ -137,6 +138,7 @@ def main(
     batch_sizes: list[int] | None = None,
     repeats: int = 2,
     memory: bool = True,
+    engine: Literal["auto", "torch", "llama.cpp"] = "auto",
     out: Path | None = None,
 ) -> dict:
     """Prefill and decode speed, decode latency percentiles, a batch sweep and peak memory of MODEL.
@@ -149,14 +151,14 @@ def main(
         batch_sizes: batch sizes for the decode sweep (default 1 2 4 8).
         repeats: timed runs per measurement (the best prefill, the best decode rate are kept).
         memory: also measure the peak RSS in a fresh process (costs a model load per dtype).
+        engine: torch (llm4all's forward: packed int4/int8 kernels included), llama.cpp (a .gguf file
+            in llama.cpp, batch 1, the weights' own types), or auto (llama.cpp for a .gguf, else torch).
         out: directory for speed.json (nothing written if not given).
     """
     import torch
     from rich.console import Console
-    from rich.table import Table
 
     from llm4all.models.load import DTYPES, load
-    from llm4all.runs import write_json, write_manifest
 
     dtypes = dtypes or ["float32", "bfloat16"]
     prompt_lengths = prompt_lengths or [64, 256, 1024]
@@ -166,8 +168,13 @@ def main(
         raise UserError(f"--dtypes: unknown dtype {bad[0]!r}; valid: {', '.join(DTYPES)}")
     if min(prompt_lengths) < 1 or min(batch_sizes) < 1 or repeats < 1:
         raise UserError("--prompt-lengths, --batch-sizes and --repeats must be at least 1")
+    if engine == "llama.cpp" or (engine == "auto" and str(model).endswith(".gguf")):
+        result = _in_llama_cpp(str(model), prompt_lengths, new_tokens, repeats, memory)
+        _show(Console(), f"{model} in llama.cpp", result, result["dtypes"]["gguf"], memory)
+        _write(out, model, result)
+        return result
     result = {"model": str(model), "threads": torch.get_num_threads(), "load_average": os.getloadavg(),
-              "dtypes": {}}
+              "runtime": "torch", "dtypes": {}}
     console = Console()
     for dtype in dtypes:
         net, _ = load(model, dtype=dtype)
@@ -179,27 +186,61 @@ def main(
         if memory:
             r["memory"] = peak_memory(model, dtype, max(lengths), max(batch_sizes), new_tokens)
         result["dtypes"][dtype] = r
-        load_avg = result["load_average"][0]
-        table = Table(title=f"{model} {dtype} ({result['threads']} threads, load average {load_avg:.1f})")
-        for col in ("measure", "size", "tokens/s", "p50 ms", "p90 ms", "p99 ms"):
-            table.add_column(col, justify="right")
-        for p in r["prefill"]:
-            table.add_row("prefill", f"L={p['prompt_tokens']}", f"{p['tokens_per_s']:.0f}", "", "", "")
-        for d in r["decode"]:
-            lat = d["latency_ms"]
-            table.add_row("decode", f"B={d['batch']}", f"{d['tokens_per_s']:.1f}", f"{lat['p50']:.1f}",
-                          f"{lat['p90']:.1f}", f"{lat['p99']:.1f}")
-        if memory:
-            m = r["memory"]
-            table.add_row("peak RSS MiB", f"{m['peak_rss_mib']:.0f}",
-                          f"model +{m['rss_after_load_mib'] - m['rss_before_load_mib']:.0f}", "", "", "")
-        console.print(table)
+        _show(console, f"{model} {dtype}", result, r, memory)
         del net
+    _write(out, model, result)
+    return result
+
+
+def _show(console, title: str, result: dict, r: dict, memory: bool) -> None:
+    from rich.table import Table
+
+    load_avg = result["load_average"][0]
+    table = Table(title=f"{title} ({result['threads']} threads, load average {load_avg:.1f})")
+    for col in ("measure", "size", "tokens/s", "p50 ms", "p90 ms", "p99 ms"):
+        table.add_column(col, justify="right")
+    for p in r["prefill"]:
+        table.add_row("prefill", f"L={p['prompt_tokens']}", f"{p['tokens_per_s']:.0f}", "", "", "")
+    for d in r["decode"]:
+        lat = d["latency_ms"]
+        table.add_row("decode", f"B={d['batch']}", f"{d['tokens_per_s']:.1f}", f"{lat['p50']:.1f}",
+                      f"{lat['p90']:.1f}", f"{lat['p99']:.1f}")
+    if memory:
+        m = r["memory"]
+        table.add_row("peak RSS MiB", f"{m['peak_rss_mib']:.0f}",
+                      f"model +{m['rss_after_load_mib'] - m['rss_before_load_mib']:.0f}", "", "", "")
+    console.print(table)
+
+
+def _write(out: Path | None, model: str, result: dict) -> None:
+    from llm4all.runs import write_json, write_manifest
+
     if out is not None:
         write_json(Path(out) / "speed.json", result)
         write_manifest(out, "eval speed", inputs={"model": str(model)}, metrics=headline(result),
                        results=result)
-    return result
+
+
+def _in_llama_cpp(model: str, prompt_lengths: list[int], new_tokens: int, repeats: int, memory: bool) -> dict:
+    """Prefill and batch-1 decode of a GGUF in llama.cpp; peak RSS of a fresh process running it."""
+    from llm4all.evaluate.llamacpp import gguf_speed
+    from llm4all.threads import free_cores
+
+    if not Path(model).is_file():
+        raise UserError(f"--engine llama.cpp runs a .gguf file; {model!r} is not one")
+    threads = free_cores()
+    gguf_speed(model, [8], 4, 1, threads)  # warm-up
+    r = gguf_speed(model, prompt_lengths, new_tokens, repeats, threads)
+    if memory:
+        code = ("import json,sys;from llm4all.evaluate.llamacpp import gguf_memory_child as f;"
+                "print(json.dumps(f(*json.loads(sys.argv[1]))))")
+        args = json.dumps([model, max(prompt_lengths), new_tokens, threads])
+        proc = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"peak-memory subprocess failed:\n{proc.stderr[-2000:]}")
+        r["memory"] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"model": model, "threads": threads, "load_average": os.getloadavg(), "runtime": "llama.cpp",
+            "dtypes": {"gguf": r}}
 
 
 def headline(result: dict) -> dict:
@@ -209,7 +250,9 @@ def headline(result: dict) -> dict:
         return {}
     dtype = "float32" if "float32" in runs else next(iter(runs))
     r = runs[dtype]
-    out: dict = {"dtype": dtype, "runtime": "torch (llm4all kernels)", "threads": result.get("threads"),
+    runtime = result.get("runtime", "torch")
+    out: dict = {"dtype": dtype, "runtime": "torch (llm4all kernels)" if runtime == "torch" else runtime,
+                 "threads": result.get("threads"),
                  "load_average": list(result.get("load_average") or [])}
     b1 = [d for d in r.get("decode", []) if d.get("batch") == 1]
     if b1:
