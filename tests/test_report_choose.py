@@ -77,3 +77,22 @@ def test_answer_json_shape():
 def test_bad_goals(goal, message):
     with pytest.raises(UserError, match=message):
         Goal.parse(goal)
+
+
+def test_ship_commands_for_a_gguf_and_for_a_packed_model():
+    from llm4all.report.choose import ship_commands
+
+    packed = variant("int4", "compressed", 25.0, 88, 17.0)
+    packed["path"] = "/runs/q/int4"
+    gguf = variant("export", "export", 25.1, 87, 4.0)
+    gguf.update(path="/runs/q/export/model-auto.gguf", source="int4")
+    both = [packed, gguf]
+    on_gguf = ship_commands(gguf, both)
+    assert on_gguf["chat"] == "llm4all chat /runs/q/export/model-auto.gguf"
+    assert on_gguf["serve"] == "llm4all serve /runs/q/export/model-auto.gguf --port 8080"
+    assert on_gguf["llama_server"].startswith("llama-server --model /runs/q/export/model-auto.gguf")
+    assert on_gguf["vllm"].startswith("llm4all export /runs/q/int4 --format hf")
+    on_packed = ship_commands(packed, both)
+    assert on_packed["chat"] == "llm4all chat /runs/q/int4"
+    assert on_packed["serve"] == "llm4all serve /runs/q/export/model-auto.gguf --port 8080"  # its export
+    assert ship_commands(None, both) == {}

@@ -199,6 +199,13 @@ def headline(run: Path, found: list[dict], variants: list[dict], cur: dict | Non
         pick = result.get("recommended")
         body += (f'<p class="answer"><b>Ship {esc(pick)}.</b> {esc(result["why"])}</p>' if pick else
                  f'<p class="answer"><b>No recommendation yet:</b> {esc(result["why"])}.</p>')
+        labels = {"chat": "chat with it", "serve": "serve it (OpenAI API at http://127.0.0.1:8080/v1)",
+                  "llama_server": "the same with llama.cpp's own server",
+                  "vllm": "on a GPU, with vLLM (compressed-tensors)"}
+        commands = result.get("commands") or {}
+        if commands:
+            body += "<pre class=\"ship\">" + "\n".join(f"# {labels.get(k, k)}\n{esc(c)}"
+                                                     for k, c in commands.items()) + "</pre>"
     body += '<div class="lead"><ul>' + "".join(f"<li>{line}</li>" for line in lines) + "</ul></div>"
     if variants:
         html_table, missing = variant_table(variants)

@@ -94,12 +94,36 @@ def why(pick: dict, best: dict, variants: list[dict], goal: Goal) -> str:
     return text + "."
 
 
+def ship_commands(pick: dict | None, variants: list[dict]) -> dict[str, str]:
+    """The exact commands to chat with and serve the recommended model, and to serve it with vLLM.
+
+    A GGUF runs in llama.cpp as it is; a packed or HF model is chatted with in process, served
+    through its GGUF export when the run made one (else ``llm4all serve`` exports it once), and
+    exported as compressed-tensors for vLLM on a GPU.
+    """
+    if pick is None or not pick.get("path"):
+        return {}
+    path = pick["path"]
+    gguf = path if path.endswith(".gguf") else next(
+        (v["path"] for v in variants if v.get("kind") == "export" and str(v.get("path", "")).endswith(".gguf")
+         and v.get("source") == pick["name"]), None)
+    packed = path if not path.endswith(".gguf") else next(
+        (v["path"] for v in variants if v["name"] == pick.get("source") and v.get("path")), None)
+    out = {"chat": f"llm4all chat {path}", "serve": f"llm4all serve {gguf or path} --port 8080"}
+    if gguf:
+        out["llama_server"] = f"llama-server --model {gguf} --port 8080 --jinja --cont-batching --parallel 4"
+    if packed:
+        out["vllm"] = f"llm4all export {packed} --format hf --out model-hf && vllm serve model-hf"
+    return out
+
+
 def answer_json(variants: list[dict], goal: Goal) -> dict[str, Any]:
     """The machine-readable answer of a run (the shape issue #15 asks for)."""
     pick, reason = recommend(variants, goal)
     teacher = next((v for v in variants if v.get("kind") == "teacher"), None)
     return {"teacher": teacher["name"] if teacher else None,
             "recommended": pick["name"] if pick else None, "why": reason,
+            "commands": ship_commands(pick, variants),
             "goal": {"tolerance": goal.tolerance, "prefer": goal.prefer},
             "variants": [{"name": v["name"], "role": ANSWER_ROLES.get(v.get("kind") or "model", "model"),
                           "ppl": eval_ppl(v), "file_bytes": v.get("size_bytes"), "params": v.get("params"),

@@ -21,6 +21,7 @@ h3{font-size:16px;margin:20px 0 6px} .sub{color:#666;margin:0 0 16px} nav a{marg
 table{border-collapse:collapse;margin:8px 0;font-size:13px;max-width:100%;display:block;overflow-x:auto}
 th,td{padding:4px 8px;border-bottom:1px solid #e4e4e4;text-align:right;vertical-align:top}
 th{background:#f5f5f5;font-weight:600;min-width:4em} td.l,th.l{text-align:left} td:not(.l){white-space:nowrap}
+pre.ship{background:#f7f7f7;padding:8px 12px;font-size:13px;overflow-x:auto;white-space:pre-wrap}
 .answer{font-size:17px;background:#eef7ee;border-left:4px solid #2ca02c;padding:8px 14px;margin:8px 0}
 .lead{font-size:15px;background:#f6f9fc;border-left:4px solid #1f77b4;padding:6px 14px}
 .lead ul{margin:4px 0;padding-left:18px} .lead li{margin:3px 0}
