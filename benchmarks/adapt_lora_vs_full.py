@@ -48,9 +48,10 @@ def main() -> None:
     def run(name: str, **kw) -> dict:
         print(f"-- {name} (load average {os.getloadavg()[0]:.2f})", flush=True)
         r = adapt(args.shards, out=args.work / name, model="smollm2-135m", **common, **kw)
-        runs[name] = {"steps": r["step"], "seconds": r["seconds"],
-                      "tokens_per_s": r["avg_tokens_per_s"], "ppl_before": r["before"]["val_ppl"], "ppl_after": r["after"]["val_ppl"],
-                      "outside_before": r["before"]["outside_ppl"], "outside_after": r["after"]["outside_ppl"],
+        before, after = r["before"], r["after"]
+        runs[name] = {"steps": r["step"], "seconds": r["seconds"], "tokens_per_s": r["avg_tokens_per_s"],
+                      "ppl_before": before["val_ppl"], "ppl_after": after["val_ppl"],
+                      "outside_before": before["outside_ppl"], "outside_after": after["outside_ppl"],
                       "load_average": os.getloadavg()[0]}
         print(json.dumps({name: runs[name]}), flush=True)
         return runs[name]
