@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--shards", type=Path, default=ROOT / "runs" / "quickstart" / "tokenize")
     parser.add_argument("--work", type=Path, default=Path("/tmp/llm4all-student-init"))
     parser.add_argument("--keep", type=int, default=12)
-    parser.add_argument("--wide-keep", type=int, default=18)
+    parser.add_argument("--wide-keep", type=int, nargs="+", default=[18])
     parser.add_argument("--calib-tokens", type=int, default=16384)
     parser.add_argument("--eval-tokens", type=int, default=8192)
     parser.add_argument("--steps", type=int, default=0)
@@ -74,18 +74,20 @@ def main() -> None:
     ids = calibration_windows(args.shards, args.calib_tokens, 128, 0)
     tokens = shards.tokens("validation", args.eval_tokens)
     teacher, _ = load("smollm2-135m")
-    wide_mlp = mlp_width_for(teacher.config, args.keep, args.wide_keep)
+    wide_mlp = {k: mlp_width_for(teacher.config, args.keep, k) for k in args.wide_keep}
     del teacher
     students = {
         "even": StudentInit(init_keep=args.keep),
         "block_influence": StudentInit(init_keep=args.keep, init_select="block_influence"),
         "angular": StudentInit(init_keep=args.keep, init_select="angular"),
         "even+activations": StudentInit(init_keep=args.keep, init_width="activations"),
-        f"wide{args.wide_keep}": StudentInit(init_keep=args.wide_keep, init_intermediate_size=wide_mlp,
-                                             init_width="activations"),
-        f"wide{args.wide_keep}+bi": StudentInit(init_keep=args.wide_keep, init_select="block_influence",
-                                                init_intermediate_size=wide_mlp, init_width="activations"),
     }
+    for k, mlp in wide_mlp.items():  # more layers, narrower MLPs: the same parameters as `even`
+        students[f"wide{k}"] = StudentInit(init_keep=k, init_intermediate_size=mlp, init_width="activations")
+        students[f"wide{k}+bi"] = StudentInit(init_keep=k, init_select="block_influence",
+                                              init_intermediate_size=mlp, init_width="activations")
+        students[f"wide{k}+bi+weights"] = StudentInit(init_keep=k, init_select="block_influence",
+                                                      init_intermediate_size=mlp)
     kd = KDConfig(cache=args.work / "teacher_cache", top_k=128, max_windows=640, alpha=0.5,
                   teacher_dtype="float32")
     cfg = TrainingConfig(seq_len=128, micro_batch=4, steps=max(args.steps, 1), lr=1e-3, warmup=10,
