@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llm4all.evaluate.windows import windows
 from llm4all.models.llamacpp import open_llama
 
 
@@ -29,8 +30,6 @@ def log_softmax_nll(logits: np.ndarray, targets: np.ndarray) -> float:
 def llama_cpp_perplexity(path: str | Path, tokens: np.ndarray, context: int = 512,
                          stride: int | None = None, threads: int | None = None) -> dict:
     """Perplexity of the GGUF at ``path`` on ``tokens`` (1-D ids), llama.cpp doing the forward."""
-    from llm4all.evaluate.perplexity import windows
-
     llm = open_llama(path, n_ctx=context, threads=threads)
     tokens = np.asarray(tokens, dtype=np.int64)
     nll, scored, start = 0.0, 0, time.perf_counter()
