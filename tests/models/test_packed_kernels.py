@@ -97,3 +97,39 @@ def test_shapes_the_kernels_refuse_take_the_exact_path():
     h = torch.randn(1, 24)
     with torch.no_grad():
         assert torch.allclose(head(h), h @ head.dense_weight().T, atol=1e-5)
+
+
+def test_tensors_at_odd_file_offsets_are_copied_to_aligned_memory(tmp_path):
+    """safetensors places an int8 matrix after 3 float16 values 8-byte aligned at best; the int8
+    kernel crashed the process on such a matrix (the quickstart's student), so loads realign."""
+    from safetensors.torch import load_file, save_file
+
+    q = torch.randint(-127, 128, (64, 32), dtype=torch.int8)
+    save_file({"a": torch.ones(3, dtype=torch.float16), "b": q}, tmp_path / "t.safetensors")
+    b = load_file(tmp_path / "t.safetensors")["b"]
+    assert b.data_ptr() % kernels.ALIGNMENT != 0  # the hazard is real in this layout
+    fixed = kernels.aligned(b)
+    assert fixed.data_ptr() % kernels.ALIGNMENT == 0 and torch.equal(fixed, q)
+    assert kernels.aligned(fixed) is fixed  # aligned tensors are not copied
+
+
+def test_loaded_packed_checkpoints_are_aligned_for_the_kernels(tiny_model, tmp_path):
+    from torch import nn
+
+    from llm4all.compress.quantize.rtn import rtn_quantize, to_module
+    from llm4all.models.load import load
+    from llm4all.models.packed import load_packed, save_packed
+    from llm4all.models.packed.embedding import pack_embeddings
+
+    model, tokenizer = load(tiny_model)
+    for name, m in list(model.named_modules()):
+        if isinstance(m, nn.Linear) and name != "lm_head":
+            model.set_submodule(name, to_module(rtn_quantize(m.weight, 8, None, symmetric=True), m))
+    pack_embeddings(model, "int8")
+    save_packed(model, tokenizer, tmp_path / "packed", {"method": {"name": "rtn"}})
+    packed, _ = load_packed(tmp_path / "packed")
+    tensors = [*packed.parameters(), *packed.buffers()]
+    assert tensors and all(t.data_ptr() % kernels.ALIGNMENT == 0 for t in tensors if t.numel())
+    ids = torch.randint(0, packed.config.vocab_size, (1, 9))
+    with torch.no_grad():
+        assert torch.isfinite(packed(ids).logits).all()

@@ -21,6 +21,7 @@ from llm4all.errors import UserError
 from llm4all.models.packed.embedding import PackedEmbedding, TiedHead, embedding_spec
 from llm4all.models.packed.formats import FORMAT, dense_from_sparse, sparse_tensors
 from llm4all.models.packed.int8 import Int8Linear, TernaryLinear
+from llm4all.models.packed.kernels import aligned
 from llm4all.models.packed.lowrank import LowRankLinear
 from llm4all.models.packed.qlinear import QuantLinear
 from llm4all.models.packed.sparse import keep_sparsity
@@ -136,7 +137,7 @@ def load_packed(path: str | Path, dtype: torch.dtype = torch.float32):
     with torch.device("meta"):  # empty modules: their tensors come from the file, no zeros first
         for name, spec in specs.items():
             model.set_submodule(name, from_spec(spec, dtype))
-    state = load_file(str(path / "model.safetensors"))
+    state = {k: aligned(t) for k, t in load_file(str(path / "model.safetensors")).items()}
     for name, spec in specs.items():
         if spec["kind"] == "sparse":
             shape = (spec["out_features"], spec["in_features"])

@@ -34,6 +34,20 @@ KERNEL_GROUPS = (256, 128, 64, 32)  # group sizes the kernel accepts
 INT8_KERNEL_K = 16  # _weight_int8pack_mm (torch 2.13) crashes the process when in_features % 16 != 0
 
 
+ALIGNMENT = 64  # bytes: torch's own allocations; the CPU int4/int8 kernels assume at least this
+
+
+def aligned(t: torch.Tensor) -> torch.Tensor:
+    """``t``, or a copy of it whose data starts on an ALIGNMENT-byte boundary.
+
+    safetensors hands out tensors at their offsets in the file (8-byte aligned), and
+    ``_weight_int8pack_mm`` (torch 2.13) crashes the process on an int8 matrix that starts
+    56 bytes past a 64-byte boundary (found on a student checkpoint whose embedding followed an
+    odd number of float16 scales); a copy is allocated by torch, aligned.
+    """
+    return t if t.data_ptr() % ALIGNMENT == 0 else t.clone()
+
+
 def to_kernel_layout(codes: torch.Tensor) -> torch.Tensor:
     """4-bit codes (N, K) -> uint8 (N, K/2) in the CPU int4 kernel's order.
 
