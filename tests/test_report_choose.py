@@ -29,21 +29,32 @@ VARIANTS = [
 ]
 
 
-def test_default_goal_ships_the_smallest_within_ten_percent():
+def test_default_goal_ships_the_smallest_and_fastest_within_ten_percent():
     pick, why = recommend(VARIANTS, Goal())
-    assert pick["name"] == "adapted-int4"
-    assert "within 10% of the best perplexity (24, adapted)" in why
+    assert Goal().prefer == "balanced" and pick["name"] == "adapted-int4"
+    assert "the smallest and fastest model within 10% of the best perplexity (24, adapted)" in why
     assert "4.7× smaller, decodes 3.5× as fast, perplexity −14.5%".replace("−", "-") in why
 
 
 @pytest.mark.parametrize("goal, name", [
     (Goal(prefer="speed"), "adapted-int4"),
+    (Goal(prefer="size"), "adapted-int4"),
     (Goal(prefer="quality"), "adapted"),
     (Goal(tolerance=0.2), "adapted-int3"),
     (Goal(tolerance=0.0), "adapted"),
 ])
 def test_goals(goal, name):
     assert recommend(VARIANTS, goal)[0]["name"] == name
+
+
+def test_balanced_prefers_a_slightly_larger_much_faster_file():
+    """A GGUF 3% larger than the packed int4 model but 3× faster in llama.cpp: balanced ships the
+    GGUF (least size × latency), prefer=size the packed model."""
+    both = [variant("adapted", "adapted", 24.0, 513, 60.0),
+            variant("int4", "compressed", 25.9, 85, 15.0),
+            variant("gguf", "export", 25.9, 88, 5.0)]
+    assert recommend(both, Goal())[0]["name"] == "gguf"
+    assert recommend(both, Goal(prefer="size"))[0]["name"] == "int4"
 
 
 def test_pareto_drops_a_model_beaten_on_every_axis():
@@ -71,7 +82,7 @@ def test_answer_json_shape():
 
 @pytest.mark.parametrize("goal, message", [
     ({"tolerence": 0.1}, "unknown key 'tolerence'"),
-    ({"prefer": "cheap"}, "prefer one of size, speed, quality"),
+    ({"prefer": "cheap"}, "prefer one of balanced, size, speed, quality"),
     ({"tolerance": -1}, "tolerance in"),
 ])
 def test_bad_goals(goal, message):

@@ -5,8 +5,9 @@ from an ``eval perplexity`` stage (the same held-out tokens for every model), it
 and its batch-1 decode latency in the runtime it would ship in (llm4all's int4/int8 kernels,
 or llama.cpp for a GGUF). Among those, the goal keeps the models within ``tolerance`` of the
 best perplexity and picks, on that quality / size / speed Pareto front, the one it
-``prefer``-s: the smallest file (ties: the fastest) by default, or the fastest, or the best
-perplexity. Pure functions over ``collect.variants`` output.
+``prefer``-s: by default the smallest and fastest, the least product of file size and decode
+latency (a 5% larger file that decodes twice as fast wins); or the smallest file (ties: the
+fastest), the fastest, or the best perplexity. Pure functions over ``collect.variants`` output.
 """
 
 from __future__ import annotations
@@ -21,14 +22,18 @@ ANSWER_ROLES = {"teacher": "teacher", "adapted": "adapted", "student": "student"
                 "compressed": "compressed", "export": "compressed", "model": "model"}
 
 
+PREFER = ("balanced", "size", "speed", "quality")
+
+
 @dataclass(frozen=True)
 class Goal:
     """What the recipe wants of the shipped model."""
 
     tolerance: float = 0.10
     """perplexity at most this fraction above the best measured one."""
-    prefer: Literal["size", "speed", "quality"] = "size"
-    """among those: the smallest file (ties: fastest), the fastest decode, or the lowest perplexity."""
+    prefer: Literal["balanced", "size", "speed", "quality"] = "balanced"
+    """among those: the least size × latency, the smallest file (ties: fastest), the fastest
+    decode, or the lowest perplexity."""
 
     @classmethod
     def parse(cls, goal: dict | None) -> Goal:
@@ -37,8 +42,8 @@ class Goal:
         if unknown:
             raise UserError(f"--goal: unknown key {unknown[0]!r}; valid: tolerance, prefer")
         out = cls(**goal)
-        if not 0 <= out.tolerance < 10 or out.prefer not in ("size", "speed", "quality"):
-            raise UserError(f"--goal: tolerance in [0, 10) and prefer one of size, speed, quality; "
+        if not 0 <= out.tolerance < 10 or out.prefer not in PREFER:
+            raise UserError(f"--goal: tolerance in [0, 10) and prefer one of {', '.join(PREFER)}; "
                             f"got {goal}")
         return out
 
@@ -72,7 +77,8 @@ def recommend(variants: list[dict], goal: Goal) -> tuple[dict | None, str]:
     best = min(candidates, key=eval_ppl)
     limit = eval_ppl(best) * (1 + goal.tolerance)
     front = [v for v in pareto(candidates) if eval_ppl(v) <= limit]
-    order = {"size": lambda v: (v["size_bytes"], v["latency_ms"]),
+    order = {"balanced": lambda v: (v["size_bytes"] * v["latency_ms"], v["size_bytes"]),
+             "size": lambda v: (v["size_bytes"], v["latency_ms"]),
              "speed": lambda v: (v["latency_ms"], v["size_bytes"]),
              "quality": lambda v: (eval_ppl(v), v["size_bytes"])}[goal.prefer]
     pick = min(front, key=order)
@@ -81,7 +87,7 @@ def recommend(variants: list[dict], goal: Goal) -> tuple[dict | None, str]:
 
 def why(pick: dict, best: dict, variants: list[dict], goal: Goal) -> str:
     teacher = next((v for v in variants if v.get("kind") == "teacher" and measured(v)), None)
-    want = {"size": "the smallest", "speed": "the fastest", "quality": "the best"}[goal.prefer]
+    want = {"balanced": "the smallest and fastest", "size": "the smallest", "speed": "the fastest", "quality": "the best"}[goal.prefer]
     text = (f"{pick['name']} is {want} model within {goal.tolerance:.0%} of the best perplexity "
             f"({eval_ppl(best):.4g}, {best['name']}): perplexity {eval_ppl(pick):.4g}, "
             f"{pick['size_bytes'] / 2**20:,.1f} MiB, {pick['latency_ms']:.1f} ms per token at batch 1"
