@@ -52,6 +52,11 @@ def test_adapting_lowers_domain_perplexity_and_measures_forgetting(domains, tmp_
                                                  result["before"]["outside_ppl"] - 1)
     manifest = json.loads((out / "llm4all.json").read_text())
     assert manifest["command"] == "adapt" and manifest["models"][0]["role"] == "adapted"
+    assert manifest["models"][1] == {"path": str(model), "role": "teacher"}  # the report's reference
+    from llm4all.report import collect
+
+    kinds = {v["name"]: v["kind"] for v in collect.variants(collect.stages(tmp_path))[0]}
+    assert kinds[method] == "adapted" and kinds[model.name] == "teacher"
     from llm4all.models.load import load
 
     adapted, _ = load(out / "model")  # a plain HF model: LoRA merged

@@ -97,7 +97,8 @@ def main(
         result["forgetting"] = after["outside_ppl"] / before["outside_ppl"] - 1
     write_json(out / "result.json", result)
     write_manifest(out, "adapt", metrics=result, arguments=arguments, files={"metrics": "metrics.jsonl"},
-                   models=[{"path": "model", "role": "adapted", "format": "hf", "source": model}],
+                   models=[{"path": "model", "role": "adapted", "format": "hf", "source": model},
+                           {"path": model, "role": "teacher"}],  # the run's reference: what it adapted
                    inputs={"data": str(data), "model": model,
                            "forgetting": str(forgetting) if forgetting else None})
     _print(result)
