@@ -204,8 +204,8 @@ def test_the_page_leads_with_the_answer_and_drops_empty_columns(run_dir):
     row = head[head.index("scratch</td>") - 200:head.index("scratch</td>")]
     assert any(g in row for g in plots.HOLLOW.values()) and not any(g in row for g in plots.GLYPHS.values())
     # no eval speed / eval tasks stage in this run: their columns are absent, the note says how to add them
-    assert "decode tokens/s" not in head.split("Not measured in this run")[0]
-    assert ("add an eval speed stage (decode tokens/s (batch 1), latency p50 (ms / token), peak RSS (MiB)) "
+    assert "<th>ms / token (batch 1)</th>" not in head and "<th>runtime</th>" not in head
+    assert ("add an eval speed stage (ms / token (batch 1), peak RSS (MiB)) "
             "and an eval tasks stage (task accuracy)") in head
     pareto = page[page.index('id="pareto"'):page.index('id="training"')]
     for name in ("teacher", "distill", "scratch", "int4"):  # one legend names every model
@@ -256,9 +256,9 @@ def test_answer_compares_each_model_with_its_reference():
 
 def test_variant_table_keeps_only_measured_columns():
     html_table, missing = answer.variant_table([TEACHER, STUDENT, INT8])
-    assert "decode tokens/s (batch 1)" in missing and "task accuracy" in missing
-    assert "validation perplexity (training loop)" not in missing and "size on disk" not in missing
-    assert "decode tokens/s" not in html_table and "<td>1,360</td>" in html_table
+    assert "ms / token (batch 1)" in missing and "task accuracy" in missing
+    assert "training-loop val. ppl" not in missing and "size on disk" not in missing
+    assert "ms / token" not in html_table and "<td>1,360</td>" in html_table
     assert "<td>32.05</td>" in html_table  # bits / weight of the teacher: 8 · 512 MiB / 134 M
     assert answer.short_role(variant("x", "compressed (gptq)", method={"name": "gptq", "bits": 4,
                                                                       "group_size": 128})) \

@@ -64,7 +64,7 @@ def test_the_bar_is_the_best_perplexity_even_of_an_untimed_model():
             variant("int4", "compressed", 26.34, 85, 11.0), variant("teacher", "teacher", 30.3, 513, 37.0)]
     pick, why = recommend(runs, Goal())
     assert pick["name"] == "int4"
-    assert why.startswith("no timed model is within 10% of the best perplexity (23.85, adapted, not timed)")
+    assert why.startswith("No timed model is within 10% of the best perplexity (23.85, adapted, not timed)")
     assert "+10.4%" in why
     assert recommend(runs, Goal(tolerance=0.2))[0]["name"] == "int4"
     assert recommend(runs, Goal(tolerance=0.2))[1].startswith("int4 is the smallest and fastest")

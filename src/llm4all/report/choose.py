@@ -81,7 +81,7 @@ def recommend(variants: list[dict], goal: Goal) -> tuple[dict | None, str]:
     front = [v for v in pareto(candidates) if eval_ppl(v) <= limit]
     if not front:
         pick = min(candidates, key=eval_ppl)
-        return pick, (f"no timed model is within {goal.tolerance:.0%} of the best perplexity "
+        return pick, (f"No timed model is within {goal.tolerance:.0%} of the best perplexity "
                       f"({eval_ppl(best):.4g}, {best['name']}{'' if measured(best) else ', not timed'}); "
                       f"{pick['name']} comes closest: perplexity {eval_ppl(pick):.4g} "
                       f"({100 * (eval_ppl(pick) / eval_ppl(best) - 1):+.1f}%), "
