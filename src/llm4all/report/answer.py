@@ -222,12 +222,13 @@ def headline(run: Path, found: list[dict], variants: list[dict], cur: dict | Non
                 stages.setdefault(NEEDS[m], []).append(m)
         needs = [f"{stage} ({', '.join(cols)})" for stage, cols in stages.items()]
         body += ('<p class="note">Perplexity (eval) comes from <code>eval perplexity</code> stages (same '
-                 "held-out tokens and window for every model); the training-loop validation perplexity from "
-                 "the training or distillation loop's own evaluation (shorter windows: compare it only within "
-                 "its column). Bits / weight = 8 × size on disk / parameters (a compressed model counts its "
-                 "dense parameters). ms / token: batch-1 decode latency (p50) of an <code>eval speed</code> "
-                 "stage in the runtime named beside it: llama.cpp for a GGUF file, torch with llm4all's "
-                 "int4/int8 kernels for a packed checkpoint. Training FLOPs ≈ 6·N·D (Kaplan et al. 2020).")
+                 'held-out tokens and window for every model); the training-loop validation perplexity '
+                 "from the training or distillation loop's own evaluation (shorter windows: compare it "
+                 'only within its column). Bits / weight = 8 × size on disk / parameters (a compressed '
+                 'model counts its dense parameters). ms / token: batch-1 decode latency (p50) of an '
+                 '<code>eval speed</code> stage in the runtime named beside it: llama.cpp for a GGUF file,'
+                 " torch with llm4all's int4/int8 kernels for a packed checkpoint. Training FLOPs ≈ 6·N·D "
+                 '(Kaplan et al. 2020).')
         if needs:
             body += " Not measured in this run: add " + " and ".join(esc(n) for n in needs) + "."
         body += "</p>"
