@@ -100,3 +100,22 @@ def test_writer_leaves_nothing_on_error(tmp_path):
         w.write(DOCS[0])
         raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_truncated_zstd_file_is_an_error_not_a_shorter_file(tmp_path):
+    import zstandard
+
+    lines = b"".join(b'{"text": "document %d"}\n' % i for i in range(2000))
+    frame = zstandard.ZstdCompressor(level=3).compress(lines)
+    whole = tmp_path / "whole.jsonl.zst"
+    whole.write_bytes(frame + zstandard.ZstdCompressor().compress(b'{"text": "second frame"}\n'))
+    docs = list(read_documents(whole))
+    assert len(docs) == 2001 and docs[-1].text == "second frame"  # every frame is read
+    cut = tmp_path / "cut.jsonl.zst"
+    cut.write_bytes(frame[: len(frame) * 2 // 3])
+    with pytest.raises(UserError, match=r"cut.jsonl.zst: line \d+: corrupt compressed data \(the file ends "
+                                        r"inside a zstd frame"):
+        list(read_documents(cut))
+    rejects = Rejects()
+    with pytest.raises(UserError, match="corrupt compressed data"):  # --skip-bad cannot skip a cut file
+        list(read_documents(cut, skip_bad=True, rejects=rejects))

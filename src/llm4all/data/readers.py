@@ -50,14 +50,58 @@ class Rejects:
             self._fh = None
 
 
+class ZstdFrames(io.RawIOBase):
+    """The decompressed bytes of every frame of a .zst file; a file that ends inside a frame raises.
+
+    zstandard's ``stream_reader`` returns end-of-file where a truncated frame stops, so a
+    half-copied ``.jsonl.zst`` would read as a shorter, valid file. Here each frame must reach its
+    end (``decompressobj().eof``); the bytes after one frame start the next (RFC 8878 sec. 3.1:
+    a file is a sequence of frames).
+    """
+
+    def __init__(self, raw: IO[bytes]):
+        import zstandard
+
+        self._raw, self._dctx = raw, zstandard.ZstdDecompressor()
+        self._frame, self._inside = self._dctx.decompressobj(), False
+        self._out = bytearray()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while not self._out:
+            chunk = self._raw.read(1 << 16)
+            if not chunk:
+                if self._inside:
+                    raise EOFError("the file ends inside a zstd frame (truncated)")
+                return 0
+            self._feed(chunk)
+        n = min(len(b), len(self._out))
+        b[:n] = self._out[:n]
+        del self._out[:n]
+        return n
+
+    def _feed(self, data: bytes) -> None:
+        while data:
+            self._inside = True
+            self._out += self._frame.decompress(data)
+            data = b""
+            if self._frame.eof:  # frame complete: what follows is the next frame
+                data, self._inside = self._frame.unused_data, False
+                self._frame = self._dctx.decompressobj()
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
 def _open_text(path: Path) -> IO[bytes]:
     name = path.name
     if name.endswith(".gz"):
         return gzip.open(path, "rb")
     if name.endswith(".zst"):
-        import zstandard
-
-        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)  # noqa: SIM115
+        return ZstdFrames(open(path, "rb"))  # noqa: SIM115
     return open(path, "rb")  # noqa: SIM115
 
 
