@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from llm4all import __version__
 from llm4all.errors import UserError, did_you_mean
+from llm4all.runs import check_out
 from llm4all.signature import add_arguments, description, summary
 
 #: command name -> "module:function", or a nested table for commands with subcommands
@@ -136,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     positional_only = [n for n, p in inspect.signature(fn).parameters.items() if p.kind is p.POSITIONAL_ONLY]
     try:
+        if args.get("out"):
+            check_out(args["out"], args)
         fn(*[args.pop(n) for n in positional_only], **args)
     except UserError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)

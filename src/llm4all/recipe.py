@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 
 from llm4all.errors import UserError, did_you_mean
-from llm4all.runs import DONE, is_done, mark_done, write_json, write_yaml
+from llm4all.runs import DONE, MARKER, check_out, is_done, mark_done, refuse_foreign, write_json, write_yaml
 from llm4all.signature import bind, params, resolved
 
 TOP_KEYS = ("name", "description", "run_dir", "stages")
@@ -211,10 +211,14 @@ def run(recipe: str, *, run_dir: Path | None = None, only: list[str] | None = No
             continue
         console.rule(label)
         if out.exists() and (force or not _same_config(out, config)):
+            refuse_foreign(out)  # a folder of the user's that happens to bear the stage's name
             shutil.rmtree(out)  # another configuration's partial or finished output
         (out / "DONE").unlink(missing_ok=True)
         out.mkdir(parents=True, exist_ok=True)
+        (out / MARKER).touch()
         write_yaml(out / "config.yaml", config)  # an interrupted run with this config resumes
+        if stage["kwargs"].get("out"):
+            check_out(stage["kwargs"]["out"], stage["kwargs"])
         start = time.perf_counter()
         stage["fn"](**stage["kwargs"])
         seconds = time.perf_counter() - start

@@ -21,6 +21,7 @@ import yaml
 
 DONE = "DONE"
 MANIFEST = "llm4all.json"
+MARKER = ".llm4all"  # an empty file in every directory atomic_dir makes: "llm4all wrote this"
 #: what a model made or read by a stage is to the run (the report groups and compares by role)
 ROLES = ("teacher", "adapted", "student", "scratch", "compressed", "export", "model")
 
@@ -44,13 +45,19 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary directory; on success it replaces ``path`` (old content removed)."""
+    """Yield a temporary directory; on success it replaces ``path`` (old content removed).
+
+    An existing ``path`` is replaced only if llm4all made it (``made_by_llm4all``): a user's
+    folder given as ``--out`` is an error before any work, never deleted.
+    """
     path = Path(path)
+    refuse_foreign(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
+        (tmp / MARKER).touch()
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.replace(path, old)
@@ -61,6 +68,48 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def made_by_llm4all(path: Path) -> bool:
+    """Whether the directory ``path`` is llm4all's to replace: empty, or it or a directory above
+    it holds a marker (``.llm4all``, a manifest ``llm4all.json``, a stage's ``DONE`` or a packed
+    checkpoint's ``llm4all_quant.json``; the last three also mark what older versions wrote)."""
+    if not path.is_dir() or not any(path.iterdir()):
+        return path.is_dir()
+    marks = (MARKER, MANIFEST, DONE, "llm4all_quant.json")
+    return any((d / m).exists() for d in (path, *path.resolve().parents) for m in marks)
+
+
+def refuse_foreign(path: Path) -> None:
+    """A UserError unless ``path`` is absent or llm4all's to replace."""
+    from llm4all.errors import UserError
+
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path}: exists and is not a directory; choose another --out")
+    if path.exists() and not made_by_llm4all(path):
+        raise UserError(f"{path}: exists and was not written by llm4all (no {MARKER} or {MANIFEST} in it); "
+                        f"llm4all never deletes what it did not create: choose another --out, or empty it")
+
+
+def check_out(out: str | Path, arguments: dict[str, Any], state: tuple[str, ...] = ("cache", "resume",
+                                                                                  "log_to")) -> None:
+    """A UserError if ``out`` is, or contains, a path another argument names (an input): a command
+    that replaces its output directory would delete that input. ``state`` arguments (a teacher
+    cache, a checkpoint to resume) may live inside ``out``."""
+    from llm4all.errors import UserError
+
+    target = Path(out).resolve()
+    for name, value in arguments.items():
+        if name == "out" or name in state:
+            continue
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if not isinstance(v, (str, Path)) or not str(v) or not Path(v).exists():
+                continue
+            p = Path(v).resolve()
+            if p == target or target in p.parents:
+                where = "is" if p == target else "contains"
+                raise UserError(f"--out {out} {where} the input {v} (--{name.replace('_', '-')}); writing "
+                                f"there would replace it: choose another --out")
 
 
 def _umask() -> int:
