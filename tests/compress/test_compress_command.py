@@ -112,3 +112,41 @@ def test_bad_inputs_fail_cleanly(model64, tmp_path, method, match):
     with pytest.raises(UserError, match=match):
         compress(str(model64), out=out, method=method)
     assert not out.exists()
+
+
+def test_missing_or_damaged_weights_are_errors_not_random_weights(model64, tmp_path):
+    """A packed checkpoint without its llm4all_quant.json used to load as a plain model with random
+    weights (perplexity 6,409); a config without weights and a truncated file traced back."""
+    import shutil
+
+    out = tmp_path / "q"
+    compress(str(model64), out=out, method={"name": "rtn", "bits": 4, "group_size": 32})
+    (out / "llm4all_quant.json").unlink()
+    with pytest.raises(UserError, match=r"weights missing, e\.g\. .*llm4all_quant\.json is missing"):
+        load(out)
+    bare = tmp_path / "bare"
+    shutil.copytree(model64, bare)
+    (bare / "model.safetensors").unlink()
+    with pytest.raises(UserError, match=r"bare: cannot load the model"):
+        load(bare)
+    cut = tmp_path / "cut"
+    shutil.copytree(model64, cut)
+    raw = (cut / "model.safetensors").read_bytes()
+    (cut / "model.safetensors").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(UserError, match=r"cut: cannot load the model"):
+        load(cut)
+
+
+@pytest.mark.parametrize("damage", ["json", "quant_keys", "weights"])
+def test_a_damaged_packed_checkpoint_is_one_line(model64, tmp_path, damage):
+    out = tmp_path / "q"
+    compress(str(model64), out=out, method={"name": "rtn", "bits": 4, "group_size": 32})
+    if damage == "json":
+        (out / "llm4all_quant.json").write_text("{not json")
+    elif damage == "quant_keys":
+        (out / "llm4all_quant.json").write_text(json.dumps({"format": 1}))
+    else:
+        raw = (out / "model.safetensors").read_bytes()
+        (out / "model.safetensors").write_bytes(raw[:1000])
+    with pytest.raises(UserError, match=r"/q(/llm4all_quant\.json)?: (damaged|not valid JSON|format)"):
+        load(out)

@@ -140,6 +140,7 @@ def load(model: str | Path, dtype: str = "float32", device: str = "cpu"):
         device: a torch device string.
     """
     import torch
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     from llm4all.models.packed import is_packed, load_packed
@@ -148,12 +149,40 @@ def load(model: str | Path, dtype: str = "float32", device: str = "cpu"):
         raise UserError(f"unknown dtype {dtype!r}; valid: float32, bfloat16, float16")
     path = resolve(model)
     if is_packed(path):  # a packed checkpoint from `llm4all compress`
-        net, tokenizer = load_packed(path, getattr(torch, DTYPES[dtype]))
+        try:
+            net, tokenizer = load_packed(path, getattr(torch, DTYPES[dtype]))
+        except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:  # edited or damaged files
+            raise UserError(f"{path}: damaged packed checkpoint "
+                            f"({type(e).__name__}: {_first_line(e)})") from None
         return net.to(device).eval(), tokenizer
-    with quiet_transformers():
-        net = AutoModelForCausalLM.from_pretrained(
-            path, local_files_only=True, dtype=getattr(torch, DTYPES[dtype]))
+    try:
+        with quiet_transformers():
+            net, info = AutoModelForCausalLM.from_pretrained(
+                path, local_files_only=True, dtype=getattr(torch, DTYPES[dtype]), output_loading_info=True)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:  # no or damaged weights, a bad config
+        raise UserError(f"{path}: cannot load the model ({_first_line(e)})") from None
+    check_loaded(path, info)
     return net.to(device).eval(), load_tokenizer(path)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def check_loaded(path: Path, info: dict) -> None:
+    """A UserError when weights were missing from the files: transformers would initialise them at
+    random and every number measured on the model would be silently wrong."""
+    missing, unexpected = list(info.get("missing_keys") or []), list(info.get("unexpected_keys") or [])
+    mismatched = list(info.get("mismatched_keys") or [])
+    if not (missing or mismatched):
+        return
+    hint = ""
+    if any(k.endswith((".qweight", ".scales")) for k in unexpected):
+        hint = "; its tensors are packed (qweight, scales): the checkpoint's llm4all_quant.json is missing"
+    what = f"{len(missing)} weights missing, e.g. {missing[0]}" if missing else \
+        f"{len(mismatched)} weights of the wrong shape, e.g. {mismatched[0][0]}"
+    raise UserError(f"{path}: the weight files do not hold the model ({what}){hint}")
 
 
 def save(net, tokenizer, path: Path, provenance: dict, state_dict: dict | None = None) -> Path:
