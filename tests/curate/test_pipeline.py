@@ -100,6 +100,17 @@ def test_skip_bad_counts_rejects_as_removed(tmp_path):
     summary = curate([path], out=tmp_path / "o", workers=1, skip_bad=True, signals=["ttr"], steps=[])
     assert summary["read"] == 2 and summary["kept"] == 1
     assert summary["removed_by_step"] == {"read": {"malformed record": 1}}
+    # the reject keeps its file, line, reason and text, in removed.jsonl.zst and rejects.jsonl
+    import zstandard
+
+    removed = [json.loads(x) for x in zstandard.ZstdDecompressor().stream_reader(
+        (tmp_path / "o" / "removed.jsonl.zst").read_bytes()).read().decode().splitlines()]
+    assert removed == [{"id": f"rejected/{path}:2", "text": '{"id": "b", "text": \n',
+                        "meta": {"source": str(path), "line": 2}, "step": "read",
+                        "reason": {"reason": "malformed record", "detail": removed[0]["reason"]["detail"]}}]
+    assert "invalid JSON" in removed[0]["reason"]["detail"]
+    row = json.loads((tmp_path / "o" / "rejects.jsonl").read_text())
+    assert (row["source"], row["line"]) == (str(path), 2)
 
 
 def test_stage_manifest_records_inputs_counts_and_outputs(tmp_path):
@@ -122,7 +133,7 @@ def test_stage_manifest_records_inputs_counts_and_outputs(tmp_path):
     counts = ("in", "judged", "kept", "removed")
     assert m["steps"]["dedup:exact"] == {k: summary["steps"][1][k] for k in counts}
     assert m["steps"]["dedup:exact"]["removed"] == 1  # "copy"
-    assert set(manifest["files"]) == {"kept", "removed", "signals", "summary", "mixture"}
+    assert set(manifest["files"]) == {"kept", "removed", "signals", "summary", "mixture", "rejects"}
     assert all((tmp_path / "o" / f).exists() for f in manifest["files"].values())
 
 

@@ -26,6 +26,7 @@ their size in bytes, twice); curate larger corpora in parts.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -110,7 +111,7 @@ def main(
         ledger = Ledger(removed_writer)
         # 1. read
         t0 = time.perf_counter()
-        docs, rejected = read_all(data, text_key, skip_bad, max_docs, ledger)
+        docs, rejected = read_all(data, text_key, skip_bad, max_docs, ledger, tmp / "rejects.jsonl")
         read = len(docs) + rejected
         ids, texts = [d.id for d in docs], [d.text for d in docs]
         timings["read"] = time.perf_counter() - t0
@@ -135,6 +136,7 @@ def main(
                                f"!= read {read}")
         outputs = {"kept": "kept.jsonl.zst", "removed": "removed.jsonl.zst",
                    "signals": "signals.parquet", "summary": "summary.json",
+                   **({"rejects": "rejects.jsonl"} if (tmp / "rejects.jsonl").exists() else {}),
                    **write_order_manifests(tmp, docs, keep, table, cur, mix)}
         summary = {
             "read": read, "kept": int(len(keep)), "removed": ledger.removed,
@@ -173,11 +175,12 @@ def check_config(signals: list, steps: list[dict], curriculum: dict | None, mixt
 
 
 def read_all(data: list[Path], text_key: str, skip_bad: bool, max_docs: int | None,
-             ledger: Ledger) -> tuple[list[Document], int]:
-    """(documents, rejected count): ids checked unique; each rejected record goes to the ledger."""
+             ledger: Ledger, rejects_file: Path | None = None) -> tuple[list[Document], int]:
+    """(documents, rejected count): ids checked unique; each rejected record goes to the ledger
+    (removed at step ``read``, with its file, line, reason and text) and to ``rejects_file``."""
     from llm4all.data.readers import Rejects, read_documents
 
-    rejects = Rejects()
+    rejects = Rejects(rejects_file)
     docs: list[Document] = []
     seen: set[str] = set()
     for doc in read_documents(data, text_key=text_key, skip_bad=skip_bad, rejects=rejects):
@@ -187,9 +190,14 @@ def read_all(data: list[Path], text_key: str, skip_bad: bool, max_docs: int | No
         docs.append(doc)
         if max_docs is not None and len(docs) >= max_docs:
             break
-    for n in range(rejects.count):
-        ledger.remove("read", {"id": f"rejected/{n}", "text": "", "meta": {}},
-                      {"reason": "malformed record"})
+    rejects.close()
+    rows = ([json.loads(line) for line in rejects_file.read_text(encoding="utf-8").splitlines()]
+            if rejects_file is not None and rejects_file.exists() else [{}] * rejects.count)
+    for n, row in enumerate(rows):
+        where = f"{row['source']}:{row['line']}" if row else str(n)
+        ledger.remove("read", {"id": f"rejected/{where}", "text": row.get("raw", ""),
+                               "meta": {"source": row.get("source"), "line": row.get("line")}},
+                      {"reason": "malformed record", "detail": row.get("reason", "unknown")})
     if not docs:
         raise UserError(f"{', '.join(map(str, data))}: no documents to curate")
     return docs, rejects.count
