@@ -168,7 +168,8 @@ def test_schedules():
     ({"min_lr_ratio": 1.5}, r"--min-lr-ratio must be a number in \[0.0, 1.0\]"),
     ({"betas": [0.9, 1.0]}, r"--betas: two numbers in \[0, 1\)"),
     ({"log_to": ["wandb"]}, "unknown logger 'wandb'"),
-    ({"seq_len": 100000}, "fewer than one window"),
+    ({"seq_len": 100000}, "beyond the model.s 256 positions"),
+    ({"seq_len": 320}, "--seq-len 320 is beyond the model's 256 positions"),
     ({"model": "no-such-preset"}, "unknown presets entry"),
 ])
 def test_bad_configs(shards, tmp_path, kwargs, message):

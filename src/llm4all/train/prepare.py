@@ -13,6 +13,10 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 def prepare(net, cfg: TrainingConfig):
     """Apply activation checkpointing and LoRA (if configured) to ``net``; returns the model to train."""
+    limit = getattr(net.config, "max_position_embeddings", None)
+    if limit and cfg.seq_len > limit:  # RoPE would run on positions the model never saw
+        raise UserError(f"--seq-len {cfg.seq_len} is beyond the model's {limit} positions "
+                        f"(max_position_embeddings); use --seq-len {limit} or less")
     if cfg.activation_checkpointing:
         net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         net.config.use_cache = False
