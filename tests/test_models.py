@@ -58,3 +58,17 @@ def test_gguf_cache_key_changes_with_content_not_only_size(tmp_path):
     assert a.stat().st_size == b.stat().st_size
     assert _fingerprint(a) != _fingerprint(b)
     assert _fingerprint(a) == _fingerprint(a)
+
+
+@pytest.mark.parametrize("content", [b"", b"GGUF\x03\x00\x00\x00" + b"\xff" * 40, b"not a gguf at all"])
+def test_a_fake_or_empty_gguf_is_one_line(tmp_path, content):
+    from llm4all.models.llamacpp import open_llama
+    from llm4all.models.load import load
+
+    fake = tmp_path / "fake.gguf"
+    fake.write_bytes(content)
+    with pytest.raises(UserError, match=r"fake.gguf: not a readable GGUF file"):
+        load(fake)
+    pytest.importorskip("llama_cpp", reason="llama.cpp is part of `make install`")
+    with pytest.raises(UserError, match=r"fake.gguf: llama.cpp cannot load this file"):
+        open_llama(fake)

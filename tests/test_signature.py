@@ -83,3 +83,13 @@ def test_a_recipe_stage_with_a_bad_training_value_fails_at_load(tmp_path):
                       "    keep_last: 0\n")
     with pytest.raises(UserError, match=r"r.yaml: stages.distill: --keep-last must be an integer ≥ 1"):
         load_recipe(recipe, tmp_path / "run")
+
+
+def test_malformed_yaml_on_the_command_line_is_one_line(capsys):
+    from llm4all.cli import main
+
+    with pytest.raises(SystemExit) as exit_:  # argparse: usage, then one error line
+        main(["compress", "smollm2-135m", "--out", "/tmp/never-written", "--method", "{name: gptq, bits: 4"])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and "Traceback" not in err
+    assert "error: argument --method: not valid YAML at column" in err.splitlines()[-1]

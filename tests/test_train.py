@@ -225,3 +225,27 @@ def test_fused_cross_entropy_matches_the_plain_loss_and_gradients(tiny_model):
     exact = torch.nn.functional.cross_entropy(h @ w_far.t(), y)
     assert exact.item() > 2.0 and torch.isfinite(exact)
     assert fused_linear_cross_entropy(h, w_far, y, chunk=7).item() == pytest.approx(exact.item(), rel=1e-5)
+
+
+def test_rerunning_a_finished_run_keeps_its_metrics(shards, tmp_path):
+    """A second identical call resumes from the final checkpoint with nothing left to train: it used
+    to fail with KeyError 'tokens' and drop the metrics."""
+    data, model = shards
+    first = train(data, out=tmp_path / "run", model=str(model), steps=4, **BASE)
+    again = train(data, out=tmp_path / "run", model=str(model), steps=4, **BASE)
+    assert again["tokens"] == first["tokens"] == 4 * BASE["micro_batch"] * BASE["seq_len"]
+    assert again["val_ppl"] == pytest.approx(first["val_ppl"]) and again["steps_this_run"] == 0
+    assert (tmp_path / "run" / "model" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("damage", ["model.safetensors", "optimizer.pt", "state.json"])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(shards, tmp_path, capsys, damage):
+    data, model = shards
+    args = {"model": str(model), **BASE, "save_every": 2, "keep_last": 3}
+    train(data, out=tmp_path / "run", steps=6, stop_after=4, **args)  # checkpoints at steps 2 and 4
+    newest = tmp_path / "run" / "checkpoints" / "step-000004" / damage
+    newest.write_bytes(newest.read_bytes()[: len(newest.read_bytes()) // 3])
+    result = train(data, out=tmp_path / "run", steps=6, **args)
+    out = capsys.readouterr().out
+    assert "step-000004" in out and "is damaged" in out and "resumed from" in out and "step-000002" in out
+    assert result["steps_this_run"] == 4 and result["step"] == 6

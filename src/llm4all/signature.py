@@ -100,7 +100,7 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         return [coerce(v, item_tp, where) for v in value]
     if tp is dict or origin is dict:
         if isinstance(value, str):
-            value = yaml.safe_load(value)
+            value = _yaml(value, where)
         if not isinstance(value, dict):
             raise UserError(f"{where}: expected a mapping, got {value!r}")
         return value
@@ -135,9 +135,20 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     # str | dict and other unions: accept YAML strings for the dict side
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         if isinstance(value, str) and dict in typing.get_args(tp) and value.lstrip().startswith("{"):
-            return yaml.safe_load(value)
+            return _yaml(value, where)
         return value
     return value
+
+
+def _yaml(text: str, where: str) -> Any:
+    """A YAML value given on the command line; malformed YAML is a one-line UserError."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"{where}: not valid YAML{at} ({problem}): {text!r}") from None
 
 
 def field_docs(cls: type) -> dict[str, str]:

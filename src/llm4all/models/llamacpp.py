@@ -67,5 +67,10 @@ def open_llama(path: str | Path, n_ctx: int = 512, threads: int | None = None, l
         from llama_cpp import Llama
     except ImportError as e:
         raise UserError("llama.cpp check needs llama-cpp-python: `make install` builds it") from e
-    return Llama(model_path=str(path), n_ctx=n_ctx, logits_all=logits_all, verbose=False,
-                 n_threads=threads, n_batch=n_ctx)
+    if not Path(path).is_file():
+        raise UserError(f"{path}: no such GGUF file")
+    try:
+        return Llama(model_path=str(path), n_ctx=n_ctx, logits_all=logits_all, verbose=False,
+                     n_threads=threads, n_batch=n_ctx)
+    except ValueError as e:  # llama.cpp could not read it: not a GGUF, truncated, unknown architecture
+        raise UserError(f"{path}: llama.cpp cannot load this file ({e}); is it a complete GGUF?") from None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -106,9 +107,12 @@ def _converted(gguf: Path, out: Path) -> Path:
 
     start = time.perf_counter()
     print(f"converting {gguf.name} to a safetensors HF directory (once) -> {out}", flush=True)
-    with quiet_transformers():
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    try:
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except (OSError, ValueError, KeyError, IndexError, EOFError, struct.error) as e:  # not a (whole) GGUF
+        raise UserError(f"{gguf}: not a readable GGUF file ({type(e).__name__}: {_first_line(e)})") from None
     # the weights are de-quantised to fp32 already; drop the GGUF quantizer so they save
     del model.config.quantization_config
     model.hf_quantizer = None

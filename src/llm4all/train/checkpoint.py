@@ -10,6 +10,7 @@ gathered to rank 0 (``torch.distributed.checkpoint.state_dict`` helpers) and wri
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from pathlib import Path
 
@@ -62,6 +63,32 @@ def load(path: Path, model, optimizer, scaler) -> dict:
 def latest(root: Path) -> Path | None:
     done = sorted(p for p in root.glob("step-*") if (p / "state.json").exists())
     return done[-1] if done else None
+
+
+def resume(root: Path, model, optimizer, scaler, config_hash: str) -> tuple[Path, dict] | None:
+    """Restore the newest intact checkpoint under ``root``: (its path, its state), or None if there
+    is none. A damaged one (truncated weights, unreadable optimizer state or state.json) is
+    skipped, with a line saying so, for the one before it; a checkpoint of another configuration
+    is an error. Checkpoints exist but none loads: an error, rather than training from scratch."""
+    from safetensors import SafetensorError
+
+    found = sorted((p for p in root.glob("step-*") if (p / "state.json").exists()), reverse=True)
+    for path in found:
+        try:
+            check_compatible(path, config_hash)
+        except (OSError, ValueError) as e:  # state.json unreadable: damaged, not another config
+            print(f"checkpoint {path} is damaged ({type(e).__name__}: {e}); trying the one before")
+            continue
+        try:
+            return path, load(path, model, optimizer, scaler)
+        except (OSError, ValueError, RuntimeError, KeyError, SafetensorError, EOFError,
+                pickle.UnpicklingError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            print(f"checkpoint {path} is damaged ({type(e).__name__}: {first}); trying the one before")
+    if found:
+        raise UserError(f"{root}: no intact checkpoint among {len(found)}; remove the folder to train "
+                        "from the start")
+    return None
 
 
 def prune(root: Path, keep_last: int) -> None:

@@ -146,10 +146,9 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, sampler, cfg: TrainingConfig, o
 
     # resume from the newest checkpoint of this configuration
     step, tokens_seen = 0, 0
-    last = checkpoint.latest(ckpt_root)
-    if last is not None:
-        checkpoint.check_compatible(last, config_hash)
-        state = checkpoint.load(last, net, optimizer, scaler)
+    resumed = checkpoint.resume(ckpt_root, net, optimizer, scaler, config_hash)
+    if resumed is not None:
+        last, state = resumed
         step, tokens_seen = state["step"], state["tokens_seen"]
         if dist_.rank == 0:
             print(f"resumed from {last} (step {step})")
@@ -193,12 +192,26 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, sampler, cfg: TrainingConfig, o
                 if dist_.rank == 0:
                     checkpoint.prune(ckpt_root, cfg.keep_last)
     loggers.close()
+    if not metrics:  # resumed at the last step (a finished run again): its own last record stands
+        metrics = _last_record(out / "metrics.jsonl", step)
+        metrics["tokens"] = tokens_seen
+        if eval_fn is not None and "val_ppl" not in metrics:
+            metrics.update(eval_fn(_unwrap(net)))
     elapsed = time.perf_counter() - started
     metrics["steps_this_run"] = step - start_step
     metrics["seconds"] = round(elapsed, 2)
     metrics["avg_tokens_per_s"] = (step - start_step) * tokens_per_step / max(elapsed, 1e-9)
     metrics["step"] = step
     return metrics
+
+
+def _last_record(path: Path, step: int) -> dict:
+    """The metrics logged at ``step`` in a metrics.jsonl ({} if none), without the step key."""
+    if not path.exists():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    last = next((r for r in reversed(rows) if r.get("step") == step), {})
+    return {k: v for k, v in last.items() if k != "step"}
 
 
 def _optimizer_step(net, loss_fn: LossFn, sampler, optimizer, scaler, cfg: TrainingConfig, step: int,
