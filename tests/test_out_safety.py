@@ -77,3 +77,10 @@ def test_a_recipe_never_removes_a_users_folder_named_like_a_stage(tiny_model, do
     with pytest.raises(UserError, match="was not written by llm4all"):
         run(recipe)
     assert (tmp_path / "run" / "tokenize" / "mine.txt").read_text() == "precious"
+
+
+@pytest.mark.parametrize("out", [".", "..", "./"])
+def test_out_dot_is_refused(tmp_path, monkeypatch, out):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="the current folder or one above it cannot be"), atomic_dir(out):
+        pass

@@ -86,6 +86,9 @@ def test_from_requires_known_stage_and_runs_the_rest(tiny_model, docs_jsonl, tmp
      r"'int3' is not allowed"),
     ({"t": {"command": "tokenize", "data": ["x"], "out": "elsewhere"}},
      r"'out' is set by the recipe runner"),
+    ({"tokenize": ["x", "y"]}, r"stages.tokenize: expected a mapping of options .*got a list"),
+    ({"tokenize": "data x"}, r"stages.tokenize: expected a mapping of options .*got a str"),
+    ({"../up": {"command": "tokenize", "data": ["x"]}}, r"a stage name is letters"),
 ])
 def test_invalid_recipes_fail_before_running(tmp_path, stages, message):
     with pytest.raises(UserError, match=message):

@@ -119,9 +119,12 @@ def load_recipe(recipe: str | Path, run_dir: Path | None = None) -> tuple[Path, 
     out = []
     for name, options in stages.items():
         where = f"{path}: stages.{name}"
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
+            raise UserError(f"{where}: a stage name is letters, digits, '_', '-' or '.' (it names a folder)")
+        if options is not None and not isinstance(options, dict):
+            raise UserError(f"{where}: expected a mapping of options (key: value lines under the stage "
+                            f"name), got a {type(options).__name__}: {str(options)[:60]!r}")
         options = dict(options or {})
-        if not isinstance(options, dict):
-            raise UserError(f"{where}: expected a mapping of options")
         command = str(options.pop("command", name))
         fn = _command(command, where)
         refs = set(_VAR.findall(str(options)))

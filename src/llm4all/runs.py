@@ -84,6 +84,10 @@ def refuse_foreign(path: Path) -> None:
     """A UserError unless ``path`` is absent or llm4all's to replace."""
     from llm4all.errors import UserError
 
+    here = Path.cwd().resolve()
+    if path.name in ("", ".", "..") or path.resolve() in (here, *here.parents):
+        raise UserError(f"--out {path}: the current folder or one above it cannot be replaced; "
+                        "name a new folder, e.g. --out out")
     if path.exists() and not path.is_dir():
         raise UserError(f"{path}: exists and is not a directory; choose another --out")
     if path.exists() and not made_by_llm4all(path):
