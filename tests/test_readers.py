@@ -119,3 +119,11 @@ def test_a_truncated_zstd_file_is_an_error_not_a_shorter_file(tmp_path):
     rejects = Rejects()
     with pytest.raises(UserError, match="corrupt compressed data"):  # --skip-bad cannot skip a cut file
         list(read_documents(cut, skip_bad=True, rejects=rejects))
+
+
+def test_a_stray_state_json_does_not_make_a_folder_a_dataset(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "state.json").write_text('{"step": 3}')
+    (data / "a.jsonl").write_text('{"text": "one"}\n{"text": "two"}\n')
+    assert [d.text for d in read_documents(data)] == ["one", "two"]

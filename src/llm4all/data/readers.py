@@ -196,7 +196,10 @@ def read_hf_dataset(path: Path, *, text_key: str = "text", split: str = "train",
         import datasets
     except ImportError:
         raise UserError(f"{path}: reading a saved HF dataset needs `pip install datasets`") from None
-    ds = datasets.load_from_disk(str(path))
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except (OSError, ValueError, KeyError, FileNotFoundError) as e:
+        raise UserError(f"{path}: not a readable saved HF dataset ({type(e).__name__}: {e})") from None
     if isinstance(ds, datasets.DatasetDict):
         if split not in ds:
             raise UserError(f"{path}: no split {split!r}; splits: {', '.join(ds)}")
@@ -213,8 +216,15 @@ def read_hf_dataset(path: Path, *, text_key: str = "text", split: str = "train",
 
 
 def is_hf_dataset(path: Path) -> bool:
-    return path.is_dir() and ((path / "dataset_info.json").exists() or (path / "state.json").exists()
-                              or (path / "dataset_dict.json").exists())
+    """A folder ``datasets.save_to_disk`` wrote: a DatasetDict's ``dataset_dict.json``, or a
+    Dataset's ``state.json`` with ``dataset_info.json`` and its ``.arrow`` files (a stray
+    ``state.json`` in a folder of JSONL files does not make it a dataset)."""
+    if not path.is_dir():
+        return False
+    if (path / "dataset_dict.json").exists():
+        return True
+    return ((path / "state.json").exists() and (path / "dataset_info.json").exists()
+            and any(path.glob("*.arrow")))
 
 
 def list_files(path: Path) -> list[Path]:
