@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from llm4all import runs
 from llm4all.cli import main
 from llm4all.errors import UserError
-from llm4all.runs import MARKER, atomic_dir, check_out, made_by_llm4all
+from llm4all.runs import MARKER, atomic_dir, atomic_path, check_out, made_by_llm4all
 
 
 def _tree(path):
@@ -84,3 +85,55 @@ def test_out_dot_is_refused(tmp_path, monkeypatch, out):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError, match="the current folder or one above it cannot be"), atomic_dir(out):
         pass
+
+
+def test_temporaries_of_a_killed_writer_are_cleaned_by_the_next(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = ("import sys, time\nfrom llm4all.runs import atomic_dir, atomic_path\n"
+              "with atomic_path(sys.argv[1] + '.json') as f, atomic_dir(sys.argv[1]) as d:\n"
+              "    f.write_text('x'); (d / 'half').write_text('y')\n"
+              "    print('ready', flush=True); time.sleep(60)\n")
+    target = tmp_path / "out"
+    child = subprocess.Popen([sys.executable, "-c", script, str(target)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "ready"
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert len(left) == 2 and all(n.endswith(".tmp") and f"-{child.pid}." in n for n in left)
+    with atomic_dir(target) as d:  # the next writer of the same path removes the dead one's leftovers
+        (d / "whole").write_text("z")
+    with atomic_path(tmp_path / "out.json") as f:
+        f.write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "out.json"]
+    live = tmp_path / f".out.{runs._HOST}-{os.getpid()}.keep.tmp"
+    live.mkdir()  # a running process's temporary (ours) is left alone
+    with atomic_dir(target):
+        pass
+    assert live.exists()
+
+
+def test_two_writers_finishing_together_both_succeed(tmp_path):
+    import threading
+
+    target = tmp_path / "out"
+    barrier, errors = threading.Barrier(2), []
+
+    def write(tag):
+        try:
+            with atomic_dir(target) as d:
+                (d / "who").write_text(tag)
+                barrier.wait()
+        except Exception as e:  # noqa: BLE001 - the test reports any failure
+            errors.append(e)
+
+    threads = [threading.Thread(target=write, args=(t,)) for t in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and (target / "who").read_text() in ("a", "b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

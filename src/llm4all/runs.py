@@ -8,9 +8,13 @@ user error never leaves a half-written file or directory behind. A finished stag
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -31,7 +35,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    clean_stale(path)
+    fd, tmp = tempfile.mkstemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     os.chmod(tmp, 0o666 & ~_umask())
@@ -53,21 +58,65 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     refuse_foreign(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    clean_stale(path)
+    tmp = Path(tempfile.mkdtemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())
+    olds: list[Path] = []
     try:
         yield tmp
         (tmp / MARKER).touch()
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        # another writer may finish on the same path meanwhile: move whatever is there aside and
+        # retry, so the last to finish wins and neither crashes (ENOTEMPTY on a non-empty target)
+        for attempt in range(20):
+            if path.exists():
+                old = path.with_name(f"{_prefix(path)}old{attempt}.tmp")
+                with contextlib.suppress(FileNotFoundError):  # the other writer moved it first
+                    os.replace(path, old)
+                    olds.append(old)
+            try:
+                os.replace(tmp, path)
+                break
+            except OSError as e:
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) or attempt == 19:
+                    raise
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        for leftover in (tmp, *olds):
+            if leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _prefix(path: Path) -> str:
+    """Temporaries beside ``path`` are named ``.NAME.HOST-PID.…tmp``: ``clean_stale`` knows whose."""
+    return f".{path.name}.{_HOST}-{os.getpid()}."
+
+
+_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:24] or "host"
+
+
+def clean_stale(path: Path) -> None:
+    """Remove the temporaries a killed llm4all process left beside ``path`` (this host's only, of
+    processes no longer running): a SIGKILL skips every ``finally``."""
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.{_HOST}-(\d+)\..*\.tmp$")
+    for p in path.parent.glob(f".{glob.escape(path.name)}.{_HOST}-*.tmp"):
+        m = pattern.match(p.name)
+        if m is None or _running(int(m.group(1))):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 def made_by_llm4all(path: Path) -> bool:
