@@ -127,3 +127,23 @@ def test_a_stray_state_json_does_not_make_a_folder_a_dataset(tmp_path):
     (data / "state.json").write_text('{"step": 3}')
     (data / "a.jsonl").write_text('{"text": "one"}\n{"text": "two"}\n')
     assert [d.text for d in read_documents(data)] == ["one", "two"]
+
+
+def test_json_errors_read_once_at_column(tmp_path):
+    path = tmp_path / "ctl.jsonl"
+    path.write_bytes(b'{"text": "a\x01b"}\n')
+    with pytest.raises(UserError) as e:
+        list(read_documents(path))
+    assert "line 1: invalid JSON (Invalid control character at column 12)" in str(e.value)
+    assert "at at" not in str(e.value)
+
+
+def test_a_damaged_gzip_is_corrupt_data_not_invalid_json(tmp_path):
+    lines = b"".join(b'{"text": "document number %d with some words"}\n' % i for i in range(3000))
+    raw = bytearray(gzip.compress(lines, compresslevel=1))
+    for i in range(len(raw) // 2, len(raw) // 2 + 64):  # garble a stretch mid-stream
+        raw[i] ^= 0x5A
+    path = tmp_path / "hurt.jsonl.gz"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(UserError, match=r"hurt.jsonl.gz: line \d+: corrupt compressed data"):
+        list(read_documents(path))

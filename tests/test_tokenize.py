@@ -82,6 +82,11 @@ def test_empty_file_and_duplicate_ids(tiny_model, tmp_path):
         tokenize([empty], out=tmp_path / "o1", tokenizer=str(tiny_model), workers=1)
     dup = tmp_path / "dup.jsonl"
     dup.write_text('{"id": "a", "text": "the"}\n{"id": "a", "text": "of"}\n')
-    with pytest.raises(UserError, match="duplicate document id 'a'"):
+    with pytest.raises(UserError, match=r"dup.jsonl: line 2: duplicate document id 'a'"):
         tokenize([dup], out=tmp_path / "o2", tokenizer=str(tiny_model), workers=1)
+    null = tmp_path / "null.jsonl"
+    null.write_text('{"id": null, "text": "the"}\n')
+    with pytest.raises(UserError, match=r"null.jsonl: line 1: field 'id' must be a non-empty string or an "
+                                        r"integer, got null"):
+        tokenize([null], out=tmp_path / "o3", tokenizer=str(tiny_model), workers=1)
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()

@@ -169,3 +169,16 @@ def test_bad_arch():
         resolve_arch("smollm-135m")
     with pytest.raises(UserError, match="missing: --layers"):
         resolve_arch("", hidden=64, heads=4, intermediate=128, vocab=100)
+    with pytest.raises(UserError, match=r"--layers 0: model dimensions must be positive"):
+        resolve_arch("", hidden=64, layers=0, heads=4, intermediate=128, vocab=100)
+    with pytest.raises(UserError, match=r"--hidden -8: model dimensions must be positive"):
+        resolve_arch("smollm2-135m", hidden=-8)
+    assert resolve_arch("", hidden=64, layers=2, heads=4, intermediate=128, vocab=100).kv_heads == 4
+
+
+def test_plan_memory_layers_zero_says_so(capsys):
+    from llm4all.cli import main
+
+    assert main(["plan", "memory", "--hidden", "64", "--layers", "0", "--heads", "4", "--intermediate",
+                 "128", "--vocab", "100"]) == 2
+    assert "--layers 0: model dimensions must be positive" in capsys.readouterr().err

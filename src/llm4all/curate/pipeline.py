@@ -185,7 +185,8 @@ def read_all(data: list[Path], text_key: str, skip_bad: bool, max_docs: int | No
     seen: set[str] = set()
     for doc in read_documents(data, text_key=text_key, skip_bad=skip_bad, rejects=rejects):
         if doc.id in seen:
-            raise UserError(f"duplicate document id {doc.id!r}; ids must be unique")
+            raise UserError(f"{doc.where or 'input'}: duplicate document id {doc.id!r} (an earlier "
+                            "document has it); ids must be unique")
         seen.add(doc.id)
         docs.append(doc)
         if max_docs is not None and len(docs) >= max_docs:

@@ -13,6 +13,8 @@ class Document:
     id: str
     text: str
     meta: dict[str, Any] = field(default_factory=dict)
+    where: str = field(default="", compare=False)
+    """where it was read ("FILE:LINE", "FILE:row N"), for error messages; not written out"""
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "text": self.text, "meta": self.meta}

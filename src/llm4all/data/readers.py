@@ -105,7 +105,7 @@ def _open_text(path: Path) -> IO[bytes]:
     return open(path, "rb")  # noqa: SIM115
 
 
-def _record_to_doc(obj: Any, default_id: str, text_key: str) -> Document:
+def _record_to_doc(obj: Any, default_id: str, text_key: str, where: str = "") -> Document:
     if not isinstance(obj, dict):
         raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
     text = obj.get(text_key)
@@ -113,11 +113,14 @@ def _record_to_doc(obj: Any, default_id: str, text_key: str) -> Document:
         found = "missing" if text is None else type(text).__name__
         raise ValueError(f"field {text_key!r} must be a string ({found})")
     doc_id = obj.get("id", default_id)
+    if isinstance(doc_id, bool) or not isinstance(doc_id, str | int) or doc_id == "":
+        got = json.dumps(doc_id, default=str)
+        raise ValueError(f"field 'id' must be a non-empty string or an integer, got {got}")
     meta = obj.get("meta") or {}
     if not isinstance(meta, dict):
         raise ValueError("field 'meta' must be an object")
     extra = {k: v for k, v in obj.items() if k not in ("id", text_key, "meta")}
-    return Document(str(doc_id), text, {**extra, **meta} if extra else meta)
+    return Document(str(doc_id), text, {**extra, **meta} if extra else meta, where=where)
 
 
 def read_jsonl(path: Path, *, text_key: str = "text", rejects: Rejects | None = None) -> Iterator[Document]:
@@ -142,12 +145,33 @@ def read_jsonl(path: Path, *, text_key: str = "text", rejects: Rejects | None = 
                 continue
             try:
                 text = line.decode("utf-8")
-                yield _record_to_doc(json.loads(text), f"{_stem(path)}/{lineno}", text_key)
+                yield _record_to_doc(json.loads(text), f"{_stem(path)}/{lineno}", text_key,
+                                     f"{path}: line {lineno}")
             except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
                 reason = _reason(e)
+                damage = _compression_damage(path)  # garbage lines out of a damaged stream
+                if damage:
+                    raise UserError(f"{path}: line {lineno}: corrupt compressed data ({damage})") from None
                 if rejects is None:
                     raise UserError(f"{path}: line {lineno}: {reason}") from None
                 rejects.add(str(path), lineno, reason, line.decode("utf-8", "replace"))
+
+
+def _compression_damage(path: Path) -> str | None:
+    """Why the compressed file ``path`` is damaged, or None if it reads whole (or is not compressed).
+
+    Called when a record fails to parse: a corrupted deflate or zstd block can decompress to
+    garbage before the stream's checksum is reached, which would otherwise be reported as
+    invalid JSON (gzip checks its CRC-32 only at the end, RFC 1952 sec. 2.3.1)."""
+    if not path.name.endswith((".gz", ".zst")):
+        return None
+    try:
+        with _open_text(path) as f:
+            while f.read(1 << 20):
+                pass
+    except Exception as e:  # noqa: BLE001 - zlib.error, gzip.BadGzipFile, zstandard.ZstdError, EOFError
+        return f"{type(e).__name__}: {e}"
+    return None
 
 
 def read_parquet(path: Path, *, text_key: str = "text", rejects: Rejects | None = None) -> Iterator[Document]:
@@ -168,7 +192,7 @@ def read_parquet(path: Path, *, text_key: str = "text", rejects: Rejects | None 
                 with contextlib.suppress(json.JSONDecodeError):
                     obj["meta"] = json.loads(obj["meta"])
             try:
-                yield _record_to_doc(obj, f"{_stem(path)}/{row}", text_key)
+                yield _record_to_doc(obj, f"{_stem(path)}/{row}", text_key, f"{path}: row {row}")
             except ValueError as e:
                 if rejects is None:
                     raise UserError(f"{path}: row {row}: {e}") from None
@@ -180,7 +204,7 @@ def read_text_file(path: Path, root: Path, *, rejects: Rejects | None = None) ->
     data = path.read_bytes()
     doc_id = str(path.relative_to(root).with_suffix(""))
     try:
-        yield Document(doc_id, data.decode("utf-8"), {"path": str(path)})
+        yield Document(doc_id, data.decode("utf-8"), {"path": str(path)}, where=str(path))
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
         reason = f"invalid UTF-8 at byte {e.start}"
@@ -208,7 +232,7 @@ def read_hf_dataset(path: Path, *, text_key: str = "text", split: str = "train",
         raise UserError(f"{path}: no column {text_key!r}; columns: {', '.join(ds.column_names)}")
     for row, obj in enumerate(ds, start=1):
         try:
-            yield _record_to_doc(dict(obj), f"{path.name}/{row}", text_key)
+            yield _record_to_doc(dict(obj), f"{path.name}/{row}", text_key, f"{path}: row {row}")
         except ValueError as e:
             if rejects is None:
                 raise UserError(f"{path}: row {row}: {e}") from None
@@ -284,5 +308,6 @@ def _reason(e: Exception) -> str:
     if isinstance(e, UnicodeDecodeError):
         return f"invalid UTF-8 at byte {e.start} of the line"
     if isinstance(e, json.JSONDecodeError):
-        return f"invalid JSON ({e.msg} at column {e.colno})"
+        msg = e.msg.removesuffix(" at")  # "Invalid control character at": json's own message ends in "at"
+        return f"invalid JSON ({msg} at column {e.colno})"
     return str(e)

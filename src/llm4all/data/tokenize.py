@@ -178,7 +178,8 @@ def main(
             for batch, encoded in _zip_batches(_batches(docs, batch_docs), encode):
                 for doc, ids in zip(batch, encoded, strict=True):
                     if doc.id in seen:
-                        raise UserError(f"duplicate document id {doc.id!r}; ids must be unique")
+                        raise UserError(f"{doc.where or 'input'}: duplicate document id {doc.id!r} "
+                                        "(an earlier document has it); ids must be unique")
                     seen.add(doc.id)
                     arr = np.asarray(ids + [eos_id], dtype=np.int64)
                     writers[split_of(doc.id, val_fraction)].add(doc.id, arr, len(doc.text.encode()))

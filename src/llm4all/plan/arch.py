@@ -154,6 +154,11 @@ def from_gguf(path: Path) -> Arch:
 
 def resolve_arch(model: str = "", **numbers: int) -> Arch:
     """A preset name, an HF directory / config.json, a .gguf file, or explicit numbers."""
+    dims = ("hidden", "layers", "heads", "kv_heads", "intermediate", "vocab")
+    bad = [f"--{k.replace('_', '-')} {v}" for k, v in numbers.items()
+           if k in dims and isinstance(v, int | float) and not isinstance(v, bool) and v <= 0]
+    if bad:
+        raise UserError(f"{', '.join(bad)}: model dimensions must be positive")
     if model:
         path = Path(model)
         if model in PRESETS:
@@ -173,14 +178,15 @@ def resolve_arch(model: str = "", **numbers: int) -> Arch:
         else:
             raise UserError(f"--model {model!r} is not a preset, an HF directory or a .gguf file; "
                             f"presets: {did_you_mean(model, list(PRESETS))}")
-        given = {k: v for k, v in numbers.items() if v}
+        given = {k: v for k, v in numbers.items() if v is not None and not (isinstance(v, bool) and not v)}
         return Arch(**{**asdict(arch), **given}) if given else arch
     need = ("hidden", "layers", "heads", "intermediate", "vocab")
-    missing = [k for k in need if not numbers.get(k)]
+    missing = [k for k in need if numbers.get(k) is None]
     if missing:
         raise UserError("give --model (preset, HF dir or .gguf) or all of --hidden --layers --heads "
                         f"--intermediate --vocab; missing: {', '.join('--' + m for m in missing)}")
     valid = {f.name for f in fields(Arch)}
-    kw = {k: v for k, v in numbers.items() if k in valid and v}
-    kw.setdefault("kv_heads", numbers["heads"])
+    kw = {k: v for k, v in numbers.items() if k in valid and v is not None}
+    if kw.get("kv_heads") is None:
+        kw["kv_heads"] = numbers["heads"]
     return Arch(**kw)

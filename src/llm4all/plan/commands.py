@@ -237,8 +237,9 @@ def memory(model: str = "", mode: Literal["train", "inference"] = "train", batch
            base_dtype: str = "",
            sharding: Literal["none", "zero1", "zero2", "zero3", "fsdp"] = "none",
            gpus: int = 1, kv_dtype: str = "", head: Literal["hf", "fused"] = "hf",
-           hardware: str = "", hardware_file: Path | None = None, hidden: int = 0, layers: int = 0,
-           heads: int = 0, kv_heads: int = 0, intermediate: int = 0, vocab: int = 0,
+           hardware: str = "", hardware_file: Path | None = None, hidden: int | None = None,
+           layers: int | None = None, heads: int | None = None, kv_heads: int | None = None,
+           intermediate: int | None = None, vocab: int | None = None,
            tied_embeddings: bool = False, measure: bool = False, steps: int = 3,
            json: bool = False, out: Path | None = None) -> dict:
     """Peak memory as a per-component breakdown (summed), a verdict and the fixes that fit.
