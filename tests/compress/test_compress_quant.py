@@ -82,3 +82,6 @@ def test_bad_bits_and_group_size():
         rtn_quantize(W, 5, 8)
     with pytest.raises(UserError, match="does not divide"):
         gptq_quantize(W, torch.eye(32), 4, 24)
+    with pytest.raises(UserError, match=r"group_size 0: use -1 \(or null\) for per-channel"):
+        rtn_quantize(W, 4, 0)
+    assert rtn_quantize(W, 4, -1).group_size == 32 == rtn_quantize(W, 4, None).group_size

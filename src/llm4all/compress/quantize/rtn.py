@@ -42,8 +42,11 @@ def check_bits_group(bits: int, group_size: int | None, in_features: int, where:
     where = f"{where}: " if where else ""
     if bits not in BITS:
         raise UserError(f"{where}bits must be one of {', '.join(map(str, BITS))}, got {bits}")
-    if group_size is None or group_size in (0, -1):
+    if group_size is None or group_size == -1:
         return in_features
+    if group_size == 0:
+        raise UserError(f"{where}group_size 0: use -1 (or null) for per-channel scales, or a divisor of "
+                        f"the input dimension {in_features}")
     if group_size < 1 or in_features % group_size:
         raise UserError(f"{where}group_size {group_size} does not divide the input dimension "
                         f"{in_features}; use a divisor of {in_features} or -1 for per-channel")
