@@ -55,7 +55,7 @@ def test_mixed_precision_adamw_is_16_bytes_per_param():
     parts = breakdown(SMOL, Setup(dtype="bf16", master_weights=True))
     states = sum(parts[k] for k in ("weights", "gradients", "optimizer_states", "master_weights"))
     assert states == 16 * SMOL.n_params()
-    eight_bit = breakdown(SMOL, Setup(optimizer="adamw-8bit"))["optimizer_states"]
+    eight_bit = breakdown(SMOL, Setup(optimizer="adamw8bit"))["optimizer_states"]
     assert eight_bit < parts["optimizer_states"] / 3.9
 
 
@@ -182,3 +182,15 @@ def test_plan_memory_layers_zero_says_so(capsys):
     assert main(["plan", "memory", "--hidden", "64", "--layers", "0", "--heads", "4", "--intermediate",
                  "128", "--vocab", "100"]) == 2
     assert "--layers 0: model dimensions must be positive" in capsys.readouterr().err
+
+
+def test_the_planner_names_only_optimizers_train_accepts():
+    """plan suggested 'adamw-8bit' where train knows 'adamw8bit' (issue 16 item 4)."""
+    import typing
+
+    from llm4all.plan.commands import memory
+    from llm4all.plan.memory import OPTIMIZER_STATE_BYTES
+    from llm4all.train.optim import OPTIMIZERS
+
+    offered = set(typing.get_args(typing.get_type_hints(memory)["optimizer"]))
+    assert offered == set(OPTIMIZER_STATE_BYTES) and offered <= set(OPTIMIZERS.names())

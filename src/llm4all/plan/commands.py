@@ -231,7 +231,7 @@ def memory(model: str = "", mode: Literal["train", "inference"] = "train", batch
            seq: int = 2048,
            dtype: Literal["fp32", "fp16", "bf16", "int8", "int4", "ternary"] = "bf16",
            master_weights: bool = True,
-           optimizer: Literal["adamw", "adamw-8bit", "adafactor", "lion", "sgd"] = "adamw",
+           optimizer: Literal["adamw", "adamw8bit", "adafactor", "lion", "sgd"] = "adamw",
            recompute: Literal["none", "selective", "full"] = "none",
            attention: Literal["flash", "math"] = "flash", lora_rank: int = 0,
            base_dtype: str = "",
@@ -251,7 +251,7 @@ def memory(model: str = "", mode: Literal["train", "inference"] = "train", batch
         seq: sequence length (inference: prompt + generated tokens held in the KV cache).
         dtype: weights/activations dtype: fp32, fp16, bf16 (int8, int4, ternary for inference).
         master_weights: keep an fp32 master copy when training in 16-bit (mixed precision).
-        optimizer: adamw, adamw-8bit, adafactor, lion or sgd.
+        optimizer: adamw, adamw8bit, adafactor, lion or sgd.
         recompute: activation recomputation: none, selective or full (checkpointing).
         attention: flash (SDPA/FlashAttention, no s² memory) or math (eager attention).
         lora_rank: > 0 trains LoRA adapters of this rank on every linear layer.

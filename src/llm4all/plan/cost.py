@@ -42,7 +42,7 @@ def _fixes(s: Setup) -> list[tuple[str, str, list[Setup]]]:
                       [s.replace(recompute="full")]))
     if s.optimizer in ("adamw", "lion", "sgd"):
         fixes.append(("8-bit AdamW", "bitsandbytes; near-identical loss (Dettmers et al. 2022)",
-                      [s.replace(optimizer="adamw-8bit")]))
+                      [s.replace(optimizer="adamw8bit")]))
     if s.optimizer != "adafactor":
         fixes.append(("Adafactor", "factored 2nd moment; may need tuning (Shazeer & Stern 2018)",
                       [s.replace(optimizer="adafactor")]))
@@ -85,7 +85,7 @@ def verdict(arch: Arch, setup: Setup, hw: Hardware, target_batch: int | None = N
 def _combined(arch: Arch, setup: Setup, hw: Hardware, target_batch: int) -> list[dict]:
     steps = [("micro-batch 1 × accumulation {accum}", lambda s: [s.replace(batch=1)]),
              ("full activation checkpointing", lambda s: [s.replace(recompute="full")]),
-             ("8-bit AdamW", lambda s: [s.replace(optimizer="adamw-8bit")]
+             ("8-bit AdamW", lambda s: [s.replace(optimizer="adamw8bit")]
               if s.optimizer in ("adamw", "lion", "sgd") else []),
              ("ZeRO-3 / FSDP over {gpus} GPUs",
               lambda s: [s.replace(sharding="zero3", gpus=g) for g in (2, 4, 8, 16, 32, 64)]),

@@ -44,7 +44,7 @@ QLORA_CONSTANT_BYTES = 0.127 / 8
 # optimizer states per trainable parameter, in bytes, with fp32 states
 OPTIMIZER_STATE_BYTES = {
     "adamw": 8.0,  # two fp32 moments (Loshchilov & Hutter 2019)
-    "adamw-8bit": 2.0 + 2 * 4 / 2048,  # two 8-bit moments + fp32 absmax per 2048-block (Dettmers 2022)
+    "adamw8bit": 2.0 + 2 * 4 / 2048,  # two 8-bit moments + fp32 absmax per 2048-block (Dettmers 2022)
     "lion": 4.0,  # one fp32 momentum (Chen et al. 2023)
     "sgd": 4.0,  # fp32 momentum buffer
     "adafactor": 0.0,  # factored second moment: rows + cols per matrix (Shazeer & Stern 2018)
