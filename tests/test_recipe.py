@@ -38,6 +38,22 @@ def test_run_then_rerun_skips_finished_stages(tiny_model, docs_jsonl, tmp_path, 
     assert list(third["stages"]) == ["eval_tiny"] and third["stages"]["eval_tiny"]["status"] == "ran"
 
 
+def test_an_option_added_since_at_its_default_does_not_rerun_a_stage(tiny_model, docs_jsonl, tmp_path):
+    """A finished stage's config.yaml lacks an option llm4all gained later: at its default it is the
+    same configuration (the stage would otherwise rerun, its output wiped); at another value, not."""
+    stages = two_stage(tiny_model, docs_jsonl)
+    run(str(write_recipe(tmp_path, stages)), run_dir=tmp_path / "run")
+    saved = tmp_path / "run" / "eval_tiny" / "config.yaml"
+    config = yaml.safe_load(saved.read_text())
+    assert config["batch_size"] == 4 and config["split"] == "validation"  # both at their defaults
+    saved.write_text(yaml.safe_dump({k: v for k, v in config.items() if k != "batch_size"}))
+    again = run(str(write_recipe(tmp_path, stages)), run_dir=tmp_path / "run")
+    assert again["stages"]["eval_tiny"]["status"] == "skipped"
+    stages["eval_tiny"]["batch_size"] = 2  # not the default: a different configuration
+    again = run(str(write_recipe(tmp_path, stages)), run_dir=tmp_path / "run")
+    assert again["stages"]["eval_tiny"]["status"] == "ran"
+
+
 def test_changed_config_reruns_the_stage(tiny_model, docs_jsonl, tmp_path):
     stages = two_stage(tiny_model, docs_jsonl)
     run(str(write_recipe(tmp_path, stages)), run_dir=tmp_path / "run")

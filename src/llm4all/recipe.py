@@ -30,6 +30,7 @@ from __future__ import annotations
 import re
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -143,14 +144,24 @@ def load_recipe(recipe: str | Path, run_dir: Path | None = None) -> tuple[Path, 
     return run_dir, out
 
 
-def _same_config(out: Path, config: dict) -> bool:
+def _same_config(out: Path, config: dict, fn: Callable | None = None) -> bool:
+    """Whether the stage in ``out`` ran with ``config``. An option the command gained since (absent
+    from the saved config) counts as the same when it is at its default: a new llm4all option
+    must not rerun, and so wipe, every finished stage of a run."""
     saved = out / "config.yaml"
     if not saved.exists():
         return False
     try:
-        return yaml.safe_load(saved.read_text()) == config
+        old = yaml.safe_load(saved.read_text())
     except yaml.YAMLError:
         return False
+    if not isinstance(old, dict):
+        return False
+    if old == config or fn is None:
+        return old == config
+    defaults = resolved(fn, {})  # every option at its default (None where it has none)
+    new = {k: v for k, v in config.items() if k in old or k not in defaults or v != defaults[k]}
+    return old == new
 
 
 def _finished_at(out: Path) -> float:
@@ -203,7 +214,7 @@ def run(recipe: str, *, run_dir: Path | None = None, only: list[str] | None = No
             continue
         stale = sorted({*(_stale_inputs(stage, run_dir) if is_done(out) else []),
                         *(n for n in stage["inputs"] if n in rerun)})
-        if not force and is_done(out) and _same_config(out, config) and not stale:
+        if not force and is_done(out) and _same_config(out, config, stage["fn"]) and not stale:
             console.print(f"{label}: done, skipped")
             summary["stages"][name] = {"status": "skipped"}
             continue
@@ -213,7 +224,7 @@ def run(recipe: str, *, run_dir: Path | None = None, only: list[str] | None = No
             console.print(f"{label}: would run{why} -> {out}")
             continue
         console.rule(label)
-        if out.exists() and (force or not _same_config(out, config)):
+        if out.exists() and (force or not _same_config(out, config, stage["fn"])):
             refuse_foreign(out)  # a folder of the user's that happens to bear the stage's name
             shutil.rmtree(out)  # another configuration's partial or finished output
         (out / "DONE").unlink(missing_ok=True)
