@@ -249,3 +249,32 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(shards, tmp_pa
     out = capsys.readouterr().out
     assert "step-000004" in out and "is damaged" in out and "resumed from" in out and "step-000002" in out
     assert result["steps_this_run"] == 4 and result["step"] == 6
+
+
+def test_threads_follow_the_free_cores(shards, tmp_path, monkeypatch, capsys):
+    """On one CPU process the loop computes with the cores other processes leave free, and looks
+    again every RECHECK_STEPS (issue 16 item 5); --threads fixes the count."""
+    import torch
+
+    from llm4all.train import loop
+
+    data, model = shards
+    free = iter([2, 2, 1, 1, 1, 1, 1, 1])
+    monkeypatch.setattr(loop, "free_cores", lambda requested=0: requested or next(free))
+    monkeypatch.setattr(loop, "RECHECK_STEPS", 2)
+    before = torch.get_num_threads()
+    train(data, out=tmp_path / "auto", model=str(model), steps=6, **BASE)
+    rows = [json.loads(x) for x in (tmp_path / "auto" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["threads"] for r in rows] == [2, 2, 2, 2, 1, 1]  # the look before step 5 saw 1 free core
+    assert "step 4: 1 free core(s): computing with 1 thread(s), not 2" in capsys.readouterr().out
+    assert torch.get_num_threads() == before  # restored after training
+    train(data, out=tmp_path / "fixed", model=str(model), steps=4, threads=1, **BASE)
+    rows = [json.loads(x) for x in (tmp_path / "fixed" / "metrics.jsonl").read_text().splitlines()]
+    assert {r["threads"] for r in rows} == {1}
+
+
+def test_llm4all_threads_sets_one_count_for_every_command(monkeypatch):
+    from llm4all.threads import free_cores
+
+    monkeypatch.setenv("LLM4ALL_THREADS", "3")
+    assert free_cores() == 3 and free_cores(1) == 1

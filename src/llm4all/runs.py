@@ -193,7 +193,7 @@ def _jsonable(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def config_hash(arguments: dict[str, Any], ignore: tuple[str, ...] = ("stop_after", "out")) -> str:
+def config_hash(arguments: dict[str, Any], ignore: tuple[str, ...] = ("stop_after", "out", "threads")) -> str:
     """A short stable hash of a command's arguments (a checkpoint belongs to one configuration)."""
     import hashlib
 

@@ -32,7 +32,8 @@ def busy_cores(seconds: float = 0.25) -> float:
 
 
 def free_cores(requested: int = 0) -> int:
-    """Threads to use: ``requested``, or (0) the cores that other processes leave free.
+    """Threads to use: ``requested``, else ``$LLM4ALL_THREADS``, else the cores that other
+    processes leave free.
 
     A core counts as taken when other processes keep it ≥ 85% busy. Measured on this shared
     2-core machine (SmolLM2 GPTQ, 16k tokens): with another process using a full core, two
@@ -41,6 +42,9 @@ def free_cores(requested: int = 0) -> int:
     """
     if requested > 0:
         return requested
+    fixed = os.environ.get("LLM4ALL_THREADS", "")
+    if fixed.isdigit() and int(fixed) > 0:  # the user's one count for every command and stage
+        return int(fixed)
     cores = os.cpu_count() or 1
     return max(1, min(cores, cores - int(busy_cores() + 0.15)))
 

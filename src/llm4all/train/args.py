@@ -76,13 +76,16 @@ class TrainingConfig:
     """hardware peak (dense bf16 TFLOP/s per process) to report MFU; 0 hides it."""
     log_to: tuple[str, ...] = ()
     """extra loggers: tensorboard, mlflow (local store in OUT)."""
+    threads: int = 0
+    """CPU compute threads (0: the cores other processes leave free, checked again every 50
+    steps; the environment variable LLM4ALL_THREADS sets one count for every command)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(self.betas))
         object.__setattr__(self, "log_to", tuple(self.log_to or ()))
         for name in ("seq_len", "micro_batch", "grad_accum", "steps", "keep_last", "eval_tokens"):
             _at_least(name, getattr(self, name), 1)
-        for name in ("warmup", "eval_every", "save_every", "lora_rank"):
+        for name in ("warmup", "eval_every", "save_every", "lora_rank", "threads"):
             _at_least(name, getattr(self, name), 0)
         if self.stop_after is not None:
             _at_least("stop_after", self.stop_after, 1)

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from llm4all.malloc import keep_freed_memory
+from llm4all.threads import free_cores, thread_limit
 from llm4all.train import checkpoint
 from llm4all.train.args import Precision, Strategy, TrainingConfig
 from llm4all.train.optim import build_optimizer
@@ -123,6 +124,30 @@ class _Loggers:
             self.mlflow.end_run()
 
 
+RECHECK_STEPS = 50  # steps between two looks at how many cores other processes leave free
+
+
+class _Threads:
+    """Compute threads of one training process on a CPU: as many as cores are free, looked at again
+    every RECHECK_STEPS as the machine's load changes (OpenMP threads wait on each other, so two
+    threads on two cores run slower than one while another process holds a core: issue 16,
+    docs/benchmarks.md). Several processes or a GPU keep torch's own setting."""
+
+    def __init__(self, cfg: TrainingConfig, dist_: Dist):
+        alone_on_cpu = dist_.device.type == "cpu" and dist_.world == 1
+        self.adaptive = alone_on_cpu and not cfg.threads
+        self.n = free_cores(cfg.threads) if alone_on_cpu else torch.get_num_threads()
+
+    def recheck(self, step: int, steps_done: int) -> None:
+        if not (self.adaptive and steps_done and steps_done % RECHECK_STEPS == 0):
+            return
+        now = free_cores()
+        if now != self.n:
+            print(f"step {step}: {now} free core(s): computing with {now} thread(s), not {self.n}")
+            self.n = now
+            torch.set_num_threads(now)
+
+
 def fit(model: torch.nn.Module, loss_fn: LossFn, sampler, cfg: TrainingConfig, out: Path, *,
         eval_fn: Callable[[torch.nn.Module], dict] | None = None, dist_: Dist | None = None,
         flops_per_token: float = 0.0, config_hash: str = "", params: dict | None = None) -> dict:
@@ -159,9 +184,11 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, sampler, cfg: TrainingConfig, o
     started, start_step = time.perf_counter(), step
     columns = (TextColumn("train"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
                TextColumn("{task.fields[info]}"), TimeRemainingColumn())
-    with Progress(*columns, disable=dist_.rank != 0, transient=True) as bar:
+    threads = _Threads(cfg, dist_)
+    with thread_limit(threads.n), Progress(*columns, disable=dist_.rank != 0, transient=True) as bar:
         task = bar.add_task("train", total=cfg.steps, completed=step, info="")
         while step < cfg.steps:
+            threads.recheck(step, step - start_step)
             if cfg.stop_after is not None and step - start_step >= cfg.stop_after:
                 break
             t0 = time.perf_counter()
@@ -175,7 +202,7 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, sampler, cfg: TrainingConfig, o
             tokens_seen += tokens_per_step
             dt = time.perf_counter() - t0
             metrics = {"loss": loss_avg, "lr": lr, "grad_norm": grad_norm, "tokens": tokens_seen,
-                       "tokens_per_s": tokens_per_step / dt, **extra}
+                       "tokens_per_s": tokens_per_step / dt, "threads": threads.n, **extra}
             if flops_per_token and peak_flops:
                 metrics["mfu"] = flops_per_token * tokens_per_step / dt / peak_flops
             if eval_fn is not None and (step == cfg.steps or (cfg.eval_every and step % cfg.eval_every == 0)):
