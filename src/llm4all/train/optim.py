@@ -24,11 +24,13 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 @OPTIMIZERS.register("adamw")
 def adamw(groups, lr: float, betas=(0.9, 0.95), eps: float = 1e-8):
     """AdamW, decoupled weight decay (Loshchilov & Hutter 2019); fused kernels where available."""
+    from torch.distributed.tensor import DTensor  # not imported by `import torch` itself
+
     params = [p for g in groups for p in g["params"]]
     # torch's fused AdamW (CPU and CUDA) updates all tensors in one kernel per dtype/device group:
     # measured 0.011 s against 0.051 s for the default foreach path on a 19M model here
     fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda")
-                                 and not isinstance(p, torch.distributed.tensor.DTensor) for p in params)
+                                 and not isinstance(p, DTensor) for p in params)
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused or None)
 
 
