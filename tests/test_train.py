@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -146,6 +147,46 @@ def test_curriculum_restricts_early_steps_to_the_easy_documents(shards, tmp_path
     lo = min(r["start"] for r in easy)
     assert (s.starts(0, 64) >= lo).all()
     assert (s.starts(99, 256) < lo).any()
+
+
+def _docs_of(data, starts):
+    from llm4all.data.shards import TokenShards
+    from llm4all.train.sampler import _doc_table
+
+    ids, begin, _ = _doc_table(TokenShards(data), "train")
+    order = np.argsort(begin)
+    return [ids[order[np.searchsorted(begin[order], p, side="right") - 1]] for p in starts]
+
+
+def test_mixture_proportions_hold_and_a_curriculum_paces_each_group(shards, tmp_path):
+    """A mixture draws its groups at their weights; with a curriculum too, the weights still hold at
+    every step and each group offers only what the curriculum allows (its easiest document when
+    the curriculum allows none of its own yet): the combination is explicit, not an override."""
+    import zstandard
+
+    data, _ = shards
+    rows = [json.loads(x) for x in zstandard.ZstdDecompressor().decompress(
+        (data / "train-docs.jsonl.zst").read_bytes(), max_output_size=10**7).decode().splitlines()]
+    ids = [r["id"] for r in rows]
+    a, b = ids[: len(ids) // 2], ids[len(ids) // 2:]
+    mixture = tmp_path / "mixture.json"
+    mixture.write_text(json.dumps({"kind": "mixture", "groups": {"a": {"weight": 0.8, "ids": a},
+                                                                 "b": {"weight": 0.2, "ids": b}}}))
+    drawn = _docs_of(data, WindowSampler(TokenShards(data), seq_len=8, mixture=mixture).starts(3, 4000))
+    assert abs(sum(d in set(a) for d in drawn) / len(drawn) - 0.8) < 0.03
+    curriculum = tmp_path / "curriculum.json"  # easiest first: b's documents from its end, then a's
+    curriculum.write_text(json.dumps({"kind": "curriculum", "ids": ids[::-1],
+                                      "pacing": {"name": "linear", "c0": 0.1}}))
+    both = WindowSampler(TokenShards(data), seq_len=8, curriculum=curriculum, mixture=mixture,
+                         total_steps=100)
+    allowed = set(ids[::-1][: both._allowed(0)])
+    assert allowed <= set(b)
+    early = _docs_of(data, both.starts(0, 4000))
+    assert abs(sum(d in set(a) for d in early) / len(early) - 0.8) < 0.03  # the weights hold
+    assert {d for d in early if d in set(b)} <= allowed  # b: only what the curriculum allows
+    assert {d for d in early if d in set(a)} == {a[-1]}  # a: nothing allowed yet, its easiest
+    late = _docs_of(data, both.starts(99, 4000))
+    assert len({d for d in late if d in set(a)}) > len(a) // 2  # by the end, all of a opens up
 
 
 def test_schedules():

@@ -10,7 +10,10 @@ Sampling: a window of ``seq_len + 1`` tokens starts at a uniformly random token 
 allowed documents (it may run on into the following documents, across EOS). A curriculum
 (``curriculum.json`` from ``llm4all curate``) allows, at step s of S, the first
 ``competence(s, S)`` fraction of its order; a mixture (``mixture.json``) first draws a group
-by weight, then a start inside that group's documents.
+by weight, then a start inside that group's documents. Both together: the mixture's weights
+hold at every step and the curriculum paces each group, which offers only its documents within
+the allowed prefix of the curriculum's order (at least its easiest one; a group none of whose
+documents the curriculum ranks is not paced).
 """
 
 from __future__ import annotations
@@ -75,6 +78,26 @@ class WindowSampler:
                 raise UserError(f"{mixture}: none of its documents are in {shards.path}")
             weights = np.asarray([w for _, w, _ in groups], dtype=np.float64)
             self.mixture = ([m for _, _, m in groups], weights / weights.sum(), [n for n, _, _ in groups])
+        if self.curriculum is not None:  # each document's place in the curriculum (unranked: -1)
+            self._rank = np.full(len(ids), -1, dtype=np.int64)
+            self._rank[self.curriculum[0]] = np.arange(self.curriculum[0].size)
+
+    def _allowed(self, step: int) -> int:
+        """How many documents of the curriculum's order step ``step`` may draw from."""
+        from llm4all.curate.curriculum import competence
+
+        order, pacing = self.curriculum
+        c = competence(step, self.total_steps, pacing["name"], pacing["c0"], pacing.get("n_steps", 4))
+        return max(1, int(np.ceil(c * order.size)))
+
+    def _paced(self, docs: np.ndarray, allowed: int) -> np.ndarray:
+        """The documents of a mixture group the curriculum allows (at least the group's easiest)."""
+        rank = self._rank[docs]
+        ranked = rank >= 0
+        if not ranked.any():
+            return docs
+        keep = docs[ranked & (rank < allowed)]
+        return keep if keep.size else docs[ranked][[np.argmin(rank[ranked])]]
 
     def _starts_from_docs(self, rng: np.random.Generator, docs: np.ndarray, k: int) -> np.ndarray:
         lengths = self._lengths[docs].astype(np.float64)
@@ -85,21 +108,18 @@ class WindowSampler:
     def starts(self, step: int, count: int) -> np.ndarray:
         """Start positions of the ``count`` windows of optimizer step ``step``."""
         rng = np.random.default_rng([self.seed, step])
+        allowed = self._allowed(step) if self.curriculum is not None else None
         if self.mixture is not None:
             members, weights, _ = self.mixture
             group = rng.choice(len(members), size=count, p=weights)
             out = np.empty(count, dtype=np.int64)
             for g in np.unique(group):
                 idx = np.flatnonzero(group == g)
-                out[idx] = self._starts_from_docs(rng, members[g], idx.size)
+                docs = members[g] if allowed is None else self._paced(members[g], allowed)
+                out[idx] = self._starts_from_docs(rng, docs, idx.size)
             return out
-        if self.curriculum is not None:
-            from llm4all.curate.curriculum import competence
-
-            order, pacing = self.curriculum
-            c = competence(step, self.total_steps, pacing["name"], pacing["c0"], pacing.get("n_steps", 4))
-            allowed = order[: max(1, int(np.ceil(c * order.size)))]
-            return self._starts_from_docs(rng, allowed, count)
+        if allowed is not None:
+            return self._starts_from_docs(rng, self.curriculum[0][:allowed], count)
         return rng.integers(0, self.max_start + 1, size=count)
 
     def windows(self, step: int, count: int) -> torch.Tensor:
