@@ -171,33 +171,50 @@ def online_loss(teacher: torch.nn.Module, kd: KDConfig, projector=None, relation
 
 
 def on_policy_loss(teacher: torch.nn.Module, kd: KDConfig, seed: int):
-    """GKD: with probability ``on_policy_fraction`` the batch is replaced by the student's samples."""
+    """GKD (Agarwal et al. 2024, Algorithm 1): with probability ``on_policy_fraction`` the KD term
+    is computed on the student's own samples (continuations of the data prefixes, sampled at
+    temperature 1), scored by the teacher token by token with the divergence (JSD(β) in the
+    paper); otherwise on the data windows. Like every mode the loss is ``alpha · KD + (1 − alpha)
+    · CE``, the cross-entropy always on the data (the ground truth, never the student's samples:
+    that would be self-training on its own errors)."""
     from llm4all.distill.losses import kd_and_ce
 
     rng = np.random.default_rng(seed)
     prefix = kd.prompt_tokens
 
     def loss_fn(model, inputs, labels):
+        kd_inputs, kd_labels = inputs, labels
         if rng.random() < kd.on_policy_fraction:
-            base = model.get_base_model() if hasattr(model, "get_base_model") else model
-            new = inputs.shape[1] - prefix + 1
-            with torch.no_grad():
-                was = base.training
-                base.eval()
-                sample = base.generate(inputs[:, :prefix], do_sample=True, top_k=0, top_p=1.0,
-                                       temperature=1.0, max_new_tokens=new, min_new_tokens=new,
-                                       pad_token_id=0)
-                base.train(was)
-            inputs, labels = sample[:, :-1], sample[:, 1:].clone()
-            labels[:, : prefix - 1] = -100  # score only the student's own tokens
+            kd_inputs, kd_labels = student_samples(model, inputs, prefix)
         with torch.no_grad():
-            t_logits = teacher(input_ids=inputs).logits
-        s_logits = model(input_ids=inputs).logits
-        kd_term, ce = kd_and_ce(kd.divergence, s_logits, t_logits, labels, temperature=kd.temperature,
+            t_logits = teacher(input_ids=kd_inputs).logits
+        s_logits = model(input_ids=kd_inputs).logits
+        kd_term, ce = kd_and_ce(kd.divergence, s_logits, t_logits, kd_labels, temperature=kd.temperature,
                                 **kd.kd_options)
-        return kd_term, {"kd": kd_term.item(), "ce": ce.item()}
+        if kd_inputs is not inputs and kd.alpha < 1:  # the CE term on the data itself
+            ce = torch.nn.functional.cross_entropy(model(input_ids=inputs).logits.flatten(0, 1).float(),
+                                                   labels.flatten(), ignore_index=-100)
+        loss = kd.alpha * kd_term + (1 - kd.alpha) * ce
+        return loss, {"kd": kd_term.item(), "ce": ce.item(), "on_policy": float(kd_inputs is not inputs)}
 
     return loss_fn
+
+
+def student_samples(model: torch.nn.Module, inputs: torch.Tensor,
+                    prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, labels) of the student's own continuations of ``inputs[:, :prefix]``, as long as
+    ``inputs``; labels mask the prefix (-100): only the student's tokens are scored."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    new = inputs.shape[1] - prefix + 1
+    with torch.no_grad():
+        was = base.training
+        base.eval()
+        sample = base.generate(inputs[:, :prefix], do_sample=True, top_k=0, top_p=1.0, temperature=1.0,
+                               max_new_tokens=new, min_new_tokens=new, pad_token_id=0)
+        base.train(was)
+    labels = sample[:, 1:].clone()
+    labels[:, : prefix - 1] = -100
+    return sample[:, :-1], labels
 
 
 def teacher_generations(teacher: torch.nn.Module, tokens: np.ndarray, path: Path, seq_len: int,
