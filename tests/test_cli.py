@@ -66,3 +66,21 @@ def test_ls_lists_curricula_and_mixtures(capsys):
     assert main(["ls", "mixtures"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in ("fixed", "proportional", "temperature", "Arivazhagan"))
+
+
+def test_quiet_and_verbose_flags(tmp_path, capsys, monkeypatch):
+    """-q: nothing on stdout (the result is in the files), errors still on stderr; -v: logging on."""
+    import json
+    import logging
+
+    monkeypatch.delenv("LLM4ALL_QUIET", raising=False)
+    out = tmp_path / "c.json"
+    assert main(["-q", "plan", "chinchilla", "--flops", "1e20", "--out", str(out)]) == 0
+    assert capsys.readouterr().out == "" and json.loads(out.read_text())
+    assert main(["-q", "plan", "chinchilla", "--flops", "-1"]) == 2
+    assert "error" in capsys.readouterr().err
+    monkeypatch.setenv("LLM4ALL_QUIET", "")
+    assert main(["-v", "plan", "chinchilla", "--flops", "1e20"]) == 0
+    assert capsys.readouterr().out and logging.getLogger().level == logging.DEBUG
+    monkeypatch.delenv("LLM4ALL_VERBOSE", raising=False)
+    logging.getLogger().setLevel(logging.WARNING)

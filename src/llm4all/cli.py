@@ -8,8 +8,10 @@ imported only when their command is used, so ``llm4all plan`` never imports torc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import inspect
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -115,11 +117,26 @@ def _table_help(prog: str, table: dict) -> str:
     return "\n".join(lines)
 
 
+def _verbosity(quiet: bool) -> None:
+    """``-q``: no progress bars and no output but errors (results are in the files written);
+    ``-v``: debug logging, transformers' and llama.cpp's own messages included."""
+    import logging
+
+    os.environ["LLM4ALL_QUIET" if quiet else "LLM4ALL_VERBOSE"] = "1"
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")  # a handler, if none yet
+    logging.getLogger().setLevel(logging.ERROR if quiet else logging.DEBUG)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "--version":
         print(f"llm4all {__version__}")
         return 0
+    quiet = False
+    while argv and argv[0] in ("-q", "--quiet", "-v", "--verbose"):
+        flag = argv.pop(0)
+        quiet = flag in ("-q", "--quiet")
+        _verbosity(quiet)
     prog, table = "llm4all", COMMANDS
     target: str | dict = table
     while isinstance(target, dict):
@@ -139,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.get("out"):
             check_out(args["out"], args)
-        fn(*[args.pop(n) for n in positional_only], **args)
+        with contextlib.redirect_stdout(open(os.devnull, "w")) if quiet else contextlib.nullcontext():  # noqa: SIM115
+            fn(*[args.pop(n) for n in positional_only], **args)
     except UserError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2

@@ -71,6 +71,7 @@ def main(model: str, *, out: Path, method: dict, calib: Path | None = None, cali
     from llm4all.data.shards import calibration_windows
     from llm4all.models.load import DTYPES, load
     from llm4all.models.packed.embedding import pack_embeddings
+    from llm4all.progress import progress
     from llm4all.threads import free_cores, thread_limit
 
     start = time.perf_counter()
@@ -93,14 +94,14 @@ def main(model: str, *, out: Path, method: dict, calib: Path | None = None, cali
     unique = {t.data_ptr(): t for t in net.state_dict().values()}  # a tied head counted once
     before = sum(t.numel() * t.element_size() for t in unique.values())
     ids = calibration_windows(Path(calib), calib_tokens, seq_len, seed) if chosen.stats != "none" else None
-    console = Console()
-    with thread_limit(free_cores(threads)) as n_threads:
+    n_layers = len(net.model.layers) if hasattr(net, "model") and hasattr(net.model, "layers") else None
+    with thread_limit(free_cores(threads)) as n_threads, progress(f"compress ({chosen.name})", n_layers,
+                                                                   "layers") as advance:
         if chosen.transform is not None:
             report = chosen.transform(net, ids)
         else:
             report = compress_layers(net, chosen, ids, dtype=getattr(torch, DTYPES[calib_dtype]),
-                                     sequential=sequential,
-                                     progress=lambda i, n: console.print(f"layer {i}/{n}", end="\r"))
+                                     sequential=sequential, progress=lambda i, n: advance())
     report["threads"] = n_threads
     info = {"method": {"name": chosen.name, **chosen.options}, "source": str(model),
             "calibration": {"data": str(calib) if calib else None,
@@ -132,5 +133,5 @@ def main(model: str, *, out: Path, method: dict, calib: Path | None = None, cali
     table = Table(title=f"compress {model} -> {out}", show_header=False)
     for k, v in result.items():
         table.add_row(k, str(v))
-    console.print(table)
+    Console().print(table)
     return result
