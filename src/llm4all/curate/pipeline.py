@@ -211,27 +211,38 @@ def run_steps(built: list[tuple[str, Step]], steps: list[dict], docs: list[Docum
     Returns the kept indices (input order) and one row of counts per step; every removal goes
     to the ledger with its step label and reason (the label, if a step gave none).
     """
+    from llm4all.progress import progress
+
     keep = np.arange(len(docs))
     rows = []
-    for (label, step), spec in zip(built, steps, strict=True):
-        t0 = time.perf_counter()
-        when = spec.get("when") or {}
-        judged = np.asarray([i for i in keep if _matches(docs[i].meta, when)], dtype=np.int64)
-        judged_ids = [docs[i].id for i in judged]
-        decisions = step(judged_ids, [docs[i].text for i in judged], {c: v[judged] for c, v in table.items()})
-        check_decisions(label, decisions, judged_ids)
-        dropped = set()
-        for d, i in zip(decisions, judged, strict=True):
-            if not d.keep:
-                dropped.add(int(i))
-                ledger.remove(label, docs[i].to_dict(), d.reason or {"reason": label})
-        survivors = [int(i) for i in keep if int(i) not in dropped]
-        rows.append({"step": label, "in": int(len(keep)), "judged": int(len(judged)),
-                     "kept": len(survivors), "removed": int(len(keep) - len(survivors)),
-                     "reasons": dict(ledger.by_step.get(label, Counter()).most_common()),
-                     "seconds": round(time.perf_counter() - t0, 3)})
-        keep = np.asarray(survivors, dtype=np.int64)
+    with progress("curate", len(built), "steps") as advance:
+        for (label, step), spec in zip(built, steps, strict=True):
+            rows.append(_one_step(label, step, spec, docs, table, ledger, keep))
+            keep = rows[-1].pop("survivors")
+            advance()
     return keep, rows
+
+
+def _one_step(label: str, step: Step, spec: dict, docs: list[Document], table: dict[str, np.ndarray],
+              ledger: Ledger, keep: np.ndarray) -> dict:
+    """Counts of one step over the documents still kept, and (key ``survivors``) those it keeps."""
+    t0 = time.perf_counter()
+    when = spec.get("when") or {}
+    judged = np.asarray([i for i in keep if _matches(docs[i].meta, when)], dtype=np.int64)
+    judged_ids = [docs[i].id for i in judged]
+    decisions = step(judged_ids, [docs[i].text for i in judged], {c: v[judged] for c, v in table.items()})
+    check_decisions(label, decisions, judged_ids)
+    dropped = set()
+    for d, i in zip(decisions, judged, strict=True):
+        if not d.keep:
+            dropped.add(int(i))
+            ledger.remove(label, docs[i].to_dict(), d.reason or {"reason": label})
+    survivors = [int(i) for i in keep if int(i) not in dropped]
+    return {"step": label, "in": int(len(keep)), "judged": int(len(judged)),
+            "kept": len(survivors), "removed": int(len(keep) - len(survivors)),
+            "reasons": dict(ledger.by_step.get(label, Counter()).most_common()),
+            "seconds": round(time.perf_counter() - t0, 3),
+            "survivors": np.asarray(survivors, dtype=np.int64)}
 
 
 def write_order_manifests(tmp: Path, docs: list[Document], keep: np.ndarray,

@@ -164,7 +164,7 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
 
 
 def loglikelihoods(model, tokenizer, pairs: list[tuple[str, str]], batch_size: int = 16,
-                   max_length: int | None = None) -> list[tuple[float, bool, int]]:
+                   max_length: int | None = None, advance=None) -> list[tuple[float, bool, int]]:
     """(summed log-prob in nats, greedy?, n tokens) of each continuation given its context.
 
     Rows are sorted by length and right-padded: with causal attention, padding after the real
@@ -185,6 +185,8 @@ def loglikelihoods(model, tokenizer, pairs: list[tuple[str, str]], batch_size: i
             idx = order[s : s + batch_size]
             T = len(rows[idx[0]])
             x = torch.zeros(len(idx), T, dtype=torch.long)
+            if advance is not None:
+                advance(len(idx))
             for b, i in enumerate(idx):
                 x[b, : len(rows[i])] = torch.tensor(rows[i])
             if decoder is not None:
@@ -203,8 +205,10 @@ def loglikelihoods(model, tokenizer, pairs: list[tuple[str, str]], batch_size: i
     return out  # type: ignore[return-value]
 
 
-def score_task(model, tokenizer, task: Task, batch_size: int = 16, limit: int | None = None) -> dict:
-    """Metrics of one task (module docstring) and per-item predictions."""
+def score_task(model, tokenizer, task: Task, batch_size: int = 16, limit: int | None = None,
+               progress=None) -> dict:
+    """Metrics of one task (module docstring) and per-item predictions; ``progress``: a
+    ``progress.progress``-like context factory (description, total, unit) for a bar."""
     items = task.items[:limit] if limit else task.items
     pairs, spans = [], []
     for item in items:
@@ -212,7 +216,11 @@ def score_task(model, tokenizer, task: Task, batch_size: int = 16, limit: int | 
         choices, gold = task.continuations(item)
         spans.append((len(pairs), choices, gold))
         pairs += [(ctx, task.target_delimiter + c) for c in choices]
-    lls = loglikelihoods(model, tokenizer, pairs, batch_size)
+    if progress is None:
+        lls = loglikelihoods(model, tokenizer, pairs, batch_size)
+    else:
+        with progress(f"task {task.name}", len(pairs), "continuations") as advance:
+            lls = loglikelihoods(model, tokenizer, pairs, batch_size, advance=advance)
     acc = acc_norm = nll = 0.0
     rows = []
     for item, (start, choices, gold) in zip(items, spans, strict=True):
@@ -264,6 +272,7 @@ def main(
     from rich.table import Table
 
     from llm4all.models.load import load
+    from llm4all.progress import progress
 
     if batch_size < 1 or (limit is not None and limit < 1):
         raise UserError("--batch-size and --limit must be at least 1")
@@ -272,7 +281,7 @@ def main(
     results = {}
     for task in loaded:
         start = time.perf_counter()
-        r = score_task(net, tokenizer, task, batch_size, limit)
+        r = score_task(net, tokenizer, task, batch_size, limit, progress=progress)
         r["seconds"] = round(time.perf_counter() - start, 2)
         results[task.name] = r
     table = Table(title=f"zero-shot tasks: {model} ({dtype})")
