@@ -134,3 +134,26 @@ def test_cli_reports_recipe_errors_in_one_line(tmp_path, capsys):
 def test_every_shipped_recipe_validates(recipe, tmp_path):
     run_dir, stages = load_recipe(recipe, tmp_path / "run")
     assert stages and run_dir == tmp_path / "run"
+
+
+def test_every_stage_leaves_a_plain_text_log(tiny_model, docs_jsonl, tmp_path):
+    run(str(write_recipe(tmp_path, two_stage(tiny_model, docs_jsonl))), run_dir=tmp_path / "run")
+    for stage in ("tokenize", "eval_tiny"):
+        log = (tmp_path / "run" / stage / "log.txt").read_text()
+        assert log.strip() and "\x1b[" not in log
+    assert "perplexity" in (tmp_path / "run" / "eval_tiny" / "log.txt").read_text()
+    assert not list((tmp_path / "run").glob(".*log.txt"))  # moved in, nothing left beside
+
+
+def test_the_stage_log_keeps_text_and_drops_live_redraws(tmp_path, capsys):
+    import sys
+
+    from llm4all.stagelog import stage_log
+
+    with stage_log(tmp_path / "log.txt"):
+        print("\x1b[1mresult\x1b[0m 42")
+        sys.stdout.write("\r\x1b[2Kcompress ━━━━ 3/30\x1b[1A")  # a progress bar's redraw
+        print("done", file=sys.stderr)
+    assert (tmp_path / "log.txt").read_text() == "result 42\ndone\n"
+    seen = capsys.readouterr()
+    assert "\x1b[1mresult" in seen.out and "3/30" in seen.out  # the terminal still gets everything

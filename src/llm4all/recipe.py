@@ -27,6 +27,7 @@ outside its domains, to measure forgetting) and ``${demo_planted}``
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import time
@@ -39,8 +40,10 @@ import yaml
 from llm4all.errors import UserError, did_you_mean
 from llm4all.runs import DONE, MARKER, check_out, is_done, mark_done, refuse_foreign, write_json, write_yaml
 from llm4all.signature import bind, params, resolved
+from llm4all.stagelog import stage_log
 
 TOP_KEYS = ("name", "description", "run_dir", "stages")
+LOG = "log.txt"  # what each stage printed, in its directory
 RECIPES_DIR = Path(__file__).parent / "recipes"
 _VAR = re.compile(r"\$\{([A-Za-z0-9_\-]+)\}")
 BUILTIN = ("run_dir", "demo_corpus", "demo_planted", "outside_corpus")  # variables that are not stages
@@ -234,7 +237,15 @@ def run(recipe: str, *, run_dir: Path | None = None, only: list[str] | None = No
         if stage["kwargs"].get("out"):
             check_out(stage["kwargs"]["out"], stage["kwargs"])
         start = time.perf_counter()
-        stage["fn"](**stage["kwargs"])
+        # beside the stage directory while it runs: a command that replaces its output directory
+        # would take an open log with it; moved in when the stage ends, failed or not
+        log = out.parent / f".{name}.{LOG}"
+        try:
+            with stage_log(log):
+                stage["fn"](**stage["kwargs"])
+        finally:
+            if out.is_dir() and log.exists():
+                os.replace(log, out / LOG)
         seconds = time.perf_counter() - start
         out.mkdir(parents=True, exist_ok=True)
         mark_done(out, config, seconds)
