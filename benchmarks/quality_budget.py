@@ -5,14 +5,15 @@ On the quickstart's token shards (``runs/quickstart/tokenize``), each run evalua
 ``--eval-every`` steps on the same 8,192 validation tokens (windows of 128):
 
 * ``adapt``: SmolLM2-135M (the bundled Q4_1 GGUF de-quantised), LoRA rank 16, lr 5e-4;
-* ``distil``: a 70.8M student (18 teacher layers chosen by block influence, MLP channels by
-  activation importance) of the original teacher, offline top-128 KD, lr 1e-3;
+* ``distil``: a 72.1M student (18 teacher layers chosen by block influence, 896 MLP channels by
+  activation importance: the quickstart's shape) of the original teacher, offline top-128 KD,
+  lr 1e-3;
 * ``scratch``: the same student shape from a random init (``llm4all train``), lr 3e-3;
 
-then the final adapted model and student, GPTQ int4 (act-order, symmetric groups of 32, int8
-embeddings: the quickstart's layout), evaluated once: their points sit at their source's
-token count. The chart (``--out``, SVG) is perplexity against training tokens, log-log; the
-table lists every point.
+then the final adapted model and student, GPTQ int4 (act-order, groups of 32 with zero points,
+int8 embeddings, 32,768 calibration tokens: the quickstart's layout), evaluated once: their
+points sit at their source's token count. The chart (``--out``, SVG) is perplexity against
+training tokens, log-log; the table lists every point.
 
     .venv/bin/python benchmarks/quality_budget.py [--steps 160] [--eval-every 20] [--out quality_budget.svg]
 
@@ -53,7 +54,7 @@ def main() -> None:
 
     loop = {"steps": args.steps, "seq_len": 128, "micro_batch": 4, "warmup": 10, "eval_tokens": 8192,
             "eval_every": args.eval_every}
-    student = {"init_keep": 18, "init_select": "block_influence", "init_intermediate_size": 853,
+    student = {"init_keep": 18, "init_select": "block_influence", "init_intermediate_size": 896,
                "init_width": "activations"}
     print(f"load average {os.getloadavg()[0]:.2f}", flush=True)
     teacher = perplexity("smollm2-135m", args.shards, context=128, stride=128, max_tokens=8192)["ppl"]
@@ -65,12 +66,13 @@ def main() -> None:
                                                                       args.work / "scratch-init")),
           lr=3e-3, **loop)
     curves = {name: curve(args.work / name) for name in ("adapt", "distil", "scratch")}
-    method = {"name": "gptq", "bits": 4, "group_size": 32, "symmetric": True, "act_order": True}
+    method = {"name": "gptq", "bits": 4, "group_size": 32, "symmetric": False, "act_order": True,
+              "gguf_exact": True}
     points = {}
     for name, model in (("adapt int4", "adapt/model"), ("distil int4", "distil/model")):
         out = args.work / name.replace(" ", "-")
         compress(str(args.work / model), out=out, method=method, embeddings="int8", calib=args.shards,
-                 calib_tokens=8192, seq_len=128)
+                 calib_tokens=32768, seq_len=128)
         ppl = perplexity(str(out), args.shards, context=128, stride=128, max_tokens=8192)["ppl"]
         points[name] = (curves[name.split()[0]][-1][0], ppl)
     chart(curves, points, teacher, args.out)
