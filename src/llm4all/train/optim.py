@@ -82,6 +82,9 @@ def lion(groups, lr: float, betas=(0.9, 0.99), eps: float = 1e-8):
 @OPTIMIZERS.register("adamw8bit", requires=("bitsandbytes",))
 def adamw8bit(groups, lr: float, betas=(0.9, 0.95), eps: float = 1e-8):
     """8-bit AdamW, block-wise quantised moments (Dettmers et al. 2022); needs bitsandbytes."""
+    import logging
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # its hub-kernel warning, every run
     try:
         import bitsandbytes as bnb
     except Exception as e:  # ImportError, or a backend that fails to initialise

@@ -27,6 +27,11 @@ def prepare(net, cfg: TrainingConfig):
 
 def add_lora(net, rank: int, alpha: float):
     """Wrap ``net`` with LoRA adapters of ``rank`` on every block Linear (peft); base weights frozen."""
+    import logging
+
+    # peft imports bitsandbytes when installed; its CPU backend then warns, on every run, that it
+    # cannot fetch 4-bit kernels from the hub (which llm4all never asks for)
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError:
