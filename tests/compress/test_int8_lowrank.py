@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -69,17 +68,7 @@ def tiny64(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny64") / "model", hidden=64, layers=2)
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("shards")
-    tokens = np.random.default_rng(0).integers(4, 64, size=4096).astype(np.uint16)
-    tokens.tofile(path / "train-00000.bin")
-    split = {"shards": [{"file": "train-00000.bin", "tokens": 4096}], "tokens": 4096}
-    (path / "index.json").write_text(json.dumps({"dtype": "uint16", "eos_id": 2, "splits": {"train": split}}))
-    return path
-
-
-def test_svd_through_compress_saves_loads_and_matches_its_factors(tiny64, shards, tmp_path):
+def test_svd_through_compress_saves_loads_and_matches_its_factors(tiny64, tmp_path):
     """compress --method svd writes U·V factors where they save FLOPs; loaded back, each factorised
     layer computes x·(U·V)ᵀ, equal to the rank-r truncated SVD of the original weight."""
     from llm4all.compress.command import main as compress

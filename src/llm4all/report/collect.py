@@ -301,10 +301,10 @@ def variants(found: list[dict]) -> tuple[list[dict], list[str]]:
 def _jsonl_zst(path: Path):
     import io
 
-    import zstandard
+    from llm4all.data.readers import ZstdFrames
 
-    with open(path, "rb") as f, zstandard.ZstdDecompressor().stream_reader(f) as raw:
-        for line in io.TextIOWrapper(raw, encoding="utf-8"):
+    with ZstdFrames(open(path, "rb")) as raw:  # noqa: SIM115 - every frame, truncation an error
+        for line in io.TextIOWrapper(io.BufferedReader(raw), encoding="utf-8"):
             if line.strip():
                 yield json.loads(line)
 
@@ -351,7 +351,7 @@ def curation(stage: dict) -> dict:
                 kind = planted_kind(doc.get("meta") or {})
                 if kind:
                     planted.setdefault(kind, {"planted": 0, "removed": 0})["planted"] += 1
-    except (OSError, ValueError, TypeError) as e:
+    except (OSError, ValueError, TypeError, EOFError) as e:  # EOFError: a truncated .zst
         out["notes"].append(f"removed/kept documents unreadable ({type(e).__name__}: {e})")
     out["planted"] = planted
     return out

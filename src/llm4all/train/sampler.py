@@ -30,10 +30,11 @@ from llm4all.errors import UserError
 
 def _doc_table(shards: TokenShards, split: str) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(ids, global start offset, length) of every document in the split's stream."""
-    import zstandard
+    from llm4all.data.readers import ZstdFrames
 
     path = shards.path / f"{split}-docs.jsonl.zst"
-    rows = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True).read()  # noqa: SIM115
+    with ZstdFrames(open(path, "rb")) as f:  # noqa: SIM115 - a truncated index is an error, not fewer documents
+        rows = f.read()
     shard_offsets = np.cumsum([0] + [s["tokens"] for s in shards.index["splits"][split]["shards"]])
     ids, starts, lengths = [], [], []
     for line in rows.decode("utf-8").splitlines():
