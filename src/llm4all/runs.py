@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from llm4all.errors import UserError
+
 DONE = "DONE"
 MANIFEST = "llm4all.json"
 MARKER = ".llm4all"  # an empty file in every directory atomic_dir makes: "llm4all wrote this"
@@ -131,8 +133,6 @@ def made_by_llm4all(path: Path) -> bool:
 
 def refuse_foreign(path: Path) -> None:
     """A UserError unless ``path`` is absent or llm4all's to replace."""
-    from llm4all.errors import UserError
-
     here = Path.cwd().resolve()
     if path.name in ("", ".", "..") or path.resolve() in (here, *here.parents):
         raise UserError(f"--out {path}: the current folder or one above it cannot be replaced; "
@@ -149,8 +149,6 @@ def check_out(out: str | Path, arguments: dict[str, Any], state: tuple[str, ...]
     """A UserError if ``out`` is, or contains, a path another argument names (an input): a command
     that replaces its output directory would delete that input. ``state`` arguments (a teacher
     cache, a checkpoint to resume) may live inside ``out``."""
-    from llm4all.errors import UserError
-
     target = Path(out).resolve()
     for name, value in arguments.items():
         if name == "out" or name in state:
