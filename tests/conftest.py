@@ -42,3 +42,23 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _logging_state():
+    """A test that runs ``llm4all -q``/``-v`` changes process-wide logging levels and the quiet /
+    verbose variables; the next test starts from the state before it."""
+    import logging
+    import os
+
+    root, own = logging.getLogger(), logging.getLogger("llm4all")
+    levels = root.level, own.level
+    env = {k: os.environ.get(k) for k in ("LLM4ALL_QUIET", "LLM4ALL_VERBOSE")}
+    yield
+    root.setLevel(levels[0])
+    own.setLevel(levels[1])
+    for key, value in env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

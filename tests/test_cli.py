@@ -84,3 +84,30 @@ def test_quiet_and_verbose_flags(tmp_path, capsys, monkeypatch):
     assert capsys.readouterr().out and logging.getLogger().level == logging.DEBUG
     monkeypatch.delenv("LLM4ALL_VERBOSE", raising=False)
     logging.getLogger().setLevel(logging.WARNING)
+
+
+def test_status_lines_go_through_logging_and_follow_q_and_v(tmp_path):
+    """issue 16 item 2: library functions log; the command shows INFO on stderr, -q hides it, and a
+    recipe stage's log file keeps it (the handler writes to the current sys.stderr)."""
+    import logging
+    import sys
+
+    from llm4all import logs
+    from llm4all.stagelog import stage_log
+
+    logger = logging.getLogger("llm4all.test")
+    logs.setup()
+    with stage_log(tmp_path / "log.txt"):
+        logger.info("resumed from step 4")
+        logger.warning("checkpoint damaged")
+        logger.debug("not shown at INFO")
+    text = (tmp_path / "log.txt").read_text()
+    assert "resumed from step 4\n" in text and "warning: checkpoint damaged\n" in text
+    assert "not shown" not in text
+    logs.setup(logging.ERROR)  # -q
+    with stage_log(tmp_path / "quiet.txt"):
+        logger.info("hidden")
+    assert "hidden" not in (tmp_path / "quiet.txt").read_text()
+    logs.setup()
+    handlers = [h for h in logging.getLogger("llm4all").handlers if type(h).__name__ == "_CurrentStderr"]
+    assert len(handlers) == 1 and handlers[0].stream is sys.stderr

@@ -20,7 +20,7 @@ PACKAGE = SRC / "llm4all"
 #: the layers of docs/DESIGN.md, lowest first: a package may import its own layer or lower ones
 LAYERS = [
     {"errors", "runs", "registry", "signature", "malloc", "threads", "catalog", "progress", "stagelog",
-     "__init__", "__main__"},
+     "logs", "__init__", "__main__"},
     {"plan", "data", "models"},
     {"train", "evaluate", "curate"},
     {"distill", "export"},

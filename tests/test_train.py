@@ -280,19 +280,20 @@ def test_rerunning_a_finished_run_keeps_its_metrics(shards, tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["model.safetensors", "optimizer.pt", "state.json"])
-def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(shards, tmp_path, capsys, damage):
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(shards, tmp_path, caplog, damage):
     data, model = shards
     args = {"model": str(model), **BASE, "save_every": 2, "keep_last": 3}
     train(data, out=tmp_path / "run", steps=6, stop_after=4, **args)  # checkpoints at steps 2 and 4
     newest = tmp_path / "run" / "checkpoints" / "step-000004" / damage
     newest.write_bytes(newest.read_bytes()[: len(newest.read_bytes()) // 3])
-    result = train(data, out=tmp_path / "run", steps=6, **args)
-    out = capsys.readouterr().out
+    with caplog.at_level("INFO", logger="llm4all"):
+        result = train(data, out=tmp_path / "run", steps=6, **args)
+    out = caplog.text
     assert "step-000004" in out and "is damaged" in out and "resumed from" in out and "step-000002" in out
     assert result["steps_this_run"] == 4 and result["step"] == 6
 
 
-def test_threads_follow_the_free_cores(shards, tmp_path, monkeypatch, capsys):
+def test_threads_follow_the_free_cores(shards, tmp_path, monkeypatch, caplog):
     """On one CPU process the loop computes with the cores other processes leave free, and looks
     again every RECHECK_STEPS (issue 16 item 5); --threads fixes the count."""
     import torch
@@ -304,10 +305,11 @@ def test_threads_follow_the_free_cores(shards, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(loop, "free_cores", lambda requested=0: requested or next(free))
     monkeypatch.setattr(loop, "RECHECK_STEPS", 2)
     before = torch.get_num_threads()
-    train(data, out=tmp_path / "auto", model=str(model), steps=6, **BASE)
+    with caplog.at_level("INFO", logger="llm4all"):
+        train(data, out=tmp_path / "auto", model=str(model), steps=6, **BASE)
     rows = [json.loads(x) for x in (tmp_path / "auto" / "metrics.jsonl").read_text().splitlines()]
     assert [r["threads"] for r in rows] == [2, 2, 2, 2, 1, 1]  # the look before step 5 saw 1 free core
-    assert "step 4: 1 free core(s): computing with 1 thread(s), not 2" in capsys.readouterr().out
+    assert "step 4: 1 free core(s): computing with 1 thread(s), not 2" in caplog.text
     assert torch.get_num_threads() == before  # restored after training
     train(data, out=tmp_path / "fixed", model=str(model), steps=4, threads=1, **BASE)
     rows = [json.loads(x) for x in (tmp_path / "fixed" / "metrics.jsonl").read_text().splitlines()]

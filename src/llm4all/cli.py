@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from llm4all import __version__
+from llm4all import __version__, logs
 from llm4all.errors import UserError, did_you_mean
 from llm4all.runs import check_out
 from llm4all.signature import add_arguments, description, summary
@@ -123,8 +123,13 @@ def _verbosity(quiet: bool) -> None:
     import logging
 
     os.environ["LLM4ALL_QUIET" if quiet else "LLM4ALL_VERBOSE"] = "1"
+    before = list(logging.getLogger().handlers)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")  # a handler, if none yet
+    for handler in logging.getLogger().handlers:
+        if handler not in before:  # llm4all's own records have their handler (logs.py)
+            handler.addFilter(logs.not_llm4all)
     logging.getLogger().setLevel(logging.ERROR if quiet else logging.DEBUG)
+    logs.setup(logging.ERROR if quiet else logging.DEBUG)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llm4all {__version__}")
         return 0
     quiet = False
+    logs.setup()  # status lines (INFO) on stderr unless -q / -v below say otherwise
     while argv and argv[0] in ("-q", "--quiet", "-v", "--verbose"):
         flag = argv.pop(0)
         quiet = flag in ("-q", "--quiet")

@@ -191,8 +191,10 @@ def _jsonable(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def config_hash(arguments: dict[str, Any], ignore: tuple[str, ...] = ("stop_after", "out", "threads")) -> str:
-    """A short stable hash of a command's arguments (a checkpoint belongs to one configuration)."""
+def config_hash(arguments: dict[str, Any],
+                ignore: tuple[str, ...] = ("stop_after", "out", "threads", "device")) -> str:
+    """A short stable hash of a command's arguments (a checkpoint belongs to one configuration;
+    where and on how many threads it runs does not change which: a run resumes on another device)."""
     import hashlib
 
     kept = {k: v for k, v in arguments.items() if k not in ignore}

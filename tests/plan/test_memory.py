@@ -194,3 +194,26 @@ def test_the_planner_names_only_optimizers_train_accepts():
 
     offered = set(typing.get_args(typing.get_type_hints(memory)["optimizer"]))
     assert offered == set(OPTIMIZER_STATE_BYTES) and offered <= set(OPTIMIZERS.names())
+
+
+def test_every_fix_the_planner_suggests_is_a_train_option():
+    """issue 16: `plan` names only what `train` runs (it once suggested `adamw-8bit`)."""
+    import re
+    import shlex
+
+    from llm4all.cli import COMMANDS, _command_parser, resolve
+    from llm4all.plan.cost import _fixes
+
+    parser = _command_parser("llm4all train", resolve(COMMANDS["train"]))
+    names = [name for setup in (Setup(batch=4, attention="math"), Setup(batch=4, optimizer="lion"))
+             for name, _, _ in _fixes(setup)]
+    assert any("--lora-base int4" in n for n in names) and any("adamw8bit" in n for n in names)
+    checked = 0
+    for name in names:
+        options = re.search(r"\(([^()]*)\)$", name.format(batch=2, accum=4, gpus=8)).group(1)
+        options = options.split("... ")[-1]  # after torchrun's own arguments
+        if options.startswith("--"):
+            args = parser.parse_args(["shards", "--out", "run", *shlex.split(options)])
+            assert args.out == "run" or str(args.out) == "run"
+            checked += 1
+    assert checked == len(names) - 1  # all but SDPA attention, which train always uses

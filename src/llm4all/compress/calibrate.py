@@ -20,11 +20,18 @@ faster than fp32 rotary products). The Hessian XᵀX is accumulated in fp32 by B
 (one triangle: half a GEMM's FLOPs). A bf16 product is *not* used for it: rounding its output
 to bf16 made the damped Hessian indefinite for SmolLM2's o_proj inputs and raised GPTQ's layer
 error up to 3.9× (measured here), while fp32 sums of the same bf16 inputs changed it < 1%.
+
+Device: the calibration forward runs where the model is (``compress --device``), so on a GPU
+the forward passes over the calibration windows run there; each Linear's inputs are summed
+into XᵀX on the CPU, and the per-Linear solvers (GPTQ, SparseGPT, ...) run in fp32 on CPU
+copies of one group of Linears at a time, whose results go back to the device: the methods
+have one code path, the one the tests check.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 from collections.abc import Callable
 
@@ -34,6 +41,7 @@ from torch import nn
 
 from llm4all.compress.method import InputStats, Method
 from llm4all.errors import UserError
+from llm4all.models.device import model_device
 from llm4all.models.layers import decoder_layers, linears
 
 PROBE_TOKENS = 8  # tokens of the forward that finds which Linears share an input
@@ -72,7 +80,7 @@ class Accumulator:
     def add(self, x: torch.Tensor) -> None:
         from scipy.linalg import blas
 
-        x = x.reshape(-1, x.shape[-1]).float().contiguous()  # (N, in)
+        x = x.reshape(-1, x.shape[-1]).float().cpu().contiguous()  # (N, in)
         if self.xtx is not None:  # x.numpy().T is X as an (in, N) column-major matrix: C += XᵀX
             self.xtx = blas.ssyrk(1.0, x.numpy().T, beta=1.0, c=self.xtx, trans=0, lower=0, overwrite_c=1)
         else:  # (Σx² of a Hessian is its diagonal)
@@ -108,11 +116,17 @@ def linear_groups(layer: nn.Module, hidden: torch.Tensor, kwargs: dict) -> list[
 
 def _compress_group(method: Method, prefix: str, layer: nn.Module, group: list[str],
                     stats: InputStats | None) -> list[nn.Module]:
+    """The group's compressed modules, on the layer's device (computed on CPU copies: module docstring)."""
+    device = model_device(layer)
     lins = [layer.get_submodule(n) for n in group]
+    if device.type != "cpu":
+        lins = [copy.deepcopy(lin).cpu() for lin in lins]
     names = [prefix + n for n in group]
     if method.compress_group is not None and len(group) > 1:
-        return method.compress_group(names, lins, stats)
-    return [method.compress(n, lin, stats) for n, lin in zip(names, lins, strict=True)]
+        news = method.compress_group(names, lins, stats)
+    else:
+        news = [method.compress(n, lin, stats) for n, lin in zip(names, lins, strict=True)]
+    return [new.to(device) for new in news]
 
 
 def _output(out) -> torch.Tensor:
@@ -131,7 +145,7 @@ def _quantized_pass(layer, groups, hidden, kwargs, method, prefix, autocast, clo
     replaced: dict[str, nn.Module] = {}
 
     def hook_for(group: list[str]) -> Callable:
-        @torch.autocast("cpu", enabled=False)  # the method's own arithmetic stays fp32
+        @torch.autocast(model_device(layer).type, enabled=False)  # the method's arithmetic stays fp32
         def hook(module, args):
             t0 = time.perf_counter()
             acc = Accumulator(args[0].shape[-1], method.stats == "hessian")
@@ -196,13 +210,17 @@ def compress_layers(model: nn.Module, method: Method, ids: torch.Tensor | None =
                     dtype: torch.dtype = torch.bfloat16, batch_size: int = 32,
                     sequential: str = "quantized", progress: Callable[[int, int], None] | None = None
                     ) -> dict:
-    """Replace every Linear of every decoder layer by ``method.compress``; returns timings."""
+    """Replace every Linear of every decoder layer by ``method.compress``; returns timings.
+
+    The calibration forward runs on the model's device (``ids`` are moved there)."""
     layers = decoder_layers(model)
+    device = model_device(model)
     start = time.perf_counter()
     if method.stats == "none":
         for index, layer in enumerate(layers):
-            for name, lin in linears(layer):
-                layer.set_submodule(name, method.compress(f"model.layers.{index}.{name}", lin, None))
+            for name, _ in linears(layer):
+                layer.set_submodule(name, _compress_group(method, f"model.layers.{index}.", layer, [name],
+                                                          None)[0])
             if progress:
                 progress(index + 1, len(layers))
         return {"seconds": round(time.perf_counter() - start, 2), "calibration_tokens": 0}
@@ -212,8 +230,10 @@ def compress_layers(model: nn.Module, method: Method, ids: torch.Tensor | None =
         raise UserError(f"sequential must be 'quantized' or 'original', got {sequential!r}")
 
     def autocast():
-        return torch.autocast("cpu", dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+        on = dtype != torch.float32
+        return torch.autocast(device.type, dtype=dtype) if on else contextlib.nullcontext()
 
+    ids = ids.to(device)
     hidden, kwargs = layer0_inputs(model, ids)
     if dtype != torch.float32:  # RoPE cos/sin in the products' dtype, as a bf16 model has them
         kwargs = {k: tuple(t.to(dtype) for t in v) if k == "position_embeddings" else v

@@ -40,12 +40,32 @@ def dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))
 
 
+def _check(chosen: Method, calib, calib_dtype: str, embeddings: str, recover_steps: int, recover_data,
+           recover_options) -> None:
+    """The options' one-line errors, before any work."""
+    from llm4all.models.load import DTYPES
+
+    if calib_dtype not in DTYPES:
+        raise UserError(f"--calib-dtype: unknown dtype {calib_dtype!r}; valid: bfloat16, float32")
+    if chosen.stats != "none" and calib is None:
+        raise UserError(f"--calib: method {chosen.name!r} needs calibration data (a token-shard directory)")
+    if embeddings not in ("float16", "int8"):
+        raise UserError(f"--embeddings: {embeddings!r} is not valid; valid: float16, int8")
+    if recover_steps < 0 or (recover_steps and recover_data is None):
+        raise UserError("--recover-steps needs a non-negative count and token shards "
+                        "(--recover-data or --calib)")
+    if recover_steps:
+        from llm4all.compress.recover import check_options
+
+        check_options(recover_options, chosen)
+
+
 def main(model: str, *, out: Path, method: dict, calib: Path | None = None, calib_tokens: int = 16384,
          seq_len: int = 128, calib_dtype: Literal["bfloat16", "float32"] = "bfloat16",
          sequential: Literal["quantized", "original"] = "quantized",
          embeddings: Literal["float16", "int8"] = "float16", recover_steps: int = 0,
          recover_data: Path | None = None, recover_options: dict | None = None, threads: int = 0,
-         seed: int = 0) -> dict:
+         seed: int = 0, device: str = "auto") -> dict:
     """Compress MODEL with one quantizer, pruner or factorizer and write a packed checkpoint.
 
     Args:
@@ -63,12 +83,15 @@ def main(model: str, *, out: Path, method: dict, calib: Path | None = None, cali
         recover_options: llm4all distill options for recovery as YAML, e.g. "{lr: 5e-5, mode: offline}".
         threads: compute threads (0: the cores not busy with other processes, from the load average).
         seed: seed for the calibration windows.
+        device: where the calibration forward and the recovery run: auto (CUDA when present, else
+            CPU), cpu, cuda or cuda:N. The per-Linear solvers and structured pruning run on the CPU.
     """
     from rich.console import Console
     from rich.table import Table
 
     from llm4all.compress.calibrate import compress_layers
     from llm4all.data.shards import calibration_windows
+    from llm4all.models.device import resolve_device
     from llm4all.models.load import DTYPES, load
     from llm4all.models.packed.embedding import pack_embeddings
     from llm4all.progress import progress
@@ -76,21 +99,10 @@ def main(model: str, *, out: Path, method: dict, calib: Path | None = None, cali
 
     start = time.perf_counter()
     chosen = build_method(method)  # unknown names and options fail before any work
-    if calib_dtype not in DTYPES:
-        raise UserError(f"--calib-dtype: unknown dtype {calib_dtype!r}; valid: bfloat16, float32")
-    if chosen.stats != "none" and calib is None:
-        raise UserError(f"--calib: method {chosen.name!r} needs calibration data (a token-shard directory)")
-    if embeddings not in ("float16", "int8"):
-        raise UserError(f"--embeddings: {embeddings!r} is not valid; valid: float16, int8")
     recover_data = recover_data or calib
-    if recover_steps < 0 or (recover_steps and recover_data is None):
-        raise UserError("--recover-steps needs a non-negative count and token shards "
-                        "(--recover-data or --calib)")
-    if recover_steps:
-        from llm4all.compress.recover import check_options
-
-        check_options(recover_options, chosen)
-    net, tokenizer = load(model)
+    _check(chosen, calib, calib_dtype, embeddings, recover_steps, recover_data, recover_options)
+    where = resolve_device(device)
+    net, tokenizer = load(model, device=str(where))
     unique = {t.data_ptr(): t for t in net.state_dict().values()}  # a tied head counted once
     before = sum(t.numel() * t.element_size() for t in unique.values())
     ids = calibration_windows(Path(calib), calib_tokens, seq_len, seed) if chosen.stats != "none" else None
@@ -98,7 +110,7 @@ def main(model: str, *, out: Path, method: dict, calib: Path | None = None, cali
     with thread_limit(free_cores(threads)) as n_threads, progress(f"compress ({chosen.name})", n_layers,
                                                                    "layers") as advance:
         if chosen.transform is not None:
-            report = chosen.transform(net, ids)
+            report = chosen.transform(net.cpu(), ids)
         else:
             report = compress_layers(net, chosen, ids, dtype=getattr(torch, DTYPES[calib_dtype]),
                                      sequential=sequential, progress=lambda i, n: advance())
@@ -115,7 +127,9 @@ def main(model: str, *, out: Path, method: dict, calib: Path | None = None, cali
         work = Path(f"{out}.recovery")  # the distill run and the checkpoint before recovery
         spec = {"source": str(model), "method": info["method"], "calibration": info["calibration"]}
         info["recovery"] = recover(net, tokenizer, str(model), work, recover_steps, Path(recover_data),
-                                   {**(recover_options or {})}, attributes=info["attributes"], spec=spec)
+                                   {"device": device, **(recover_options or {})},
+                                   attributes=info["attributes"], spec=spec)
+    net.cpu()  # saved from host memory
     if embeddings == "int8":
         pack_embeddings(net, "int8")
     info["gguf_type"] = gguf_mapping(net)  # the GGUF types `export --type auto` writes, exact or closest

@@ -77,7 +77,7 @@ def recover(net: nn.Module, tokenizer, teacher: str, work: Path, steps: int, dat
     kd, training = check_options(options)
     training = replace(training, steps=steps, warmup=min(training.warmup, max(steps - 1, 0)))
     stamp = work / "compress.json"
-    recovery = {**DEFAULTS, **(options or {})}
+    recovery = {k: v for k, v in {**DEFAULTS, **(options or {})}.items() if k not in ("device", "threads")}
     spec = json.loads(json.dumps({**(spec or {}), "steps": steps, "recovery": recovery}, default=str))
     if stamp.exists() and json.loads(stamp.read_text()) != spec:
         raise UserError(f"{work} holds the recovery run of another compression; remove it or choose "

@@ -72,12 +72,14 @@ def document_fisher(model, ids, params, generator) -> np.ndarray:
     import torch
     import torch.nn.functional as F
 
-    logits = model(input_ids=ids[None]).logits[0, :-1].float()  # (T-1, V): next-token logits
+    from llm4all.models.device import model_device
+
+    logits = model(input_ids=ids[None].to(model_device(model))).logits[0, :-1].float()  # (T-1, V)
     with torch.no_grad():
         y = torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]  # y ~ p_w(.|x)
     loss = F.cross_entropy(logits, y)  # mean over positions of -log p_w(y_t | x_<=t)
     grads = torch.autograd.grad(loss, params)
-    return torch.cat([g.double().pow(2).reshape(g.shape[0], -1).mean(1) for g in grads]).numpy()
+    return torch.cat([g.double().pow(2).reshape(g.shape[0], -1).mean(1) for g in grads]).cpu().numpy()
 
 
 def task2vec_distance(fa: np.ndarray, fb: np.ndarray) -> float:
@@ -148,7 +150,7 @@ def diversity_coefficient(texts: list[str], probe: str = "smollm2-135m", num_bat
                [rng.choice(len(pool), batch_size, replace=False) for _ in range(num_batches)])
     params = probe_parameters(model)
     flags = [p.requires_grad for p in model.parameters()]
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     start = time.perf_counter()
     try:
         for p in model.parameters():
@@ -186,7 +188,7 @@ def reservoir(texts, k: int, seed: int) -> list[str]:
 
 
 def main(data: list[Path], *, probe: str = "smollm2-135m", num_batches: int = 10,
-         batch_size: int = 8, max_tokens: int = 128, seed: int = 0,
+         batch_size: int = 8, max_tokens: int = 128, seed: int = 0, device: str = "auto",
          out: Path | None = None) -> dict:
     """Diversity coefficient of a data set: mean Task2Vec distance between random batches.
 
@@ -197,12 +199,14 @@ def main(data: list[Path], *, probe: str = "smollm2-135m", num_batches: int = 10
         batch_size: documents per batch.
         max_tokens: tokens per document (the first ones).
         seed: seed of the document sample, the batches and the sampled labels.
+        device: where the probe runs: auto (CUDA when present, else CPU), cpu, cuda or cuda:N.
         out: directory for diversity.json (nothing written if not given).
     """
     from rich.console import Console
     from rich.table import Table
 
     from llm4all.data.readers import read_documents
+    from llm4all.models.device import device_env
 
     if num_batches < 2 or batch_size < 1:
         raise UserError("--num-batches must be at least 2 and --batch-size at least 1")
@@ -211,8 +215,9 @@ def main(data: list[Path], *, probe: str = "smollm2-135m", num_batches: int = 10
         raise UserError(f"{manifest} belongs to another stage (or not to llm4all); "
                         "give --out a folder of its own")
     texts = reservoir((d.text for d in read_documents(data)), num_batches * batch_size, seed)
-    result = {"data": [str(p) for p in data],
-              **diversity_coefficient(texts, probe, num_batches, batch_size, max_tokens, seed)}
+    with device_env(device):
+        coefficient = diversity_coefficient(texts, probe, num_batches, batch_size, max_tokens, seed)
+    result = {"data": [str(p) for p in data], **coefficient}
     table = Table(title=f"diversity coefficient (Lee et al. 2023) of {', '.join(result['data'])}")
     for col in ("batches x docs", "coefficient", "95% CI (t, pairs)", "95% CI (bootstrap)",
                 "seconds"):

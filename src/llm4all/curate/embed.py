@@ -72,7 +72,10 @@ def normalize_rows(x: np.ndarray) -> np.ndarray:
 
 
 def _load(model: str):
-    """(network, tokenizer) for a model spec, loaded once per process."""
+    """(network, tokenizer) for a model spec, loaded once per process, on ``LLM4ALL_DEVICE`` (``curate
+    --device`` sets it) or else the auto device."""
+    from llm4all.models.device import resolve_device
+
     if model not in _MODELS:
         if model == "minilm":
             from transformers import AutoModel, AutoTokenizer
@@ -83,10 +86,11 @@ def _load(model: str):
             with quiet_transformers():  # no progress bars or info logs
                 tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
                 net = AutoModel.from_pretrained(path, local_files_only=True).eval()
+            net.to(resolve_device())
         else:
             from llm4all.models.load import load
 
-            net, tokenizer = load(model)
+            net, tokenizer = load(model, device=str(resolve_device()))
             if tokenizer.pad_token is None:  # causal LMs often have none; mask makes it inert
                 tokenizer.pad_token = tokenizer.eos_token
             tokenizer.padding_side = "right"
@@ -98,20 +102,24 @@ def _encode(texts: list[str], model: str, batch_size: int, max_tokens: int) -> n
     """Embed ``texts`` (no memo): batches of similar length, results in input order."""
     import torch
 
+    from llm4all.models.device import model_device
+    from llm4all.progress import progress
+
     net, tokenizer = _load(model)
     order = np.argsort([-len(t) for t in texts], kind="stable")  # long first: less padding
     out: np.ndarray | None = None
-    with torch.inference_mode():
+    with torch.inference_mode(), progress(f"embed ({model})", len(texts), "docs") as advance:
         for start in range(0, len(texts), batch_size):
             idx = order[start : start + batch_size]
+            advance(len(idx))
             enc = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                            max_length=max_tokens, return_tensors="pt")
+                            max_length=max_tokens, return_tensors="pt").to(model_device(net))
             if model == "minilm":
                 hidden = net(**enc).last_hidden_state  # (b, t, 384)
             else:
                 hidden = net(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
                              output_hidden_states=True).hidden_states[-1]  # (b, t, d)
-            vec = mean_pool(hidden.float().numpy(), enc["attention_mask"].numpy())
+            vec = mean_pool(hidden.float().cpu().numpy(), enc["attention_mask"].cpu().numpy())
             if out is None:
                 out = np.empty((len(texts), vec.shape[1]), np.float32)
             out[idx] = vec

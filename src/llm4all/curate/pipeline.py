@@ -75,6 +75,7 @@ def main(
     text_key: str = "text",
     skip_bad: bool = False,
     max_docs: int | None = None,
+    device: str = "auto",
 ) -> dict:
     """Curate documents: signals, filters, dedup, selection; write kept and removed with reasons.
 
@@ -93,8 +94,11 @@ def main(
         text_key: the text field of JSONL/parquet records.
         skip_bad: record malformed input records as removed at step 'read' instead of stopping.
         max_docs: read at most this many documents.
+        device: where model signals, Ask-LLM and embeddings (SemDeDup, D4) run: auto (CUDA when
+            present, else CPU), cpu, cuda or cuda:N; the workers inherit it.
     """
     from llm4all.data.writers import DocumentWriter
+    from llm4all.models.device import device_env
 
     # 0. every name and option, checked before any work
     signals = list(DEFAULT_SIGNALS if signals is None else signals)
@@ -107,7 +111,8 @@ def main(
     timings: dict[str, float] = {}
     start = time.perf_counter()
 
-    with atomic_dir(out) as tmp, DocumentWriter(tmp / "removed.jsonl.zst") as removed_writer:
+    with (device_env(device), atomic_dir(out) as tmp,
+          DocumentWriter(tmp / "removed.jsonl.zst") as removed_writer):
         ledger = Ledger(removed_writer)
         # 1. read
         t0 = time.perf_counter()

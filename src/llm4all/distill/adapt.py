@@ -69,7 +69,8 @@ def main(
     out = Path(out)
     shards = TokenShards(data)
     other = TokenShards(forgetting) if forgetting is not None else None
-    net, tokenizer = load(model)
+    dist_ = setup_distributed(cfg.device)
+    net, tokenizer = load(model, device=str(dist_.device))
     in_domain = validation_fn(shards.tokens("validation", cfg.eval_tokens), cfg.seq_len, "fp32")
     outside = (validation_fn(_all_tokens(other, cfg.eval_tokens), cfg.seq_len, "fp32")
                if other is not None else None)
@@ -78,9 +79,9 @@ def main(
     if self_distill:
         kd = KDConfig(mode="offline", alpha=self_distill, top_k=top_k, teacher_dtype="float32")
         net, metrics = distill_student(net, Teacher(model, "float32"), shards, out, kd, cfg,
-                                       dist_=setup_distributed(), arguments=arguments)
+                                       dist_=dist_, arguments=arguments)
     else:
-        net, metrics = _continue(net, shards, out, cfg, arguments)
+        net, metrics = _continue(net, shards, out, cfg, arguments, dist_)
     if metrics["step"] < cfg.steps:
         print(f"stopped at step {metrics['step']} of {cfg.steps}; rerun the same command to resume")
         return metrics
@@ -105,14 +106,14 @@ def main(
     return result
 
 
-def _continue(net, shards, out: Path, cfg: TrainingConfig, arguments: dict):
+def _continue(net, shards, out: Path, cfg: TrainingConfig, arguments: dict, dist_):
     """Plain continued training: cross-entropy on windows of the domain's train split."""
     from llm4all.train.sampler import WindowSampler
 
     net = prepare(net, cfg)
     evaluate = validation_fn(shards.tokens("validation", cfg.eval_tokens), cfg.seq_len, cfg.precision)
     sampler = WindowSampler(shards, cfg.seq_len, cfg.seed, total_steps=cfg.steps)
-    metrics = fit(net, cross_entropy_loss, sampler, cfg, out, eval_fn=evaluate, dist_=setup_distributed(),
+    metrics = fit(net, cross_entropy_loss, sampler, cfg, out, eval_fn=evaluate, dist_=dist_,
                   flops_per_token=flops_per_token(net, cfg.seq_len), config_hash=config_hash(arguments),
                   params=arguments)
     return net, metrics

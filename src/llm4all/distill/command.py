@@ -51,7 +51,7 @@ def main(
     from llm4all.models.load import load_tokenizer
 
     out = Path(out)
-    dist_ = setup_distributed()
+    dist_ = setup_distributed(training.device)
     shards = TokenShards(data)
     tokenizer = load_tokenizer(shards.index["tokenizer_path"])
     if kd.mode != "sequence":  # the shards' tokenizer is the student's; logit KD needs the teacher's
@@ -93,6 +93,7 @@ def _student(teacher: str, student: str | None, vocab_size: int, cfg: TrainingCo
              data: Path):
     """(model, source): the student given by --student, or one initialised from the teacher's layers."""
     from llm4all.models.build import build_model
+    from llm4all.models.device import resolve_device
 
     if student is not None:
         net, _, source = build_model(student, vocab_size, cfg.seq_len, cfg.seed)
@@ -102,5 +103,5 @@ def _student(teacher: str, student: str | None, vocab_size: int, cfg: TrainingCo
     ids = calibration_windows(data, init.init_calibration_tokens, cfg.seq_len, cfg.seed) \
         if init.needs_calibration else None
     net, _, source = build_model("", vocab_size, cfg.seq_len, cfg.seed, init_from=teacher, student=init,
-                                 calibration_ids=ids)
+                                 calibration_ids=ids, device=str(resolve_device(cfg.device)))
     return net, source

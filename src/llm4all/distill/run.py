@@ -17,7 +17,7 @@ from llm4all.distill.args import KDConfig
 from llm4all.distill.step import Teacher, build_step
 from llm4all.runs import config_hash
 from llm4all.train.args import TrainingConfig
-from llm4all.train.loop import Dist, fit, flops_per_token, validation_fn
+from llm4all.train.loop import Dist, fit, flops_per_token, setup_distributed, validation_fn
 from llm4all.train.prepare import prepare
 
 
@@ -33,12 +33,15 @@ def distill_student(student: torch.nn.Module, teacher: Teacher, shards, out: Pat
         out: run directory: metrics.jsonl and checkpoints/ (resumed when present).
         kd: the distillation options.
         cfg: the training loop's options.
-        dist_: the torchrun process group (default: one process).
+        dist_: the torchrun process group and device (default: one process on ``cfg.device``);
+            the teacher and the student run there.
         arguments: the run's arguments, recorded and hashed to tie checkpoints to this run.
     """
     kd.cross_check(cfg)
+    dist_ = dist_ or setup_distributed(cfg.device)
+    teacher.device = str(dist_.device)
     evaluate = validation_fn(shards.tokens("validation", cfg.eval_tokens), cfg.seq_len, cfg.precision)
-    student = prepare(student, cfg)
+    student = prepare(student, cfg).to(dist_.device)  # before a self-distillation teacher is copied
     sampler, loss_fn = build_step(kd, cfg, teacher, student, shards, Path(out))
     arguments = arguments or {}
     metrics = fit(student, loss_fn, sampler, cfg, Path(out), eval_fn=evaluate, dist_=dist_,

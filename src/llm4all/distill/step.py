@@ -45,13 +45,15 @@ class Teacher:
 
     name: str
     dtype: str = "bfloat16"
+    device: str = "cpu"
+    """where it runs: the student's device (``distill_student`` sets it)."""
     _model: torch.nn.Module | None = None
 
     def model(self) -> torch.nn.Module:
         if self._model is None:
             from llm4all.models.load import load
 
-            self._model, _ = load(self.name, dtype=self.dtype)
+            self._model, _ = load(self.name, dtype=self.dtype, device=self.device)
             self._model.requires_grad_(False)
         return self._model
 
@@ -223,6 +225,7 @@ def teacher_generations(teacher: torch.nn.Module, tokens: np.ndarray, path: Path
     if not path.exists():
         from rich.progress import track
 
+        from llm4all.models.device import model_device
         from llm4all.runs import atomic_path
 
         tokens = torch.from_numpy(np.asarray(tokens, dtype=np.int64))
@@ -231,10 +234,11 @@ def teacher_generations(teacher: torch.nn.Module, tokens: np.ndarray, path: Path
         rows = []
         for i in track(range(0, n, 8), description="teacher generations"):
             prompts = torch.stack([tokens[s : s + prompt_tokens] for s in starts[i : i + 8]])
+            prompts = prompts.to(model_device(teacher))
             with torch.no_grad():
                 gen = teacher.generate(prompts, do_sample=False, max_new_tokens=new, min_new_tokens=new,
                                        pad_token_id=0)
-            rows.append(gen[:, : seq_len + 1])
+            rows.append(gen[:, : seq_len + 1].cpu())
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
             torch.save(torch.cat(rows), tmp)

@@ -20,7 +20,7 @@ def init_student(teacher: str, *, out: Path, every: int | None = None, layers: l
                  hidden_size: int | None = None, intermediate_size: int | None = None,
                  num_attention_heads: int | None = None, num_key_value_heads: int | None = None,
                  calibration: Path | None = None, calibration_tokens: int = 2048,
-                 dtype: str = "float32") -> dict:
+                 dtype: str = "float32", device: str = "auto") -> dict:
     """Initialise a student from a teacher and write it as an HF directory (with its tokenizer).
 
     Args:
@@ -36,16 +36,19 @@ def init_student(teacher: str, *, out: Path, every: int | None = None, layers: l
             default: the teacher's embedding rows.
         calibration_tokens: tokens of --calibration to use (in rows of 256).
         dtype: float32, bfloat16 or float16.
+        device: where the teacher's calibration forward runs: auto (CUDA when present, else CPU),
+            cpu, cuda or cuda:N.
     """
     import time
 
+    from llm4all.models.device import resolve_device
     from llm4all.models.load import load, resolve
     from llm4all.models.presets import count_parameters
     from llm4all.models.quiet import quiet_transformers
     from llm4all.runs import atomic_dir, write_manifest
 
     start = time.perf_counter()
-    model, tokenizer = load(teacher, dtype=dtype)
+    model, tokenizer = load(teacher, dtype=dtype, device=str(resolve_device(device)))
     ids = None
     if calibration is not None:
         from llm4all.data.readers import read_documents

@@ -70,13 +70,16 @@ def teacher_topk(model, input_ids, k: int, autocast_dtype=None):
     """
     import torch
 
+    from llm4all.models.device import model_device
+
+    device = model_device(model)
     backbone = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
     head = model.get_output_embeddings()
-    cast = torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast_dtype is not None)
+    cast = torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
     with torch.inference_mode(), cast:
-        hidden = backbone(input_ids=input_ids).last_hidden_state  # (B, L, H)
+        hidden = backbone(input_ids=input_ids.to(device)).last_hidden_state  # (B, L, H)
         rows = [topk_logprobs(head(hidden[b]), k) for b in range(input_ids.shape[0])]
-    return tuple(torch.stack(parts) for parts in zip(*rows, strict=True))
+    return tuple(torch.stack(parts).cpu() for parts in zip(*rows, strict=True))
 
 
 def _shard_names(j: int) -> dict[str, str]:
@@ -266,7 +269,7 @@ class TeacherCache:
 
 def main(teacher: str, data: Path, *, out: Path, split: str = "train", seq_len: int = 256, top_k: int = 64,
          batch_size: int = 8, dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16",
-         max_windows: int | None = None, seed: int = 0) -> dict:
+         max_windows: int | None = None, seed: int = 0, device: str = "auto") -> dict:
     """Cache a teacher's top-k next-token log-probabilities over token shards, for offline KD.
 
     Args:
@@ -280,13 +283,15 @@ def main(teacher: str, data: Path, *, out: Path, split: str = "train", seq_len: 
         dtype: teacher compute dtype: bfloat16, float16 or float32.
         max_windows: cache at most this many windows, drawn uniformly from the whole split.
         seed: seed of the permutation that draws the windows.
+        device: where the teacher runs: auto (CUDA when present, else CPU), cpu, cuda or cuda:N.
     """
     from llm4all.data.shards import TokenShards
+    from llm4all.models.device import resolve_device
     from llm4all.models.load import load
 
     start = time.perf_counter()
     shards = TokenShards(data)
-    model, tok = load(teacher, dtype=dtype)
+    model, tok = load(teacher, dtype=dtype, device=str(resolve_device(device)))
     _check_vocab(shards, tok, teacher, model.config.vocab_size)
     index = build_cache(model, data, out, split=split, seq_len=seq_len, top_k=top_k, batch_size=batch_size,
                         dtype=dtype, max_windows=max_windows, teacher_name=teacher, seed=seed)

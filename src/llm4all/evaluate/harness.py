@@ -33,12 +33,13 @@ class Llm4allLM(_lm_base()):
     """An lm-eval ``LM`` over an llm4all model (a name, an HF dir, a .gguf, or a loaded model)."""
 
     def __init__(self, model="smollm2-135m", tokenizer=None, dtype: str = "float32", batch_size: int = 16,
-                 max_length: int | None = None):
+                 max_length: int | None = None, device: str = "auto"):
         super().__init__()
         if isinstance(model, str | Path):
+            from llm4all.models.device import resolve_device
             from llm4all.models.load import load
 
-            model, tokenizer = load(model, dtype=dtype)
+            model, tokenizer = load(model, dtype=dtype, device=str(resolve_device(device)))
         if tokenizer is None:
             raise UserError("Llm4allLM: pass the tokenizer with an already loaded model")
         self.model, self.tokenizer, self.batch_size = model, tokenizer, int(batch_size)
@@ -75,6 +76,8 @@ class Llm4allLM(_lm_base()):
         """Greedy continuation of each context, up to ``max_gen_toks`` tokens or a stop string."""
         import torch
 
+        from llm4all.models.device import model_device
+
         out = []
         for context, kwargs in (r.args for r in requests):
             kwargs = dict(kwargs or {})
@@ -82,6 +85,7 @@ class Llm4allLM(_lm_base()):
             until = [until] if isinstance(until, str) else list(until)
             budget = int(kwargs.get("max_gen_toks", 256))
             ids = self.tokenizer(context, add_special_tokens=False, return_tensors="pt")["input_ids"]
+            ids = ids.to(model_device(self.model))
             ids = ids[:, -(self.max_length - budget):] if ids.shape[1] + budget > self.max_length else ids
             with torch.inference_mode():
                 gen = self.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
@@ -119,6 +123,7 @@ def main(
     dtype: Literal["float32", "bfloat16"] = "float32",
     batch_size: int = 16,
     limit: int | None = None,
+    device: str = "auto",
     out: Path | None = None,
 ) -> dict:
     """Evaluate MODEL with lm-evaluation-harness on local llm4all tasks or lm-eval's own tasks.
@@ -130,6 +135,7 @@ def main(
         dtype: float32 or bfloat16.
         batch_size: (context, continuation) pairs per forward pass.
         limit: evaluate only the first N documents of each task.
+        device: auto (CUDA when present, else CPU), cpu, cuda or cuda:N.
         out: directory for harness.json (nothing written if not given).
     """
     from llm4all.evaluate.tasks import load_task, task_names
@@ -144,7 +150,7 @@ def main(
         specs.append(lm_eval_config(load_task(name)) if local else name)
     from lm_eval.tasks import TaskManager
 
-    lm = Llm4allLM(model, dtype=dtype, batch_size=batch_size)
+    lm = Llm4allLM(model, dtype=dtype, batch_size=batch_size, device=device)
     # indexing lm-eval's ~200 built-in task folders takes tens of seconds: only when one is asked for
     manager = TaskManager(include_defaults=any(isinstance(s, str) for s in specs))
     results = lm_eval.simple_evaluate(model=lm, tasks=specs, limit=limit, log_samples=False,

@@ -50,7 +50,7 @@ def window_nll(model, input_ids, n_targets: list[int], chunk: int = 256,
     sums = []
     for b in range(B):
         first = T - n_targets[b]  # first target position
-        total = torch.zeros((), dtype=torch.float64)
+        total = torch.zeros((), dtype=torch.float64, device=input_ids.device)
         for s in range(first, T, chunk):
             e = min(s + chunk, T)
             logits = head(hidden[b, s - 1 : e - 1]).float()  # (chunk, V): predicts tokens s..e-1
@@ -64,11 +64,14 @@ def perplexity(model, tokens: np.ndarray, context: int = 1024, stride: int | Non
     """Perplexity of ``model`` on a 1-D token array; returns nll, ppl, token and window counts."""
     import torch
 
+    from llm4all.models.device import model_device
+
     stride = stride or context
     wins = windows(len(tokens), context, stride)
     if not wins:
         raise UserError(f"need at least 2 tokens to measure perplexity, got {len(tokens)}")
     ids = torch.from_numpy(np.asarray(tokens, dtype=np.int64))
+    device = model_device(model)
     nll, scored = 0.0, 0
     # group by window length so rows of a batch are equal length (only the last window differs)
     by_len: dict[int, list[tuple[int, int, int]]] = {}
@@ -78,7 +81,7 @@ def perplexity(model, tokens: np.ndarray, context: int = 1024, stride: int | Non
         for group in by_len.values():
             for i in range(0, len(group), batch_size):
                 batch = group[i : i + batch_size]
-                x = torch.stack([ids[b:e] for b, e, _ in batch])
+                x = torch.stack([ids[b:e] for b, e, _ in batch]).to(device)
                 nll += sum(window_nll(model, x, [n for _, _, n in batch], full_forward=full_forward))
                 scored += sum(n for _, _, n in batch)
                 if progress is not None:
@@ -124,6 +127,7 @@ def main(
     max_tokens: int | None = None,
     text_key: str = "text",
     engine: Literal["auto", "torch", "llama.cpp"] = "auto",
+    device: str = "auto",
     out: Path | None = None,
 ) -> dict:
     """Strided-window perplexity of MODEL on DATA (token shards or documents).
@@ -140,6 +144,7 @@ def main(
         text_key: the text field of JSONL/parquet documents.
         engine: torch (llm4all's own forward, packed kernels included), llama.cpp (a .gguf file, run by
             llama.cpp itself: what a user of the file gets), or auto (llama.cpp for a .gguf, else torch).
+        device: where the torch engine runs: auto (CUDA when present, else CPU), cpu, cuda, cuda:N.
         out: directory for perplexity.json (nothing written if not given).
     """
     import torch
@@ -147,13 +152,15 @@ def main(
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
 
+    from llm4all.models.device import resolve_device
     from llm4all.models.load import load
 
     if context < 2 or batch_size < 1 or (max_tokens is not None and max_tokens < 2):
         raise UserError("--context and --max-tokens must be at least 2, --batch-size at least 1")
     if engine == "llama.cpp" or (engine == "auto" and str(model).endswith(".gguf")):
         return _in_llama_cpp(model, Path(data), split, context, stride, max_tokens, out)
-    net, tokenizer = load(model, dtype=dtype)
+    where = resolve_device(device)
+    net, tokenizer = load(model, dtype=dtype, device=str(where))
     limit = getattr(net.config, "max_position_embeddings", None)
     if limit:
         context = min(context, limit)
@@ -173,7 +180,7 @@ def main(
     result = {"model": str(model), "data": source, "dtype": dtype, "context": context,
               "stride": stride, **result, "seconds": round(seconds, 2),
               "tokens_per_second": round(result["tokens"] / seconds), "runtime": "torch",
-              "torch_threads": torch.get_num_threads()}
+              "device": str(where), "torch_threads": torch.get_num_threads()}
     table = Table(title=f"perplexity of {model} on {source}")
     for col in ("dtype", "context/stride", "tokens", "ppl", "bits/token", "tok/s"):
         table.add_column(col, justify="right")

@@ -53,7 +53,7 @@ class SinkLayer(_layer_base()):
     def _cos_sin(self, like, start: int, n: int):
         import torch
 
-        pos = torch.arange(start, start + n)[None]  # (1, n) slots
+        pos = torch.arange(start, start + n, device=like.device)[None]  # (1, n) slots
         cos, sin = self.rotary(like.float(), pos)  # (1, n, D), including the attention scaling s
         return cos[:, None], sin[:, None], float(self.rotary.attention_scaling)
 
@@ -109,8 +109,10 @@ def streaming_nll(model, tokens: list[int], n_sink: int, window: int, chunk: int
     """Mean NLL (nats) of tokens[1:] decoded through a sink + window cache (``n_sink=0``: window only)."""
     import torch
 
+    from llm4all.models.device import model_device
+
     cache, total, sizes = sink_cache(model, n_sink, window), 0.0, set()
-    ids = torch.tensor(tokens)
+    ids = torch.tensor(tokens, device=model_device(model))
     with torch.inference_mode():
         for s in range(0, len(tokens) - 1, chunk):
             x = ids[s : min(s + chunk, len(tokens) - 1)]
@@ -127,12 +129,15 @@ def streaming_generate(model, prompt: list[int], max_new_tokens: int, n_sink: in
     """Greedy generation through a sink + window cache (positions stay below n_sink + window + 1)."""
     import torch
 
+    from llm4all.models.device import model_device
+
+    device = model_device(model)
     cache, out, feed = sink_cache(model, n_sink, window), [], list(prompt)
     with torch.inference_mode():
         while len(out) < max_new_tokens:
             for s in range(0, len(feed), window):  # a long prompt goes in window-sized pieces
-                logits = model(input_ids=torch.tensor([feed[s : s + window]]), past_key_values=cache,
-                               use_cache=True).logits[0, -1]
+                piece = torch.tensor([feed[s : s + window]], device=device)
+                logits = model(input_ids=piece, past_key_values=cache, use_cache=True).logits[0, -1]
                 evict_all(cache)
             out.append(int(logits.argmax()))
             feed = out[-1:]
@@ -149,6 +154,7 @@ def main(
     chunk: int = 1,
     generate: int = 0,
     text_key: str = "text",
+    device: str = "auto",
     out: Path | None = None,
 ) -> dict:
     """StreamingLLM: perplexity of a long text with sink + window cache vs window only vs full context.
@@ -162,6 +168,7 @@ def main(
         chunk: tokens per forward pass (1 = the paper's token-by-token evaluation).
         generate: also generate this many greedy tokens past the window, with and without sinks.
         text_key: the text field of JSONL/parquet documents.
+        device: auto (CUDA when present, else CPU), cpu, cuda or cuda:N.
         out: directory for sinks.json (nothing written if not given).
     """
     import numpy as np
@@ -170,12 +177,13 @@ def main(
 
     from llm4all.data.readers import read_documents
     from llm4all.evaluate.perplexity import perplexity
+    from llm4all.models.device import resolve_device
     from llm4all.models.load import load
     from llm4all.runs import write_json, write_manifest
 
     if max_tokens < 2 or chunk < 1:
         raise UserError("--max-tokens must be at least 2 and --chunk at least 1")
-    net, tokenizer = load(model)
+    net, tokenizer = load(model, device=str(resolve_device(device)))
     sink_cache(net, sinks, window)  # validate before the slow part
     if data is None:
         from llm4all.data.demo import demo_corpus_path

@@ -36,7 +36,10 @@ def _forward(model, cache, ids: list[int]):
     """Logits (len(ids), V) of ``ids`` appended to what ``cache`` holds."""
     import torch
 
-    out = model(input_ids=torch.tensor([ids]), past_key_values=cache, use_cache=True)
+    from llm4all.models.device import model_device
+
+    out = model(input_ids=torch.tensor([ids], device=model_device(model)), past_key_values=cache,
+                use_cache=True)
     return out.logits[0]
 
 
@@ -156,10 +159,14 @@ def speculative(target, draft, prompt: list[int], max_new_tokens: int, k: int = 
     return new, {"proposed": proposed, "accepted": accepted, "target_forwards": steps}
 
 
-def make_draft(spec: str, target, dtype: str = "float32"):
-    """A draft from a spec: layers:N, every:K, dtype:D, ngram:N, a model name/path, or A|B."""
+def make_draft(spec: str, target, dtype: str = "float32", device=None):
+    """A draft from a spec: layers:N, every:K, dtype:D, ngram:N, a model name/path, or A|B,
+    on ``device`` (default: the target's)."""
+    from llm4all.models.device import model_device
+
+    device = device if device is not None else model_device(target)
     if "|" in spec:
-        return ChainDraft([make_draft(part, target, dtype) for part in spec.split("|")])
+        return ChainDraft([make_draft(part, target, dtype, device) for part in spec.split("|")])
     kind, _, arg = spec.partition(":")
     if kind == "dtype" and arg in ("bfloat16", "float16"):
         import copy
@@ -183,10 +190,10 @@ def make_draft(spec: str, target, dtype: str = "float32"):
             raise UserError(f"draft {spec!r}: N must be in 1..{layers - 1} (the target has {layers} layers)")
         student = student_from_teacher(target, layers=list(range(value)) if kind == "layers" else None,
                                        every=value if kind == "every" else None)
-        return ModelDraft(student)
+        return ModelDraft(student.to(device))
     from llm4all.models.load import load
 
-    model, _ = load(spec, dtype=dtype)
+    model, _ = load(spec, dtype=dtype, device=str(device))
     if model.config.vocab_size != target.config.vocab_size:
         raise UserError(f"draft {spec!r} has a vocabulary of {model.config.vocab_size}, the target "
                         f"{target.config.vocab_size}: a draft must share the target's tokenizer")
@@ -209,8 +216,10 @@ def demo_prompts(n: int = 8) -> list[str]:
 
 
 def compare(target, draft_spec: str, prompts: list[list[int]], max_new_tokens: int, k: int,
-            dtype: str = "float32") -> dict:
-    """Time the target alone and speculative decoding on the same prompts; assert equal output."""
+            dtype: str = "float32", advance=None, device=None) -> dict:
+    """Time the target alone and speculative decoding on the same prompts; assert equal output.
+
+    ``advance()``, if given, is called after each prompt (a progress bar's)."""
     base_s = spec_s = 0.0
     stats = {"proposed": 0, "accepted": 0, "target_forwards": 0, "tokens": 0}
     greedy(target, prompts[0][:8], 4)  # warm-up
@@ -218,7 +227,7 @@ def compare(target, draft_spec: str, prompts: list[list[int]], max_new_tokens: i
         start = time.perf_counter()
         ref = greedy(target, p, max_new_tokens)
         base_s += time.perf_counter() - start
-        draft = make_draft(draft_spec, target, dtype)
+        draft = make_draft(draft_spec, target, dtype, device)
         start = time.perf_counter()
         out, st = speculative(target, draft, p, max_new_tokens, k)
         spec_s += time.perf_counter() - start
@@ -226,6 +235,8 @@ def compare(target, draft_spec: str, prompts: list[list[int]], max_new_tokens: i
         for key in ("proposed", "accepted", "target_forwards"):
             stats[key] += st[key]
         stats["tokens"] += len(out)
+        if advance is not None:
+            advance()
     return {"draft": draft_spec, "k": k, "prompts": len(prompts), **stats,
             "acceptance": stats["accepted"] / max(stats["proposed"], 1),
             "tokens_per_target_forward": stats["tokens"] / stats["target_forwards"],
@@ -246,6 +257,7 @@ def main(
     max_new_tokens: int = 64,
     k: int = 4,
     dtype: Literal["float32", "bfloat16"] = "float32",
+    device: str = "auto",
     out: Path | None = None,
 ) -> dict:
     """Greedy speculative decoding of TARGET with each DRAFT: acceptance, tokens/s, speed-up.
@@ -260,13 +272,16 @@ def main(
         max_new_tokens: tokens generated per prompt.
         k: draft tokens proposed per target forward pass.
         dtype: float32 or bfloat16.
+        device: auto (CUDA when present, else CPU), cpu, cuda or cuda:N; the drafts follow the target.
         out: directory for speculative.json (nothing written if not given).
     """
     import torch
     from rich.console import Console
     from rich.table import Table
 
+    from llm4all.models.device import resolve_device
     from llm4all.models.load import load
+    from llm4all.progress import progress
     from llm4all.runs import write_json, write_manifest
 
     if max_new_tokens < 1:
@@ -280,9 +295,11 @@ def main(
         texts = [s for s in path.read_text(encoding="utf-8").splitlines() if s.strip()]
         if not texts:
             raise UserError(f"--prompts {prompts}: no prompts in the file")
-    net, tokenizer = load(target, dtype=dtype)
+    where = resolve_device(device)
+    net, tokenizer = load(target, dtype=dtype, device=str(where))
     ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    rows = [compare(net, d, ids, max_new_tokens, k, dtype) for d in draft]
+    with progress("eval speculative", total=len(draft) * len(ids), unit="prompts") as advance:
+        rows = [compare(net, d, ids, max_new_tokens, k, dtype, advance, where) for d in draft]
     table = Table(title=f"speculative decoding, target {target} ({dtype}, {torch.get_num_threads()} threads)")
     for col in ("draft", "k", "acceptance", "tokens/forward", "target tok/s", "spec tok/s", "speed-up"):
         table.add_column(col, justify="right")

@@ -32,8 +32,21 @@ from llm4all.errors import UserError
 def _ids(model, batch: int, length: int, seed: int = 0):
     import torch
 
+    from llm4all.models.device import model_device
+
     g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, model.config.vocab_size, (batch, length), generator=g)
+    return torch.randint(0, model.config.vocab_size, (batch, length), generator=g).to(model_device(model))
+
+
+def _clock(model) -> float:
+    """``time.perf_counter()`` once the model's device has finished its queued work (CUDA is async)."""
+    import torch
+
+    from llm4all.models.device import model_device
+
+    if model_device(model).type == "cuda":
+        torch.cuda.synchronize(model_device(model))
+    return time.perf_counter()
 
 
 def prefill_speed(model, length: int, batch: int = 1, repeats: int = 3) -> dict:
@@ -43,9 +56,9 @@ def prefill_speed(model, length: int, batch: int = 1, repeats: int = 3) -> dict:
     x, best = _ids(model, batch, length), float("inf")
     with torch.inference_mode():
         for _ in range(repeats):
-            start = time.perf_counter()
+            start = _clock(model)
             model(input_ids=x, use_cache=True)
-            best = min(best, time.perf_counter() - start)
+            best = min(best, _clock(model) - start)
     return {"prompt_tokens": length, "batch": batch, "seconds": best, "tokens_per_s": batch * length / best}
 
 
@@ -63,8 +76,8 @@ def decode_speed(model, new_tokens: int = 32, batch: int = 1, prompt: int = 32, 
             self.times = []
 
         def __call__(self, input_ids, scores, **kwargs):
-            self.times.append(time.perf_counter())
-            return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+            self.times.append(_clock(model))
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
     x = _ids(model, batch, prompt)
     steps, rates = [], []
@@ -85,11 +98,13 @@ def decode_speed(model, new_tokens: int = 32, batch: int = 1, prompt: int = 32, 
             "latency_ms": {"p50": 1e3 * p50, "p90": 1e3 * p90, "p99": 1e3 * p99}}
 
 
-def peak_memory(model: str, dtype: str, length: int, batch: int, new_tokens: int) -> dict:
-    """RSS (MiB) before and after loading, and the high-water mark, of a fresh process."""
+def peak_memory(model: str, dtype: str, length: int, batch: int, new_tokens: int,
+                device: str = "cpu") -> dict:
+    """RSS (MiB) before and after loading, and the high-water mark, of a fresh process (on CUDA,
+    also the peak of torch's allocations on the GPU)."""
     code = ("import json,sys;from llm4all.evaluate.speed import _child;"
             "print(json.dumps(_child(*json.loads(sys.argv[1]))))")
-    args = json.dumps([str(model), dtype, length, batch, new_tokens])
+    args = json.dumps([str(model), dtype, length, batch, new_tokens, device])
     proc = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True,
                           env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
     if proc.returncode:
@@ -116,17 +131,20 @@ def _peak_rss_mib() -> float:
     return proc_status("VmHWM") / 2**20
 
 
-def _child(model: str, dtype: str, length: int, batch: int, new_tokens: int) -> dict:
-    import torch  # noqa: F401  (counted in the baseline)
+def _child(model: str, dtype: str, length: int, batch: int, new_tokens: int, device: str = "cpu") -> dict:
+    import torch  # (counted in the baseline)
 
     from llm4all.models.load import load
 
     before = _rss_mib()
-    net, _ = load(model, dtype=dtype)
+    net, _ = load(model, dtype=dtype, device=device)
     after = _rss_mib()
     prefill_speed(net, length, 1, repeats=1)
     decode_speed(net, new_tokens, batch, repeats=1)
-    return {"rss_before_load_mib": before, "rss_after_load_mib": after, "peak_rss_mib": _peak_rss_mib()}
+    result = {"rss_before_load_mib": before, "rss_after_load_mib": after, "peak_rss_mib": _peak_rss_mib()}
+    if torch.device(device).type == "cuda":
+        result["peak_cuda_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return result
 
 
 def main(
@@ -139,6 +157,7 @@ def main(
     repeats: int = 2,
     memory: bool = True,
     engine: Literal["auto", "torch", "llama.cpp"] = "auto",
+    device: str = "auto",
     out: Path | None = None,
 ) -> dict:
     """Prefill and decode speed, decode latency percentiles, a batch sweep and peak memory of MODEL.
@@ -153,12 +172,15 @@ def main(
         memory: also measure the peak RSS in a fresh process (costs a model load per dtype).
         engine: torch (llm4all's forward: packed int4/int8 kernels included), llama.cpp (a .gguf file
             in llama.cpp, batch 1, the weights' own types), or auto (llama.cpp for a .gguf, else torch).
+        device: where the torch engine runs: auto (CUDA when present, else CPU), cpu, cuda, cuda:N.
         out: directory for speed.json (nothing written if not given).
     """
     import torch
     from rich.console import Console
 
+    from llm4all.models.device import resolve_device
     from llm4all.models.load import DTYPES, load
+    from llm4all.progress import progress
 
     dtypes = dtypes or ["float32", "bfloat16"]
     prompt_lengths = prompt_lengths or [64, 256, 1024]
@@ -173,21 +195,31 @@ def main(
         _show(Console(), f"{model} in llama.cpp", result, result["dtypes"]["gguf"], memory)
         _write(out, model, result)
         return result
+    where = str(resolve_device(device))
     result = {"model": str(model), "threads": torch.get_num_threads(), "load_average": os.getloadavg(),
-              "runtime": "torch", "dtypes": {}}
+              "runtime": "torch", "device": where, "dtypes": {}}
     console = Console()
-    for dtype in dtypes:
-        net, _ = load(model, dtype=dtype)
-        limit = getattr(net.config, "max_position_embeddings", max(prompt_lengths))
-        lengths = [n for n in prompt_lengths if n <= limit] or [limit]
-        decode_speed(net, 2, 1, 4, repeats=1)  # warm-up
-        r = {"prefill": [prefill_speed(net, n, 1, repeats) for n in lengths],
-             "decode": [decode_speed(net, new_tokens, b, repeats=repeats) for b in batch_sizes]}
-        if memory:
-            r["memory"] = peak_memory(model, dtype, max(lengths), max(batch_sizes), new_tokens)
-        result["dtypes"][dtype] = r
-        _show(console, f"{model} {dtype}", result, r, memory)
-        del net
+    steps = len(dtypes) * (len(prompt_lengths) + len(batch_sizes) + memory)
+    with progress("eval speed", total=steps, unit="measurements") as advance:
+        for dtype in dtypes:
+            net, _ = load(model, dtype=dtype, device=where)
+            limit = getattr(net.config, "max_position_embeddings", max(prompt_lengths))
+            lengths = [n for n in prompt_lengths if n <= limit] or [limit]
+            decode_speed(net, 2, 1, 4, repeats=1)  # warm-up
+            r = {"prefill": [], "decode": []}
+            for n in lengths:
+                r["prefill"].append(prefill_speed(net, n, 1, repeats))
+                advance()
+            advance(len(prompt_lengths) - len(lengths))
+            for b in batch_sizes:
+                r["decode"].append(decode_speed(net, new_tokens, b, repeats=repeats))
+                advance()
+            if memory:
+                r["memory"] = peak_memory(model, dtype, max(lengths), max(batch_sizes), new_tokens, where)
+                advance()
+            result["dtypes"][dtype] = r
+            _show(console, f"{model} {dtype}", result, r, memory)
+            del net
     _write(out, model, result)
     return result
 

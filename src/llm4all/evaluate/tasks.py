@@ -173,6 +173,9 @@ def loglikelihoods(model, tokenizer, pairs: list[tuple[str, str]], batch_size: i
     """
     import torch
 
+    from llm4all.models.device import model_device
+
+    device = model_device(model)
     max_length = max_length or getattr(model.config, "max_position_embeddings", 2048)
     encoded = [encode_pair(tokenizer, c, x) for c, x in pairs]
     rows = [(ctx + cont)[-(max_length + 1):][:-1] for ctx, cont in encoded]  # inputs predict the next token
@@ -189,6 +192,7 @@ def loglikelihoods(model, tokenizer, pairs: list[tuple[str, str]], batch_size: i
                 advance(len(idx))
             for b, i in enumerate(idx):
                 x[b, : len(rows[i])] = torch.tensor(rows[i])
+            x = x.to(device)
             if decoder is not None:
                 hidden = decoder(input_ids=x).last_hidden_state  # (B, T, H)
             else:
@@ -199,7 +203,7 @@ def loglikelihoods(model, tokenizer, pairs: list[tuple[str, str]], batch_size: i
                 pos = slice(end - n, end)  # the positions whose next token is a continuation token
                 logits = head(hidden[b, pos]) if decoder is not None else logits_all[b, pos]
                 logp = torch.log_softmax(logits.float(), dim=-1)  # (n, V)
-                target = torch.tensor(cont)
+                target = torch.tensor(cont, device=device)
                 total = logp.gather(-1, target[:, None]).double().sum().item()
                 out[i] = (total, bool((logp.argmax(-1) == target).all()), n)
     return out  # type: ignore[return-value]
@@ -256,6 +260,7 @@ def main(
     batch_size: int = 16,
     dtype: Literal["float32", "bfloat16"] = "float32",
     limit: int | None = None,
+    device: str = "auto",
     out: Path | None = None,
 ) -> dict:
     """Zero-shot log-likelihood tasks (multiple choice, cloze) on MODEL.
@@ -266,18 +271,20 @@ def main(
         batch_size: (context, continuation) pairs per forward pass.
         dtype: float32 or bfloat16 weights (log-probabilities are summed in fp32).
         limit: score only the first N items of each task (quick runs).
+        device: auto (CUDA when present, else CPU), cpu, cuda or cuda:N.
         out: directory for tasks.json and per-task predictions (nothing written if not given).
     """
     from rich.console import Console
     from rich.table import Table
 
+    from llm4all.models.device import resolve_device
     from llm4all.models.load import load
     from llm4all.progress import progress
 
     if batch_size < 1 or (limit is not None and limit < 1):
         raise UserError("--batch-size and --limit must be at least 1")
     loaded = [load_task(t) for t in (tasks or task_names())]  # fail on a bad task before loading
-    net, tokenizer = load(model, dtype=dtype)
+    net, tokenizer = load(model, dtype=dtype, device=str(resolve_device(device)))
     results = {}
     for task in loaded:
         start = time.perf_counter()

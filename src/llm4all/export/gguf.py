@@ -228,6 +228,7 @@ def write_gguf(model, tokenizer, out: str | Path, qtype: str = "f16", model_dir:
 
     from llm4all.export.gguf_packed import packed_modules
     from llm4all.export.vocab import add_vocab
+    from llm4all.progress import progress
 
     if qtype not in GGUF_TYPES:
         raise UserError(f"unknown GGUF type {qtype!r}; valid: {', '.join(GGUF_TYPES)}")
@@ -247,15 +248,17 @@ def write_gguf(model, tokenizer, out: str | Path, qtype: str = "f16", model_dir:
         if "general.name" not in inherited:
             writer.add_name(name or out.stem)
         add_hparams(writer, model.config)
-        for tname, source, heads in weights:
-            enc = encode_tensor(tname, source, qtype, has_output)
-            data = enc.data if heads is None else permute_qk(enc.data, heads)
-            # quantised data is raw bytes (rows, bytes per row); the writer derives the shape
-            writer.add_tensor(tname, data, raw_dtype=gguf.GGMLQuantizationType[enc.type]
-                              if data.dtype == np.uint8 else None)
-            counts[enc.type] = counts.get(enc.type, 0) + 1
-            if not enc.exact:
-                not_exact[enc.note] = not_exact.get(enc.note, 0) + 1
+        with progress(f"export gguf ({qtype})", len(weights), "tensors") as advance:
+            for tname, source, heads in weights:
+                enc = encode_tensor(tname, source, qtype, has_output)
+                data = enc.data if heads is None else permute_qk(enc.data, heads)
+                # quantised data is raw bytes (rows, bytes per row); the writer derives the shape
+                writer.add_tensor(tname, data, raw_dtype=gguf.GGMLQuantizationType[enc.type]
+                                  if data.dtype == np.uint8 else None)
+                counts[enc.type] = counts.get(enc.type, 0) + 1
+                if not enc.exact:
+                    not_exact[enc.note] = not_exact.get(enc.note, 0) + 1
+                advance()
         writer.add_file_type(file_type(counts))
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         writer.write_header_to_file()

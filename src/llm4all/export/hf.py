@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -20,6 +21,8 @@ from typing import Literal
 from llm4all import __version__
 from llm4all.errors import UserError
 from llm4all.runs import atomic_dir, write_json
+
+log = logging.getLogger(__name__)
 
 HF_DTYPES = ("bfloat16", "float16", "float32")
 
@@ -67,7 +70,7 @@ def export_hf(model: str | Path, out: str | Path,
         schemes, reason = plan(read_quant_file(source)["modules"])
         if reason is None:
             return export_packed(model, source, out, schemes, dtype, start)
-        print(f"note: {reason}; exporting the de-quantised dense model instead (docs/export.md)")
+        log.warning("%s; exporting the de-quantised dense model instead (docs/export.md)", reason)
     net, tokenizer = load(source, dtype=dtype)
     if is_packed(source):  # no compressed-tensors form: export its de-quantised weights
         from llm4all.models.packed.dense import densify

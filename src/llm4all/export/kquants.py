@@ -30,6 +30,7 @@ import numpy as np
 
 from llm4all.errors import UserError
 from llm4all.models.llamacpp import run_tool
+from llm4all.progress import progress
 from llm4all.runs import atomic_path
 
 #: our --type name → llama-quantize's type name
@@ -126,9 +127,12 @@ def export_kquant(model: str | Path, out: str | Path, type: str = "q4_k_m", cali
     log = out.with_suffix(".log")  # llama-imatrix's and llama-quantize's output
     log.unlink(missing_ok=True)
     result: dict = {"format": "gguf", "out": str(out), "source": str(model), "type": type}
-    with tempfile.TemporaryDirectory(prefix=".kquant-", dir=out.parent) as work:
+    steps = 3 if calib is not None else 2  # f32 file, [importance matrix,] llama-quantize
+    with (tempfile.TemporaryDirectory(prefix=".kquant-", dir=out.parent) as work,
+          progress(f"export {type}", steps, "steps") as advance):
         f32 = Path(work) / "model-f32.gguf"
         result["parameters"] = export_gguf(model, f32, type="f32")["parameters"]
+        advance()
         imatrix = None
         if calib is not None:
             text = Path(work) / "calibration.txt"
@@ -136,7 +140,9 @@ def export_kquant(model: str | Path, out: str | Path, type: str = "q4_k_m", cali
                                                      calib_split)
             imatrix = importance_matrix(f32, text, Path(work) / "imatrix.gguf", context,
                                         log=log)
+            advance()
         quantize(f32, out, type, imatrix, log=log)
+        advance()
     result.update(imatrix=calib is not None, tensor_types=tensor_types(out), bytes=out.stat().st_size,
                   log=str(log), seconds=round(time.perf_counter() - start, 2))
     return result

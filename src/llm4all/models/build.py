@@ -93,14 +93,15 @@ def evenly_spaced(n_layers: int, keep: int) -> list[int]:
 
 
 @torch.no_grad()
-def student_of(teacher_name: str, init: StudentInit, calibration_ids: torch.Tensor | None = None):
-    """A student of ``teacher_name`` shaped by ``init``; ``calibration_ids`` (n, T) token windows
-    are needed when ``init.needs_calibration``."""
+def student_of(teacher_name: str, init: StudentInit, calibration_ids: torch.Tensor | None = None,
+               device: str = "cpu"):
+    """A student of ``teacher_name`` shaped by ``init``, on the teacher's ``device``;
+    ``calibration_ids`` (n, T) token windows are needed when ``init.needs_calibration``."""
     from llm4all.models.importance import residual_stream, select_layers_by_importance, width_importance
     from llm4all.models.init import select_layers, student_from_teacher
     from llm4all.models.load import load
 
-    teacher, _ = load(teacher_name)
+    teacher, _ = load(teacher_name, device=device)
     ids = calibration_ids
     if init.needs_calibration and ids is None:
         raise UserError("--init-select and --init-width activations measure the teacher on calibration "
@@ -125,7 +126,8 @@ def student_of(teacher_name: str, init: StudentInit, calibration_ids: torch.Tens
 
 
 def build_model(model: str, vocab_size: int, seq_len: int, seed: int, init_from: str | None = None,
-                student: StudentInit | None = None, calibration_ids: torch.Tensor | None = None):
+                student: StudentInit | None = None, calibration_ids: torch.Tensor | None = None,
+                device: str = "cpu"):
     """``(model, role, source)``: what ``train`` / ``distill`` train, and how it was made.
 
     Args:
@@ -137,6 +139,7 @@ def build_model(model: str, vocab_size: int, seq_len: int, seed: int, init_from:
         init_from: initialise a student from this teacher instead of ``model``.
         student: the student's shape (``StudentInit``), when ``init_from`` is given.
         calibration_ids: (n, T) token windows on which importance-based choices are measured.
+        device: where a teacher runs to measure them (the model is returned there too).
 
     ``role`` is the manifest role: ``scratch`` (a preset), ``student`` (from a teacher) or
     ``adapted`` (a checkpoint trained further).
@@ -147,7 +150,7 @@ def build_model(model: str, vocab_size: int, seq_len: int, seed: int, init_from:
     torch.manual_seed(seed)
     if init_from:
         init = student or StudentInit()
-        net = student_of(init_from, init, calibration_ids)
+        net = student_of(init_from, init, calibration_ids, device)
         return net, "student", f"student of {init_from} ({init.describe()}: layers {net.teacher_layers})"
     if not Path(model).exists() and model not in catalog.MODELS.names():
         from transformers import LlamaForCausalLM
@@ -156,5 +159,5 @@ def build_model(model: str, vocab_size: int, seq_len: int, seed: int, init_from:
                                         "max_position_embeddings": max(seq_len, 256)})
         config._attn_implementation = "sdpa"
         return LlamaForCausalLM(config), "scratch", f"preset {model} (random init, seed {seed})"
-    net, _ = load(model)
+    net, _ = load(model, device=device)
     return net, "adapted", f"checkpoint {model}"

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from llm4all.errors import UserError
+from llm4all.models.device import model_device
 from llm4all.models.layers import decoder_layers
 
 LayerMethod = Literal["block_influence", "angular"]
@@ -56,15 +57,11 @@ def residual_stream(model: nn.Module, ids: torch.Tensor, batch_size: int = 8) ->
             lambda mod, args, output, i=i: keep(i + 1, output[0] if isinstance(output, tuple) else output)))
     try:
         for start in range(0, ids.shape[0], batch_size):
-            model(input_ids=ids[start:start + batch_size].to(_device(model)))
+            model(input_ids=ids[start:start + batch_size].to(model_device(model)))
     finally:
         for h in handles:
             h.remove()
     return [torch.cat(s) for s in states]
-
-
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 def _mean_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -138,7 +135,7 @@ def width_importance(model: nn.Module, ids: torch.Tensor, batch_size: int = 8) -
     watch.update({f"{i}.down": layer.mlp.down_proj for i, layer in enumerate(layers)})
     with _capture_inputs(watch) as seen:
         for start in range(0, ids.shape[0], batch_size):
-            model(input_ids=ids[start:start + batch_size].to(_device(model)))
+            model(input_ids=ids[start:start + batch_size].to(model_device(model)))
     out = {}
     for i in range(len(layers)):
         o = torch.cat(seen[f"{i}.o"]).float()  # (B, T, H·d)

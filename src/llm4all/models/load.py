@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import struct
 import time
@@ -25,6 +26,8 @@ from llm4all.catalog import MODELS
 from llm4all.errors import UserError, did_you_mean
 from llm4all.models.quiet import quiet_transformers
 from llm4all.runs import atomic_dir, write_json
+
+log = logging.getLogger(__name__)
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
           "float16": "float16", "fp16": "float16"}
@@ -106,7 +109,7 @@ def _converted(gguf: Path, out: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     start = time.perf_counter()
-    print(f"converting {gguf.name} to a safetensors HF directory (once) -> {out}", flush=True)
+    log.info("converting %s to a safetensors HF directory (once) -> %s", gguf.name, out)
     try:
         with quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

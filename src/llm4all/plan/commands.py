@@ -241,7 +241,7 @@ def memory(model: str = "", mode: Literal["train", "inference"] = "train", batch
            layers: int | None = None, heads: int | None = None, kv_heads: int | None = None,
            intermediate: int | None = None, vocab: int | None = None,
            tied_embeddings: bool = False, measure: bool = False, steps: int = 3,
-           json: bool = False, out: Path | None = None) -> dict:
+           device: str = "auto", json: bool = False, out: Path | None = None) -> dict:
     """Peak memory as a per-component breakdown (summed), a verdict and the fixes that fit.
 
     Args:
@@ -273,6 +273,7 @@ def memory(model: str = "", mode: Literal["train", "inference"] = "train", batch
         measure: run this configuration on this machine for a few steps and print measured peak
             memory and throughput beside the prediction.
         steps: steps to run with --measure.
+        device: where --measure runs: auto (CUDA when present, else CPU), cpu, cuda or cuda:N.
         json: print JSON instead of a table.
         out: also write the result as JSON here.
     """
@@ -290,9 +291,10 @@ def memory(model: str = "", mode: Literal["train", "inference"] = "train", batch
     rows += [(k, v / GIB, f"{100 * v / need:.1f}%") for k, v in parts.items()]
     rows.append(("total (sum)", need / GIB, "100%"))
     if measure:
+        from llm4all.models.device import resolve_device
         from llm4all.plan.measure import measure as run_measure
 
-        m = run_measure(arch, setup, steps=steps)
+        m = run_measure(arch, setup, steps=steps, device=str(resolve_device(device)))
         result["measured"] = m
         rows.append(("measured peak (this machine)", m["peak_bytes"] / GIB,
                      f"ratio {m['peak_bytes'] / need:.3f}"))

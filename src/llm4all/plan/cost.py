@@ -27,34 +27,41 @@ def training_cost(flops: float, hw: Hardware, mfu: float, gpus: int = 1) -> dict
 
 
 # The fixes a user can make when a training setup does not fit, cheapest first: each entry is
-# (name, trade-off, function producing candidate setups from the current one).
+# (name, trade-off, function producing candidate setups from the current one). Every name says
+# the `llm4all train` option that makes the change: the planner suggests only what it can run.
 def _fixes(s: Setup) -> list[tuple[str, str, list[Setup]]]:
     fixes = []
     if s.batch > 1:
         smaller = [s.replace(batch=b) for b in range(s.batch - 1, 0, -1) if s.batch % b == 0]
-        fixes.append(("micro-batch {batch} × accumulation {accum}",
+        fixes.append(("micro-batch {batch} × accumulation {accum} "
+                      "(--micro-batch {batch} --grad-accum {accum})",
                       "same result, lower throughput per step", smaller))
-    if s.recompute == "none":
-        fixes.append(("selective recomputation", "~2-4% more compute (Korthikanti et al. 2022)",
-                      [s.replace(recompute="selective")]))
+    if s.attention == "math" and s.recompute == "none":
+        fixes.append(("SDPA attention (train's default: scores recomputed in the backward pass)",
+                      "~2-4% more compute (Korthikanti et al. 2022's selective recomputation)",
+                      [s.replace(attention="flash")]))
     if s.recompute != "full":
-        fixes.append(("full activation checkpointing", "~33% more compute (one extra forward)",
-                      [s.replace(recompute="full")]))
+        fixes.append(("full activation checkpointing (--activation-checkpointing)",
+                      "~33% more compute (one extra forward)", [s.replace(recompute="full")]))
     if s.optimizer in ("adamw", "lion", "sgd"):
-        fixes.append(("8-bit AdamW", "bitsandbytes; near-identical loss (Dettmers et al. 2022)",
+        fixes.append(("8-bit AdamW (--optimizer adamw8bit)",
+                      "bitsandbytes; near-identical loss (Dettmers et al. 2022)",
                       [s.replace(optimizer="adamw8bit")]))
     if s.optimizer != "adafactor":
-        fixes.append(("Adafactor", "factored 2nd moment; may need tuning (Shazeer & Stern 2018)",
+        fixes.append(("Adafactor (--optimizer adafactor)",
+                      "factored 2nd moment; may need tuning (Shazeer & Stern 2018)",
                       [s.replace(optimizer="adafactor")]))
     if s.sharding in ("none", "zero1", "zero2"):
-        fixes.append(("ZeRO-3 / FSDP over {gpus} GPUs", "more GPUs, communication overhead",
-                      [s.replace(sharding="zero3", gpus=g) for g in (2, 4, 8, 16, 32, 64)
-                       if g > s.gpus or s.sharding != "zero3"]))
+        fixes.append(("FSDP over {gpus} GPUs (torchrun --nproc_per_node {gpus} ... --strategy fsdp)",
+                      "more GPUs, communication overhead",
+                      [s.replace(sharding="fsdp", gpus=g) for g in (2, 4, 8, 16, 32, 64)
+                       if g > s.gpus or s.sharding != "fsdp"]))
     if not s.lora_rank:
-        fixes.append(("LoRA r=16", "trains adapters only: fine-tuning, not pre-training",
+        fixes.append(("LoRA r=16 (--lora-rank 16)", "trains adapters only: fine-tuning, not pre-training",
                       [s.replace(lora_rank=16)]))
     if s.base_dtype != "int4":
-        fixes.append(("QLoRA (4-bit base, LoRA r=16)", "adapters on a 4-bit base; small quality cost",
+        fixes.append(("QLoRA (--lora-rank 16 --lora-base int4)",
+                      "adapters on a 4-bit base; small quality cost",
                       [s.replace(lora_rank=s.lora_rank or 16, base_dtype="int4")]))
     return fixes
 
@@ -83,14 +90,16 @@ def verdict(arch: Arch, setup: Setup, hw: Hardware, target_batch: int | None = N
 
 
 def _combined(arch: Arch, setup: Setup, hw: Hardware, target_batch: int) -> list[dict]:
-    steps = [("micro-batch 1 × accumulation {accum}", lambda s: [s.replace(batch=1)]),
-             ("full activation checkpointing", lambda s: [s.replace(recompute="full")]),
-             ("8-bit AdamW", lambda s: [s.replace(optimizer="adamw8bit")]
+    steps = [("micro-batch 1 × accumulation {accum} (--micro-batch 1 --grad-accum {accum})",
+              lambda s: [s.replace(batch=1)]),
+             ("full activation checkpointing (--activation-checkpointing)",
+              lambda s: [s.replace(recompute="full")]),
+             ("8-bit AdamW (--optimizer adamw8bit)", lambda s: [s.replace(optimizer="adamw8bit")]
               if s.optimizer in ("adamw", "lion", "sgd") else []),
-             ("ZeRO-3 / FSDP over {gpus} GPUs",
-              lambda s: [s.replace(sharding="zero3", gpus=g) for g in (2, 4, 8, 16, 32, 64)]),
-             ("LoRA r=16", lambda s: [s.replace(lora_rank=16)] if not s.lora_rank else []),
-             ("4-bit base (QLoRA)", lambda s: [s.replace(base_dtype="int4")])]
+             ("FSDP over {gpus} GPUs (--strategy fsdp)",
+              lambda s: [s.replace(sharding="fsdp", gpus=g) for g in (2, 4, 8, 16, 32, 64)]),
+             ("LoRA r=16 (--lora-rank 16)", lambda s: [s.replace(lora_rank=16)] if not s.lora_rank else []),
+             ("4-bit base (QLoRA: --lora-base int4)", lambda s: [s.replace(base_dtype="int4")])]
     cur, names = setup, []
     for name, make in steps:
         candidates = make(cur)

@@ -5,10 +5,11 @@ earlier configuration) is resident. On CPU the measured quantity is the growth o
 process's peak resident set: VmHWM (``/proc/self/status``) at the end minus VmRSS just
 before the model is built, after resetting the high-water mark once the model exists
 (``echo 5 > /proc/self/clear_refs``) so the one-off cost of initialisation does not count
-unless the run itself exceeds it. The child runs with ``MALLOC_MMAP_THRESHOLD_=65536`` so
-glibc serves every tensor-sized allocation with mmap and returns it on free: resident memory
-then tracks live tensors instead of a fragmented heap. torch is imported only here, and only
-in the child.
+unless the run itself exceeds it. On a GPU (``device``) it is torch's peak allocation on the
+device after the model is built, minus what was allocated before the model. The child runs
+with ``MALLOC_MMAP_THRESHOLD_=65536`` so glibc serves every tensor-sized allocation with mmap
+and returns it on free: resident memory then tracks live tensors instead of a fragmented heap.
+torch is imported only here, and only in the child.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from llm4all.plan.memory import Setup
 MEASURABLE_OPTIMIZERS = ("adamw", "sgd", "adafactor")
 
 
-def measure(arch: Arch, setup: Setup, steps: int = 3, timeout: float = 900.0) -> dict:
-    """Run ``setup`` on ``arch`` (random init, no download) in a subprocess; return its peak."""
+def measure(arch: Arch, setup: Setup, steps: int = 3, timeout: float = 900.0, device: str = "cpu") -> dict:
+    """Run ``setup`` on ``arch`` (random init, no download) on ``device`` in a subprocess; return its peak."""
     if setup.lora_rank or setup.base_dtype or setup.sharding != "none" or setup.gpus > 1:
         raise UserError("--measure runs plain single-process training/inference only "
                         "(no LoRA, quantised base or sharding)")
@@ -37,7 +38,7 @@ def measure(arch: Arch, setup: Setup, steps: int = 3, timeout: float = 900.0) ->
     if setup.dtype not in ("fp32", "bf16", "fp16"):
         raise UserError(f"--measure needs a float dtype, got {setup.dtype!r}")
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "2"}
-    job = json.dumps({"arch": asdict(arch), "setup": asdict(setup), "steps": steps})
+    job = json.dumps({"arch": asdict(arch), "setup": asdict(setup), "steps": steps, "device": device})
     proc = subprocess.run([sys.executable, "-m", "llm4all.plan.measure", job], env=env,
                           capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
@@ -74,15 +75,20 @@ def _child(job: dict) -> dict:  # pragma: no cover - runs in the subprocess
         head_dim=a.head_dim, attention_bias=a.qkv_bias, use_cache=st.mode == "inference",
         attn_implementation="sdpa" if st.attention == "flash" else "eager",
     )
-    ids = torch.randint(0, a.vocab, (st.batch, st.seq))
+    device = torch.device(job.get("device", "cpu"))
+    gpu = device.type == "cuda"
+    ids = torch.randint(0, a.vocab, (st.batch, st.seq)).to(device)
     gc.collect()
-    base = proc_status("VmRSS")
-    model = LlamaForCausalLM(config).to(param_dtype)
+    base = torch.cuda.memory_allocated(device) if gpu else proc_status("VmRSS")
+    model = LlamaForCausalLM(config).to(param_dtype).to(device)
     if st.mode == "train" and st.recompute == "full":
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     gc.collect()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset VmHWM to the current RSS
+    if gpu:
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current RSS
     times = []
     if st.mode == "inference":
         model.eval()
@@ -100,7 +106,7 @@ def _child(job: dict) -> dict:  # pragma: no cover - runs in the subprocess
                "adafactor": lambda: torch.optim.Adafactor(params, lr=1e-4)}[st.optimizer]()
         for _ in range(job["steps"]):
             t = time.perf_counter()
-            with torch.autocast("cpu", dtype=dtype, enabled=autocast):
+            with torch.autocast(device.type, dtype=dtype, enabled=autocast):
                 if st.head == "fused":
                     from llm4all.models.fused_ce import fused_linear_cross_entropy
 
@@ -111,13 +117,15 @@ def _child(job: dict) -> dict:  # pragma: no cover - runs in the subprocess
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=False)  # gradients stay allocated, as the model counts them
+            if gpu:
+                torch.cuda.synchronize(device)
             times.append(time.perf_counter() - t)
             del loss
-    peak = proc_status("VmHWM") - base
+    peak = (torch.cuda.max_memory_allocated(device) if gpu else proc_status("VmHWM")) - base
     steady = times[1:] or times
     return {"peak_bytes": peak, "seconds_per_step": sum(steady) / len(steady),
             "tokens_per_s": st.batch * st.seq * len(steady) / sum(steady),
-            "torch": torch.__version__}
+            "device": str(device), "torch": torch.__version__}
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -38,9 +38,10 @@ from llm4all.plan.arch import Arch
 
 DTYPE_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 1.0, "int4": 0.5,
                "ternary": 1.58 / 8}  # BitNet b1.58: log2(3) ≈ 1.58 bits per weight
-# QLoRA (Dettmers et al. 2023, Section 3): NF4 with double quantisation stores 0.127 bits of
-# quantisation constants per parameter on top of the 4 bits.
-QLORA_CONSTANT_BYTES = 0.127 / 8
+# QLoRA as `train --lora-base int4` runs it (models/lora.py): 4-bit codes with a float16 scale
+# and a uint8 zero point per group of 64 weights, 0.375 bits of constants per parameter on top of
+# the 4 bits (Dettmers et al. 2023, section 3: NF4 with double quantisation stores 0.127).
+QLORA_CONSTANT_BYTES = (16 + 8) / 64 / 8
 # optimizer states per trainable parameter, in bytes, with fp32 states
 OPTIMIZER_STATE_BYTES = {
     "adamw": 8.0,  # two fp32 moments (Loshchilov & Hutter 2019)

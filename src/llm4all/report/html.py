@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from llm4all.errors import UserError
+from llm4all.progress import progress
 from llm4all.report import answer, choose, collect, plots
 from llm4all.report import sections as sec
 from llm4all.runs import atomic_path, write_json, write_manifest
@@ -37,13 +38,21 @@ def build(run: Path, title: str | None = None, goal: choose.Goal | None = None) 
         elif s["command"] == "unknown":
             notes.append(f"stage {s['name']}: unrecognised (no command in config.yaml), skipped")
     first_cur = next(iter(curations.values()), None)
-    parts = [("headline", "Headline", answer.headline(run, found, variants, first_cur, notes, result)),
-             ("pareto", "Quality against size, latency, memory and cost", sec.pareto_section(variants)),
-             ("training", "Training and distillation", sec.training_section(found)),
-             ("curation", "Curation", "".join(sec.curation_section(n, c) for n, c in curations.items())),
-             ("plan", "Planned against measured", sec.plan_section(found, variants)),
-             ("evaluations", "Other evaluations", sec.evals_section(found)),
-             ("timings", "Stage timings", sec.timings_section(found))]
+    makers = [("headline", "Headline",
+               lambda: answer.headline(run, found, variants, first_cur, notes, result)),
+              ("pareto", "Quality against size, latency, memory and cost",
+               lambda: sec.pareto_section(variants)),
+              ("training", "Training and distillation", lambda: sec.training_section(found)),
+              ("curation", "Curation",
+               lambda: "".join(sec.curation_section(n, c) for n, c in curations.items())),
+              ("plan", "Planned against measured", lambda: sec.plan_section(found, variants)),
+              ("evaluations", "Other evaluations", lambda: sec.evals_section(found)),
+              ("timings", "Stage timings", lambda: sec.timings_section(found))]
+    parts = []
+    with progress("report", len(makers), "sections") as advance:
+        for anchor, heading, make in makers:
+            parts.append((anchor, heading, make()))
+            advance()
     shown = [sec.section(a, t, body) for a, t, body in parts if body]
     skipped = [t for _, t, body in parts if not body]
     recipe = (collect.read_json(run / "summary.json") or {}).get("recipe")

@@ -23,23 +23,10 @@ from typing import Literal
 import torch
 
 from llm4all.errors import UserError
+from llm4all.models.device import default_dtype, model_device, resolve_device
 from llm4all.serve.detokenize import ByteDetokenizer, TokenDetokenizer
 
 Engine = Literal["auto", "torch", "llama.cpp"]
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` is CUDA when torch sees a GPU, else the CPU; anything else is a torch device."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"--device {device!r} is not a torch device; valid: auto, cpu, cuda, cuda:N"
-                        ) from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: torch sees no CUDA GPU here; use --device cpu or auto")
-    return resolved
 
 
 class TorchLM:
@@ -51,7 +38,7 @@ class TorchLM:
         from transformers import DynamicCache
 
         self.model, self.tokenizer = model, tokenizer
-        self.device = next(model.parameters()).device
+        self.device = model_device(model)
         self.cache = DynamicCache(config=model.config)
         self.cached: list[int] = []  # the token ids whose keys and values are in the cache
         self.context_length = getattr(model.config, "max_position_embeddings", None)
@@ -231,7 +218,7 @@ def open_lm(model: str, *, engine: Engine = "auto", device: str = "auto", dtype:
         return LlamaCppLM(gguf, context=context, threads=threads)
     torch_device = resolve_device(device)
     if dtype == "auto":
-        dtype = "bfloat16" if torch_device.type == "cuda" else "float32"
+        dtype = default_dtype(torch_device)
     net, tokenizer = load(model, dtype=dtype, device=str(torch_device))
     return TorchLM(net, tokenizer)
 

@@ -12,9 +12,12 @@ and a retrained model is exported again.
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 from llm4all.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 def fingerprint(path: Path, *extra: str) -> str:
@@ -78,17 +81,17 @@ def gguf_for(model: str | Path, type: str = "q8_0") -> Path:
     if out.is_file():  # written atomically: it exists only once complete
         return out
     if packed:
-        print(f"exporting packed checkpoint {source} to GGUF (once) -> {out}", flush=True)
+        log.info("exporting packed checkpoint %s to GGUF (once) -> %s", source, out)
         gguf_from_packed(source, out)
     elif type in ("q4_k_m", "q5_k_m", "q6_k"):
         from llm4all.export.kquants import export_kquant
 
-        print(f"exporting {source} to GGUF {type} (once) -> {out}", flush=True)
+        log.info("exporting %s to GGUF %s (once) -> %s", source, type, out)
         export_kquant(source, out, type=type)
     else:
         from llm4all.export.gguf import export_gguf
 
-        print(f"exporting {source} to GGUF {type} (once) -> {out}", flush=True)
+        log.info("exporting %s to GGUF %s (once) -> %s", source, type, out)
         export_gguf(source, out, type=type)
     return out
 
@@ -102,7 +105,7 @@ def hf_for(model: str | Path) -> Path:
     if source.is_dir() and is_packed(source):
         out = serve_cache() / f"{source.name}-{fingerprint(source, 'hf')}"
         if not (out / "config.json").is_file():
-            print(f"exporting packed checkpoint {source} for vLLM (once) -> {out}", flush=True)
+            log.info("exporting packed checkpoint %s for vLLM (once) -> %s", source, out)
             hf_from_packed(source, out)
         return out
     return resolve(source)  # an HF directory as it is; a GGUF through its converted directory

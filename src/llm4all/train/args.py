@@ -70,12 +70,18 @@ class TrainingConfig:
     """train LoRA adapters of this rank instead of all weights (0: full training)."""
     lora_alpha: float = 16.0
     """LoRA scaling numerator (scale = alpha / rank)."""
+    lora_base: str = ""
+    """int4: QLoRA, the frozen base stored as packed 4-bit weights (groups of 64) under the
+    adapters, de-quantised layer by layer (models/lora.py); empty: the base in --precision."""
     strategy: Strategy = "ddp"
     """ddp or fsdp when launched with torchrun."""
     peak_tflops: float = 0.0
     """hardware peak (dense bf16 TFLOP/s per process) to report MFU; 0 hides it."""
     log_to: tuple[str, ...] = ()
     """extra loggers: tensorboard, mlflow (local store in OUT)."""
+    device: str = "auto"
+    """where the model (and a teacher) runs: auto (CUDA when present, else CPU), cpu, cuda or
+    cuda:N; under torchrun, cuda means each process's local GPU."""
     threads: int = 0
     """CPU compute threads (0: the cores other processes leave free, checked again every 50
     steps; the environment variable LLM4ALL_THREADS sets one count for every command)."""
@@ -95,6 +101,8 @@ class TrainingConfig:
         _finite("min_lr_ratio", self.min_lr_ratio, low=0.0, high=1.0)
         _finite("decay_fraction", self.decay_fraction, low=0.0, high=1.0)
         _positive("lora_alpha", self.lora_alpha)
+        if self.lora_base and (self.lora_base != "int4" or not self.lora_rank):
+            raise UserError(f"--lora-base {self.lora_base!r}: valid is int4 (QLoRA), with --lora-rank > 0")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise UserError(f"--betas: two numbers in [0, 1), got {list(self.betas)}")
         if self.schedule not in SCHEDULES:

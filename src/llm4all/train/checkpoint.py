@@ -10,6 +10,7 @@ gathered to rank 0 (``torch.distributed.checkpoint.state_dict`` helpers) and wri
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import shutil
 from pathlib import Path
@@ -18,6 +19,8 @@ import torch
 
 from llm4all.errors import UserError
 from llm4all.runs import atomic_dir, write_json
+
+log = logging.getLogger(__name__)
 
 
 def _options(**kw):
@@ -77,14 +80,15 @@ def resume(root: Path, model, optimizer, scaler, config_hash: str) -> tuple[Path
         try:
             check_compatible(path, config_hash)
         except (OSError, ValueError) as e:  # state.json unreadable: damaged, not another config
-            print(f"checkpoint {path} is damaged ({type(e).__name__}: {e}); trying the one before")
+            log.warning("checkpoint %s is damaged (%s: %s); trying the one before", path, type(e).__name__, e)
             continue
         try:
             return path, load(path, model, optimizer, scaler)
         except (OSError, ValueError, RuntimeError, KeyError, SafetensorError, EOFError,
                 pickle.UnpicklingError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            print(f"checkpoint {path} is damaged ({type(e).__name__}: {first}); trying the one before")
+            log.warning("checkpoint %s is damaged (%s: %s); trying the one before", path,
+                        type(e).__name__, first)
     if found:
         raise UserError(f"{root}: no intact checkpoint among {len(found)}; remove the folder to train "
                         "from the start")

@@ -71,12 +71,13 @@ def main(
     if not 0 <= replay_fraction < 1:
         raise UserError(f"--replay-fraction must be in [0, 1), got {replay_fraction}")
     out = Path(out)
-    dist_ = setup_distributed()
+    dist_ = setup_distributed(training.device)
     shards = TokenShards(data)
     tokenizer = load_tokenizer(shards.index["tokenizer_path"])
     ids = (calibration_windows(data, student.init_calibration_tokens, cfg.seq_len, cfg.seed)
            if init_from and student.needs_calibration else None)
-    net, role, source = build_model(model, len(tokenizer), cfg.seq_len, cfg.seed, init_from, student, ids)
+    net, role, source = build_model(model, len(tokenizer), cfg.seq_len, cfg.seed, init_from, student, ids,
+                                    device=str(dist_.device))
     if net.get_input_embeddings().num_embeddings < shards.index["vocab_size"]:
         raise UserError(f"{data}: shards use a {shards.index['vocab_size']}-token vocabulary but the "
                         f"model has {net.get_input_embeddings().num_embeddings} embeddings")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import time
@@ -27,11 +28,14 @@ from pathlib import Path
 import torch
 
 from llm4all.malloc import keep_freed_memory
+from llm4all.models.device import model_device, resolve_device
 from llm4all.threads import free_cores, thread_limit
 from llm4all.train import checkpoint
 from llm4all.train.args import Precision, Strategy, TrainingConfig
 from llm4all.train.optim import build_optimizer
 from llm4all.train.schedule import lr_factor
+
+log = logging.getLogger(__name__)
 
 LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict]]
 
@@ -43,20 +47,25 @@ class Dist:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
 
-def setup_distributed() -> Dist:
-    """Join the torchrun process group if launched by torchrun; else a single process."""
+def setup_distributed(device: str = "auto") -> Dist:
+    """Join the torchrun process group if launched by torchrun; else a single process.
+
+    ``device`` (``--device``): one process runs there; under torchrun, a CUDA device means each
+    process's local GPU (NCCL) and cpu means gloo on the CPU.
+    """
+    resolved = resolve_device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
-        return Dist(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        return Dist(device=resolved)
     import torch.distributed as dist
 
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    backend = "nccl" if resolved.type == "cuda" else "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend)
     rank = dist.get_rank()
     local = int(os.environ.get("LOCAL_RANK", 0))
-    device = torch.device(f"cuda:{local}") if backend == "nccl" else torch.device("cpu")
-    return Dist(rank=rank, world=world, device=device)
+    resolved = torch.device(f"cuda:{local}") if backend == "nccl" else torch.device("cpu")
+    return Dist(rank=rank, world=world, device=resolved)
 
 
 def wrap(model: torch.nn.Module, dist_: Dist, strategy: Strategy) -> torch.nn.Module:
@@ -143,7 +152,7 @@ class _Threads:
             return
         now = free_cores()
         if now != self.n:
-            print(f"step {step}: {now} free core(s): computing with {now} thread(s), not {self.n}")
+            log.info("step %d: %d free core(s): computing with %d thread(s), not %d", step, now, now, self.n)
             self.n = now
             torch.set_num_threads(now)
 
@@ -176,7 +185,7 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, sampler, cfg: TrainingConfig, o
         last, state = resumed
         step, tokens_seen = state["step"], state["tokens_seen"]
         if dist_.rank == 0:
-            print(f"resumed from {last} (step {step})")
+            log.info("resumed from %s (step %d)", last, step)
     loggers = _Loggers(out, list(cfg.log_to), step, dist_.rank, params or {})
     tokens_per_step = cfg.micro_batch * cfg.grad_accum * dist_.world * sampler.seq_len
     warmup = min(cfg.warmup, cfg.steps - 1)
@@ -333,7 +342,7 @@ def validation_fn(tokens, seq_len: int, precision: Precision, batch_size: int = 
         model.eval()
         from torch.distributed.fsdp import FSDPModule
 
-        with autocast(precision, next(model.parameters()).device):
+        with autocast(precision, model_device(model)):
             result = perplexity(model, tokens, context=seq_len, stride=seq_len, batch_size=batch_size,
                                 full_forward=isinstance(model, FSDPModule))
         model.train(was_training)

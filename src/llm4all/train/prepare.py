@@ -20,7 +20,11 @@ def prepare(net, cfg: TrainingConfig):
     if cfg.activation_checkpointing:
         net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         net.config.use_cache = False
-    if cfg.lora_rank:
+    if cfg.lora_rank and cfg.lora_base:
+        from llm4all.models.lora import add_qlora
+
+        net = add_qlora(net, LORA_TARGETS, cfg.lora_rank, cfg.lora_alpha, cfg.lora_base)
+    elif cfg.lora_rank:
         net = add_lora(net, cfg.lora_rank, cfg.lora_alpha)
     return net
 
@@ -42,7 +46,12 @@ def add_lora(net, rank: int, alpha: float):
 
 
 def merged(net):
-    """The plain model to save: LoRA adapters folded into the weights, W + (alpha / r)·B·A."""
+    """The plain model to save: LoRA adapters folded into the weights, W + (alpha / r)·B·A
+    (under QLoRA, W is the de-quantised 4-bit base the adapters were trained on)."""
+    from llm4all.models.lora import has_qlora, merge
+
+    if has_qlora(net):
+        return merge(net)
     return net.merge_and_unload() if hasattr(net, "merge_and_unload") else net
 
 

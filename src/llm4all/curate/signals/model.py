@@ -47,10 +47,12 @@ NO_WORDS = ("no", "No")
 
 @functools.lru_cache(maxsize=4)
 def cached_model(model: str, dtype: str):
-    """``(model, tokenizer)`` loaded once per process per (model, dtype)."""
+    """``(model, tokenizer)`` loaded once per process per (model, dtype), on the device that
+    ``LLM4ALL_DEVICE`` names (``curate --device`` sets it for its workers), else auto."""
+    from llm4all.models.device import resolve_device
     from llm4all.models.load import load
 
-    return load(model, dtype=dtype)
+    return load(model, dtype=dtype, device=str(resolve_device()))
 
 
 @functools.lru_cache(maxsize=4)
@@ -86,8 +88,8 @@ def _batches(ids: list[list[int]], batch_size: int) -> Iterator[list[int]]:
         yield order[s : s + batch_size]
 
 
-def _right_padded(rows: list[list[int]], pad_id: int):
-    """(B, T) input ids padded on the right with ``pad_id`` and the (B, T) attention mask."""
+def _right_padded(rows: list[list[int]], pad_id: int, device=None):
+    """(B, T) input ids padded on the right with ``pad_id`` and the (B, T) attention mask, on ``device``."""
     import torch
 
     T = max(1, max(len(r) for r in rows))
@@ -96,7 +98,7 @@ def _right_padded(rows: list[list[int]], pad_id: int):
     for b, r in enumerate(rows):
         ids[b, : len(r)] = torch.tensor(r, dtype=torch.long)
         mask[b, : len(r)] = 1
-    return ids, mask
+    return (ids, mask) if device is None else (ids.to(device), mask.to(device))
 
 
 def _hidden(model, ids, mask):
@@ -114,20 +116,23 @@ def padded_nll(model, rows: list[list[int]], pad_id: int, chunk: int = 1024) -> 
     import torch
     import torch.nn.functional as F
 
-    ids, mask = _right_padded(rows, pad_id)
+    from llm4all.models.device import model_device
+
+    ids, mask = _right_padded(rows, pad_id, model_device(model))
     hidden = _hidden(model, ids, mask)  # (B, T, H)
     head = model.get_output_embeddings()
     lengths = mask.sum(1)  # (B,)
-    scored = torch.arange(ids.shape[1] - 1)[None, :] < (lengths[:, None] - 1)  # (B, T-1)
+    positions = torch.arange(ids.shape[1] - 1, device=ids.device)
+    scored = positions[None, :] < (lengths[:, None] - 1)  # (B, T-1)
     h = hidden[:, :-1][scored]  # (N, H): positions with a next token
     targets = ids[:, 1:][scored]  # (N,)
-    row = torch.arange(len(rows))[:, None].expand_as(scored)[scored]  # (N,) row of each
-    sums = torch.zeros(len(rows), dtype=torch.float64)
+    row = torch.arange(len(rows), device=ids.device)[:, None].expand_as(scored)[scored]  # (N,) row of each
+    sums = torch.zeros(len(rows), dtype=torch.float64, device=ids.device)
     for s in range(0, h.shape[0], chunk):
         logits = head(h[s : s + chunk]).float()  # (chunk, V), fp32 for the log-softmax
         nll = F.cross_entropy(logits, targets[s : s + chunk], reduction="none")
         sums.index_add_(0, row[s : s + chunk], nll.double())
-    return sums.numpy()
+    return sums.cpu().numpy()
 
 
 @signal("token_entropy", ("token_entropy", "token_count"), batched=True)
@@ -225,12 +230,13 @@ def ask_llm(texts: list[str], model: str = "smollm2-135m", dtype: str = "bfloat1
     rows = [head + x + tail for x in _encode(tok, texts, max_tokens)]
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     scores = np.zeros(len(texts))
+    device = next(net.parameters()).device
     with torch.inference_mode(), progress(len(texts), "ask_llm") as advance:
         for batch in _batches(rows, batch_size):
-            ids, mask = _right_padded([rows[i] for i in batch], pad)
+            ids, mask = _right_padded([rows[i] for i in batch], pad, device)
             hidden = _hidden(net, ids, mask)  # (B, T, H)
-            last = hidden[torch.arange(len(batch)), mask.sum(1) - 1]  # (B, H): last real token
+            last = hidden[torch.arange(len(batch), device=ids.device), mask.sum(1) - 1]  # (B, H): last token
             logits = net.get_output_embeddings()(last)  # (B, V): the answer's first token
-            scores[batch] = yes_probability(logits, yes, no).double().numpy()
+            scores[batch] = yes_probability(logits, yes, no).double().cpu().numpy()
             advance(len(batch))
     return {"ask_llm": scores}

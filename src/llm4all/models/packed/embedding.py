@@ -105,7 +105,7 @@ class PackedEmbedding(nn.Module):
                 out = torch.ops.aten._weight_int8pack_mm(h.to(torch.bfloat16), self.qweight,
                                                          self.scales.to(torch.bfloat16))
                 return out.to(hidden.dtype).view(*hidden.shape[:-1], self.num_embeddings)
-        out = torch.empty(h.shape[0], self.num_embeddings, dtype=hidden.dtype)
+        out = torch.empty(h.shape[0], self.num_embeddings, dtype=hidden.dtype, device=h.device)
         for start in range(0, self.num_embeddings, CHUNK):
             end = min(start + CHUNK, self.num_embeddings)
             out[:, start:end] = h @ self.rows(start, end, hidden.dtype).T

@@ -45,7 +45,7 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     if pad:
         codes = torch.nn.functional.pad(codes, (0, pad))
     codes = codes.view(rows, -1, per)  # (rows, bytes, codes per byte)
-    out = torch.zeros(codes.shape[:2], dtype=torch.uint8)
+    out = torch.zeros(codes.shape[:2], dtype=torch.uint8, device=codes.device)
     for k in range(per):
         out |= codes[:, :, k] << (k * s)
     return out
@@ -57,7 +57,7 @@ def unpack(packed: torch.Tensor, bits: int, cols: int) -> torch.Tensor:
     if s == 8:
         return packed[:, :cols]
     mask = (1 << s) - 1
-    shifts = torch.arange(0, 8, s, dtype=torch.uint8)  # (per,)
+    shifts = torch.arange(0, 8, s, dtype=torch.uint8, device=packed.device)  # (per,)
     codes = (packed[:, :, None] >> shifts) & mask  # (rows, bytes, per)
     return codes.reshape(packed.shape[0], -1)[:, :cols]
 
@@ -76,12 +76,12 @@ def pack_mask(mask: torch.Tensor) -> torch.Tensor:
     rows, cols = mask.shape
     pad = (-cols) % 8
     m = torch.nn.functional.pad(mask.to(torch.uint8), (0, pad)).view(rows, -1, 8)
-    shifts = torch.arange(8, dtype=torch.uint8)
+    shifts = torch.arange(8, dtype=torch.uint8, device=mask.device)
     return (m << shifts).sum(-1, dtype=torch.uint8)
 
 
 def unpack_mask(packed: torch.Tensor, cols: int) -> torch.Tensor:
-    shifts = torch.arange(8, dtype=torch.uint8)
+    shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
     bits = (packed[:, :, None] >> shifts) & 1
     return bits.reshape(packed.shape[0], -1)[:, :cols].bool()
 
@@ -94,6 +94,6 @@ def sparse_tensors(weight: torch.Tensor) -> dict[str, torch.Tensor]:
 
 def dense_from_sparse(mask: torch.Tensor, values: torch.Tensor, shape: tuple[int, int],
                       dtype: torch.dtype) -> torch.Tensor:
-    dense = torch.zeros(shape, dtype=dtype)
+    dense = torch.zeros(shape, dtype=dtype, device=mask.device)
     dense[unpack_mask(mask, shape[1])] = values.to(dtype)
     return dense

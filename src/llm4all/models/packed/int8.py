@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from llm4all.models.packed.formats import pack_ternary, unpack_ternary
+from llm4all.models.packed.kernels import warn_once
 
 
 def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -22,9 +23,24 @@ def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.round(x.float() / s).clamp_(-127, 127).to(torch.int8), s
 
 
-def _int8_matmul(xq: torch.Tensor, wq_t: torch.Tensor) -> torch.Tensor:
-    """(T, in) int8 @ (in, out) int8 -> (T, out) int32."""
-    return torch._int_mm(xq.contiguous(), wq_t)
+CUDA_MIN_ROWS = 17  # torch._int_mm on CUDA takes more than 16 rows (and in/out multiples of 8)
+
+
+def _int8_matmul(xq: torch.Tensor, wq_t: torch.Tensor, min_rows: int | None = None) -> torch.Tensor:
+    """(T, in) int8 @ (in, out) int8 -> (T, out) int32, exact, through ``torch._int_mm``.
+
+    On CUDA, fewer than CUDA_MIN_ROWS rows (decoding) are padded with zero rows, which add
+    nothing to the others' products, and cut off again.
+    """
+    rows = xq.shape[0]
+    if xq.device.type == "cuda" and (wq_t.shape[0] % 8 or wq_t.shape[1] % 8):
+        warn_once("cuda-int8-shape", f"an int8 Linear of shape {tuple(wq_t.shape)} (not multiples of 8) "
+                  "cannot use torch's CUDA int8 product: such layers multiply in float32")
+        return (xq.float() @ wq_t.float()).round().to(torch.int32)
+    floor = (CUDA_MIN_ROWS if xq.device.type == "cuda" else 0) if min_rows is None else min_rows
+    if rows < floor:
+        xq = torch.nn.functional.pad(xq, (0, 0, 0, floor - rows))
+    return torch._int_mm(xq.contiguous(), wq_t)[:rows]
 
 
 class Int8Linear(nn.Module):

@@ -10,6 +10,7 @@ de-quantisation). ``scratch`` is the de-quantisation buffer the exact path share
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
@@ -17,15 +18,15 @@ import torch
 _SCRATCH: dict[tuple, torch.Tensor] = {}
 
 
-def scratch(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """A reusable buffer (not thread-safe: the result is valid until the next call).
+def scratch(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A reusable buffer on ``device`` (not thread-safe: the result is valid until the next call).
 
     One per inference mode too: a tensor made under ``torch.inference_mode`` cannot be written
     outside it (``perplexity`` runs in inference mode, ``model(...)`` under ``no_grad`` does not).
     """
-    key = (shape, dtype, torch.is_inference_mode_enabled())
+    key = (shape, dtype, str(device), torch.is_inference_mode_enabled())
     if key not in _SCRATCH:
-        _SCRATCH[key] = torch.empty(shape, dtype=dtype)
+        _SCRATCH[key] = torch.empty(shape, dtype=dtype, device=device)
     return _SCRATCH[key]
 
 
@@ -74,3 +75,33 @@ HAS_KERNELS = all(hasattr(torch.ops.aten, op) for op in ("_weight_int4pack_mm_fo
 def kernels_enabled() -> bool:
     """Whether the CPU weight-only kernels may run (``LLM4ALL_QKERNEL=0`` forces exact de-quantisation)."""
     return HAS_KERNELS and os.environ.get("LLM4ALL_QKERNEL", "1") != "0"
+
+
+# --- CUDA -----------------------------------------------------------------------------------
+# torch's CUDA int4 kernel (``_weight_int4pack_mm``, tinygemm, sm80+) takes the same
+# (K/group, N, 2) bf16 scales-and-offsets as the CPU one, and a weight tiled by
+# ``_convert_weight_to_int4pack`` from bytes holding two codes, high nibble first.
+CUDA_INNER_K_TILES = 8  # the conversion's tiling: K must be a multiple of 16 · CUDA_INNER_K_TILES
+CUDA_CHECK_TOLERANCE = 2e-2  # relative error of the kernel's first product against the exact one
+
+_log = logging.getLogger("llm4all.models.packed")
+_WARNED: set[str] = set()
+
+
+def warn_once(key: str, message: str) -> None:
+    """Log ``message`` once per process (one line per kind of layer that cannot use a kernel)."""
+    if key not in _WARNED:
+        _WARNED.add(key)
+        _log.warning(message)
+
+
+def cuda_int4_layout(codes: torch.Tensor) -> torch.Tensor:
+    """4-bit codes (N, K) on a CUDA device -> the CUDA int4 kernel's tiled weight."""
+    c = codes.to(torch.uint8)
+    return torch.ops.aten._convert_weight_to_int4pack((c[:, ::2] << 4) | c[:, 1::2], CUDA_INNER_K_TILES)
+
+
+def agrees(y: torch.Tensor, reference: torch.Tensor) -> bool:
+    """Whether a kernel's product ``y`` matches the exact ``reference`` (relative Frobenius error)."""
+    err = (y.float() - reference.float()).norm() / reference.float().norm().clamp(min=1e-12)
+    return bool(err <= CUDA_CHECK_TOLERANCE)
