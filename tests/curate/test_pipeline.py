@@ -90,8 +90,39 @@ def test_when_limits_a_step_to_matching_documents(tmp_path):
     docs = [Document("en1", "tiny", {"lang": "en"}), Document("fr1", "petit", {"lang": "fr"})]
     write_documents(tmp_path / "x.jsonl", docs)
     summary = curate([tmp_path / "x.jsonl"], out=tmp_path / "o", workers=1, signals=["gopher_quality"],
-                     steps=[{"filter": "published", "only": ["word_count"], "when": {"lang": "en"}}])
+                     steps=[{"filter": "published", "only": ["word_count"], "when": {"lang": "en"}}],
+                     lang_id="meta")
     assert summary["kept"] == 1 and summary["steps"][0]["judged"] == 1
+
+
+def test_identified_language_replaces_a_wrong_declared_one(tmp_path):
+    """issue 17: `when:` and the mixture use the language lid.176 identifies, not meta.lang."""
+    import zstandard
+
+    french = ("Le chat dort sur le canapé pendant que la pluie tombe sur la ville. Les enfants "
+              "reviennent de l'école et racontent leur journée à leurs parents.")
+    english = ("The committee met on Tuesday to discuss the new budget, and after a long debate the "
+               "members agreed to fund the library for another year. The mayor thanked the volunteers "
+               "who keep the reading rooms open in the evenings, and the treasurer promised a full "
+               "report on the repairs to the roof before the end of the winter season.")
+    docs = [Document("a", english, {"lang": "en"}), Document("b", french, {"lang": "en"}),  # mislabelled
+            Document("c", french.replace("chat", "chien"), {})]
+    write_documents(tmp_path / "x.jsonl", docs)
+    step = {"filter": "published", "only": ["word_count"], "when": {"lang": "en"}}
+    trusted = curate([tmp_path / "x.jsonl"], out=tmp_path / "m", workers=1, signals=["gopher_quality"],
+                     steps=[step], lang_id="meta")
+    assert trusted["steps"][0]["judged"] == 2  # the declared labels: a and b
+    found = curate([tmp_path / "x.jsonl"], out=tmp_path / "o", workers=1, signals=["gopher_quality"],
+                   steps=[step], mixture={"by": "lang", "method": "temperature", "tau": 1.0})
+    assert found["steps"][0]["judged"] == 1  # only a is English
+    kept = [json.loads(x) for x in zstandard.ZstdDecompressor().stream_reader(
+        (tmp_path / "o" / "kept.jsonl.zst").read_bytes()).read().decode().splitlines()]
+    meta = {d["id"]: d["meta"] for d in kept}
+    assert meta["a"]["lang"] == "en" and meta["b"]["lang"] == "fr" and meta["c"]["lang"] == "fr"
+    assert meta["b"]["lang_declared"] == "en" and "lang_declared" not in meta["a"]
+    assert all(0.5 < m["lang_score"] <= 1.0 for m in meta.values())
+    mixture = json.loads((tmp_path / "o" / "mixture.json").read_text())
+    assert sorted(mixture["groups"]) == ["en", "fr"] and len(mixture["groups"]["fr"]["ids"]) == 2
 
 
 def test_skip_bad_counts_rejects_as_removed(tmp_path):
@@ -145,7 +176,7 @@ def test_stage_manifest_records_inputs_counts_and_outputs(tmp_path):
     ({"steps": [{"filter": "published", "only": ["nope"]}]}, "no published threshold for 'nope'"),
     ({"steps": [{"dedup": "exact"}, {"dedup": "exact"}]}, "labels must be unique"),
     ({"curriculum": {"signal": "nope"}}, "no signal column 'nope'"),
-    ({"mixture": {"by": "lang", "method": "fixed", "weights": {"en": 1}}, "steps": []},
+    ({"mixture": {"by": "lang", "method": "fixed", "weights": {"en": 1}}, "steps": [], "lang_id": "meta"},
      "missing \\['fr'\\]"),
     ({"mixture": {"by": "lang", "colour": 1}, "steps": []}, "mixture: unknown key 'colour'"),
 ])

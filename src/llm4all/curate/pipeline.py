@@ -30,7 +30,7 @@ import json
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -75,6 +75,7 @@ def main(
     text_key: str = "text",
     skip_bad: bool = False,
     max_docs: int | None = None,
+    lang_id: Literal["model", "meta"] = "model",
     device: str = "auto",
 ) -> dict:
     """Curate documents: signals, filters, dedup, selection; write kept and removed with reasons.
@@ -94,6 +95,9 @@ def main(
         text_key: the text field of JSONL/parquet records.
         skip_bad: record malformed input records as removed at step 'read' instead of stopping.
         max_docs: read at most this many documents.
+        lang_id: model: identify each document's language with fastText's lid.176 (meta.lang, and
+            meta.lang_score; a different declared meta.lang is kept as lang_declared), which
+            `when: {lang: ..}` and `mixture: {by: lang}` then use; meta: trust meta.lang as given.
         device: where model signals, Ask-LLM and embeddings (SemDeDup, D4) run: auto (CUDA when
             present, else CPU), cpu, cuda or cuda:N; the workers inherit it.
     """
@@ -119,6 +123,8 @@ def main(
         docs, rejected = read_all(data, text_key, skip_bad, max_docs, ledger, tmp / "rejects.jsonl")
         read = len(docs) + rejected
         ids, texts = [d.id for d in docs], [d.text for d in docs]
+        if lang_id == "model":
+            identify_languages(docs)
         timings["read"] = time.perf_counter() - t0
 
         # 2. signals
@@ -133,12 +139,7 @@ def main(
         timings.update({row["step"]: row["seconds"] for row in step_rows})
 
         # 4. outputs
-        with DocumentWriter(tmp / "kept.jsonl.zst") as kept_writer:
-            for i in keep:
-                kept_writer.write(docs[i])
-        if ledger.removed + len(keep) != read:
-            raise RuntimeError(f"accounting broken: kept {len(keep)} + removed {ledger.removed} "
-                               f"!= read {read}")
+        write_kept(tmp / "kept.jsonl.zst", docs, keep, ledger, read)
         outputs = {"kept": "kept.jsonl.zst", "removed": "removed.jsonl.zst",
                    "signals": "signals.parquet", "summary": "summary.json",
                    **({"rejects": "rejects.jsonl"} if (tmp / "rejects.jsonl").exists() else {}),
@@ -177,6 +178,29 @@ def check_config(signals: list, steps: list[dict], curriculum: dict | None, mixt
     if len(set(labels)) != len(labels):
         raise UserError(f"steps: labels must be unique, got {labels}; add label: to repeated steps")
     return built, cur, mix
+
+
+def write_kept(path: Path, docs: list[Document], keep: np.ndarray, ledger: Ledger, read: int) -> None:
+    """The kept documents in input order, after checking that kept + removed == read."""
+    from llm4all.data.writers import DocumentWriter
+
+    if ledger.removed + len(keep) != read:
+        raise RuntimeError(f"accounting broken: kept {len(keep)} + removed {ledger.removed} != read {read}")
+    with DocumentWriter(path) as kept_writer:
+        for i in keep:
+            kept_writer.write(docs[i])
+
+
+def identify_languages(docs: list[Document]) -> None:
+    """Set each document's meta.lang (and lang_score) to what lid.176 identifies (data/langid.py);
+    a different language the input declared stays in meta.lang_declared."""
+    from llm4all.data.langid import identify
+
+    for doc, (lang, score) in zip(docs, identify([d.text for d in docs]), strict=True):
+        declared = doc.meta.get("lang")
+        doc.meta = {**doc.meta, "lang": lang, "lang_score": score}
+        if declared is not None and declared != lang:
+            doc.meta["lang_declared"] = declared
 
 
 def read_all(data: list[Path], text_key: str, skip_bad: bool, max_docs: int | None,

@@ -1,4 +1,5 @@
-"""Stream documents from jsonl(.gz/.zst), parquet, folders of .txt and HF datasets on disk.
+"""Stream documents from jsonl(.gz/.zst), parquet, folders of .txt, web archives (.warc(.gz),
+.html: ``web.py``) and HF datasets on disk.
 
 Every reader yields :class:`Document` lazily. A malformed record is a :class:`UserError`
 naming the file and line (or row). With ``skip_bad=True`` the reader instead records each
@@ -20,10 +21,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from llm4all.data.document import Document
+from llm4all.data.web import HTML_SUFFIXES, WARC_SUFFIXES, read_html, read_warc
 from llm4all.errors import UserError
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".ndjson")
-SUFFIXES = (*JSONL_SUFFIXES, ".parquet", ".txt")
+SUFFIXES = (*JSONL_SUFFIXES, ".parquet", ".txt", *WARC_SUFFIXES, *HTML_SUFFIXES)
 
 
 class Rejects:
@@ -265,7 +267,8 @@ def read_documents(paths: str | Path | Iterable[str | Path], *, text_key: str = 
     """Stream documents from files, folders (recursively, sorted) or saved HF datasets.
 
     Args:
-        paths: one path or several; folders are walked for .jsonl(.gz/.zst), .parquet, .txt.
+        paths: one path or several; folders are walked for .jsonl(.gz/.zst), .parquet, .txt,
+            .warc(.gz) and .html/.htm (the last two through the boilerplate remover of ``web.py``).
         text_key: the field holding the text.
         skip_bad: write malformed records to ``rejects`` instead of stopping with an error.
         rejects: where skipped records go (a counting sink if not given and skip_bad is set).
@@ -292,6 +295,10 @@ def read_documents(paths: str | Path | Iterable[str | Path], *, text_key: str = 
                 yield from read_parquet(f, text_key=text_key, rejects=sink)
             elif f.suffix == ".txt":
                 yield from read_text_file(f, root, rejects=sink)
+            elif f.name.endswith(WARC_SUFFIXES):
+                yield from read_warc(f, rejects=sink)
+            elif f.name.endswith(HTML_SUFFIXES):
+                yield from read_html(f, root, rejects=sink)
             else:
                 raise UserError(f"{f}: unsupported file type; valid: {', '.join(SUFFIXES)}")
 
