@@ -67,8 +67,12 @@ class ShardCache:
 
 def compute_table(ids: list[str], texts: list[str], specs: list, *, engine: Engine = "local",
                   workers: int = 2, shard_docs: int = 1000, cache: ShardCache | None = None,
-                  progress: Callable[[int], None] | None = None) -> tuple[dict[str, np.ndarray], dict]:
-    """Signal columns for all documents, computed shard by shard; returns (table, stats)."""
+                  progress: Callable[[int], None] | None = None,
+                  ray_address: str | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    """Signal columns for all documents, computed shard by shard; returns (table, stats).
+
+    ``ray_address`` (engine ray): join that cluster (``auto``, or ``HOST:PORT`` of its head)
+    instead of starting a local Ray instance of ``workers`` CPUs."""
     from llm4all.curate.signals.compute import resolve
 
     plan = resolve(specs)
@@ -93,7 +97,8 @@ def compute_table(ids: list[str], texts: list[str], specs: list, *, engine: Engi
         if runner == "batched":
             results = (_shard_signals((t, group)) for _, _, t in todo)
         elif engine == "ray":
-            results = _ray_map([t for _, _, t in todo], group, workers)
+            results = _ray_map([t for _, _, t in todo], group, workers, ray_address)
+            stats["ray"] = ray_cluster(ray_address)
         elif workers > 1 and len(todo) > 1:
             pool = get_context("spawn").Pool(min(workers, len(todo)))
             results = pool.imap(_shard_signals, [(t, group) for _, _, t in todo])
@@ -115,19 +120,62 @@ def compute_table(ids: list[str], texts: list[str], specs: list, *, engine: Engi
     return table, stats
 
 
-def _ray_map(shards: list[list[str]], specs: list, workers: int) -> list[dict[str, np.ndarray]]:
-    """Compute shards with Ray Data (one row per shard), results in shard order."""
-    if not shards:
-        return []
+#: what the driver is connected to: None (not yet), "local" or a cluster address
+_RAY: dict[str, str | None] = {"connected": None}
+#: environment the Ray workers get from the driver (one setting for every stage, on every node)
+RAY_ENV = ("LLM4ALL_DEVICE", "LLM4ALL_THREADS", "LLM4ALL_CACHE")
+
+
+def connect_ray(workers: int, address: str | None = None):
+    """The ``ray`` module, connected to ``address`` (a running cluster: ``auto`` or ``HOST:PORT``)
+    or to a local instance of ``workers`` CPUs started here; reconnects if asked for another."""
+    import os
+
     from llm4all.errors import UserError
 
     try:
         import ray
     except ImportError:
         raise UserError("--engine ray needs Ray Data: pip install 'ray[data]'") from None
+    want = address or "local"
+    if ray.is_initialized() and _RAY["connected"] != want:
+        ray.shutdown()
     if not ray.is_initialized():
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
+        env = {"env_vars": {k: os.environ[k] for k in RAY_ENV if k in os.environ}}
+        try:
+            if address:  # a cluster's CPUs are its own; llm4all must be installed on every node
+                ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                         configure_logging=False, runtime_env=env)
+            else:
+                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
+                         configure_logging=False, runtime_env=env)
+        except Exception as e:  # Ray raises its own types (ConnectionError, AuthenticationError, ...)
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            hint = ("the cluster uses token authentication: set RAY_AUTH_MODE=token (the token is read from "
+                    "~/.ray/auth_token or RAY_AUTH_TOKEN)" if "auth" in first.lower() else
+                    "start one with `ray start --head` (docs/curate.md)")
+            raise UserError(f"--ray-address {address}: cannot join a Ray cluster there ({first}); "
+                            f"{hint}") from None
+        _RAY["connected"] = want
+    return ray
+
+
+def ray_cluster(address: str | None) -> dict:
+    """What the driver ran on: the cluster's address (or local), its live nodes and CPUs."""
+    import ray
+
+    if not ray.is_initialized():
+        return {"address": address or "local"}
+    return {"address": address or "local", "nodes": sum(bool(n["Alive"]) for n in ray.nodes()),
+            "cpus": int(ray.cluster_resources().get("CPU", 0))}
+
+
+def _ray_map(shards: list[list[str]], specs: list, workers: int,
+             address: str | None = None) -> list[dict[str, np.ndarray]]:
+    """Compute shards with Ray Data (one row per shard), results in shard order."""
+    if not shards:
+        return []
+    ray = connect_ray(workers, address)
     rows = [{"shard": i, "texts": texts} for i, texts in enumerate(shards)]
 
     def compute(row: dict[str, Any]) -> dict[str, Any]:

@@ -76,6 +76,7 @@ def main(
     skip_bad: bool = False,
     max_docs: int | None = None,
     lang_id: Literal["model", "meta"] = "model",
+    ray_address: str | None = None,
     device: str = "auto",
 ) -> dict:
     """Curate documents: signals, filters, dedup, selection; write kept and removed with reasons.
@@ -90,14 +91,15 @@ def main(
         mixture: write mixture.json, e.g. {by: lang, method: temperature, tau: 2.0} or
             {by: lang, method: fixed, weights: {en: 0.8, fr: 0.2}} (`llm4all ls mixtures`).
         engine: local (worker processes) or ray (Ray Data) for per-document work.
-        workers: processes (local) or CPUs (ray).
+        workers: processes (local) or CPUs (ray, when it starts its own local instance).
         shard_docs: documents per shard (the unit of parallel work and of the rerun cache).
         text_key: the text field of JSONL/parquet records.
         skip_bad: record malformed input records as removed at step 'read' instead of stopping.
         max_docs: read at most this many documents.
-        lang_id: model: identify each document's language with fastText's lid.176 (meta.lang, and
-            meta.lang_score; a different declared meta.lang is kept as lang_declared), which
-            `when: {lang: ..}` and `mixture: {by: lang}` then use; meta: trust meta.lang as given.
+        lang_id: model: meta.lang := the language fastText's lid.176 identifies (+ lang_score;
+            a different declared one stays as lang_declared); meta: trust meta.lang as given.
+        ray_address: with --engine ray, join this running cluster (auto, or the head's
+            HOST:PORT, e.g. 10.0.0.5:6379) instead of starting a local Ray instance.
         device: where model signals, Ask-LLM and embeddings (SemDeDup, D4) run: auto (CUDA when
             present, else CPU), cpu, cuda or cuda:N; the workers inherit it.
     """
@@ -108,8 +110,7 @@ def main(
     signals = list(DEFAULT_SIGNALS if signals is None else signals)
     steps = list(DEFAULT_STEPS if steps is None else steps)
     built, cur, mix = check_config(signals, steps, curriculum, mixture)
-    if workers < 1 or shard_docs < 1:
-        raise UserError("--workers and --shard-docs must be at least 1")
+    _check_engine(engine, workers, shard_docs, ray_address)
     out = Path(out)
     cache = ShardCache(out.parent / f".{out.name}.cache")
     timings: dict[str, float] = {}
@@ -130,7 +131,7 @@ def main(
         # 2. signals
         t0 = time.perf_counter()
         table, engine_stats = compute_table(ids, texts, signals, engine=engine, workers=workers,
-                                            shard_docs=shard_docs, cache=cache)
+                                            shard_docs=shard_docs, cache=cache, ray_address=ray_address)
         timings["signals"] = time.perf_counter() - t0
         _write_signals(tmp / "signals.parquet", ids, table)
 
@@ -178,6 +179,13 @@ def check_config(signals: list, steps: list[dict], curriculum: dict | None, mixt
     if len(set(labels)) != len(labels):
         raise UserError(f"steps: labels must be unique, got {labels}; add label: to repeated steps")
     return built, cur, mix
+
+
+def _check_engine(engine: str, workers: int, shard_docs: int, ray_address: str | None) -> None:
+    if workers < 1 or shard_docs < 1:
+        raise UserError("--workers and --shard-docs must be at least 1")
+    if ray_address and engine != "ray":
+        raise UserError("--ray-address joins a Ray cluster for --engine ray; add --engine ray")
 
 
 def write_kept(path: Path, docs: list[Document], keep: np.ndarray, ledger: Ledger, read: int) -> None:
