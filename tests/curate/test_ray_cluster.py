@@ -44,7 +44,13 @@ def test_ray_address_needs_the_ray_engine(tmp_path):
 def test_curate_on_a_two_node_cluster_equals_the_local_engine(tmp_path):
     """The CLI joins the cluster in a process of its own: Ray reads RAY_AUTH_MODE when imported,
     and `ray start --head` turns token authentication on (the token is in ~/.ray/auth_token)."""
-    pytest.importorskip("ray")
+    ray = pytest.importorskip("ray")
+    from llm4all.curate import engine
+
+    # this process's own local Ray (an earlier test's) ends first: `ray stop` below would kill its
+    # raylet, and a driver whose raylet dies exits
+    ray.shutdown()
+    engine._RAY["connected"] = None
     path, _ = corpus(tmp_path)
     options = ["--signals", "ttr", "gopher_quality", "--shard-docs", "10", "--lang-id", "meta"]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}

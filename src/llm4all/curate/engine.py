@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Literal
@@ -65,14 +65,20 @@ class ShardCache:
             np.savez(f, **columns)
 
 
-def compute_table(ids: list[str], texts: list[str], specs: list, *, engine: Engine = "local",
+WINDOW_PER_WORKER = 8  # shards per worker sent at a time: bounds the texts in flight
+
+
+def compute_table(ids: list[str], texts: Sequence[str], specs: list, *, engine: Engine = "local",
                   workers: int = 2, shard_docs: int = 1000, cache: ShardCache | None = None,
                   progress: Callable[[int], None] | None = None,
                   ray_address: str | None = None) -> tuple[dict[str, np.ndarray], dict]:
     """Signal columns for all documents, computed shard by shard; returns (table, stats).
 
-    ``ray_address`` (engine ray): join that cluster (``auto``, or ``HOST:PORT`` of its head)
-    instead of starting a local Ray instance of ``workers`` CPUs."""
+    ``texts`` may be lazy (``store.TextView``): a shard's texts are read when the shard is
+    hashed for the cache and again when it is computed, and shards go to the workers a window
+    of ``WINDOW_PER_WORKER × workers`` at a time, so the texts in memory (and in the pool's or
+    Ray's queue) are a window's, whatever the corpus size. ``ray_address`` (engine ray): join
+    that cluster (``auto``, or ``HOST:PORT`` of its head) instead of starting a local instance."""
     from llm4all.curate.signals.compute import resolve
 
     plan = resolve(specs)
@@ -81,40 +87,47 @@ def compute_table(ids: list[str], texts: list[str], specs: list, *, engine: Engi
     bounds = [(i, min(i + shard_docs, len(ids))) for i in range(0, len(ids), shard_docs)]
     stats = {"shards": len(bounds), "cached": 0, "computed": 0, "seconds": {}}
     parts: list[dict[str, np.ndarray]] = [{} for _ in bounds]
-    for group, runner in ((per_doc, "per_doc"), (batched, "batched")):
-        if not group:
-            continue
-        start = time.perf_counter()
-        todo = []
-        for n, (a, b) in enumerate(bounds):
-            key = _key(group, ids[a:b], texts[a:b])
-            hit = cache.get(key) if cache else None
-            if hit is not None:
-                parts[n].update(hit)
-                stats["cached"] += 1
-            else:
-                todo.append((n, key, texts[a:b]))
-        if runner == "batched":
-            results = (_shard_signals((t, group)) for _, _, t in todo)
-        elif engine == "ray":
-            results = _ray_map([t for _, _, t in todo], group, workers, ray_address)
-            stats["ray"] = ray_cluster(ray_address)
-        elif workers > 1 and len(todo) > 1:
-            pool = get_context("spawn").Pool(min(workers, len(todo)))
-            results = pool.imap(_shard_signals, [(t, group) for _, _, t in todo])
-        else:
-            results = (_shard_signals((t, group)) for _, _, t in todo)
-        for (n, key, shard_texts), columns in zip(todo, results, strict=True):
-            parts[n].update(columns)
-            if cache:
-                cache.put(key, columns)
-            stats["computed"] += 1
-            if progress:
-                progress(len(shard_texts))
-        if runner == "per_doc" and engine == "local" and workers > 1 and len(todo) > 1:
+    pool = None
+    try:
+        for group, runner in ((per_doc, "per_doc"), (batched, "batched")):
+            if not group:
+                continue
+            start = time.perf_counter()
+            todo = []
+            for n, (a, b) in enumerate(bounds):
+                key = _key(group, ids[a:b], texts[a:b])
+                hit = cache.get(key) if cache else None
+                if hit is not None:
+                    parts[n].update(hit)
+                    stats["cached"] += 1
+                else:
+                    todo.append((n, key, a, b))
+            parallel = runner == "per_doc" and (engine == "ray" or (workers > 1 and len(todo) > 1))
+            if parallel and engine == "local" and pool is None:
+                pool = get_context("spawn").Pool(min(workers, len(todo)))
+            window = WINDOW_PER_WORKER * workers if parallel else 1
+            for w in range(0, len(todo), window):
+                part = todo[w:w + window]
+                payload = [(texts[a:b], group) for _, _, a, b in part]
+                if not parallel:
+                    results = [_shard_signals(x) for x in payload]
+                elif engine == "ray":
+                    results = _ray_map([t for t, _ in payload], group, workers, ray_address)
+                    stats["ray"] = ray_cluster(ray_address)
+                else:
+                    results = pool.map(_shard_signals, payload)
+                for (n, key, a, b), columns in zip(part, results, strict=True):
+                    parts[n].update(columns)
+                    if cache:
+                        cache.put(key, columns)
+                    stats["computed"] += 1
+                    if progress:
+                        progress(b - a)
+            stats["seconds"][runner] = round(time.perf_counter() - start, 2)
+    finally:
+        if pool is not None:
             pool.close()
             pool.join()
-        stats["seconds"][runner] = round(time.perf_counter() - start, 2)
     columns = [c for _, fn, _ in plan for c in fn.columns]
     table = {c: np.concatenate([p[c] for p in parts]) if parts else np.zeros(0) for c in columns}
     return table, stats
@@ -147,7 +160,8 @@ def connect_ray(workers: int, address: str | None = None):
                 ray.init(address=address, include_dashboard=False, log_to_driver=False,
                          configure_logging=False, runtime_env=env)
             else:
-                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
+                # "local": a new instance even where a cluster was started on this machine
+                ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False,
                          configure_logging=False, runtime_env=env)
         except Exception as e:  # Ray raises its own types (ConnectionError, AuthenticationError, ...)
             first = str(e).splitlines()[0] if str(e) else type(e).__name__

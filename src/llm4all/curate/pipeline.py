@@ -38,6 +38,7 @@ from llm4all.curate import curriculum as curricula
 from llm4all.curate import mixture as mixtures
 from llm4all.curate.engine import Engine, ShardCache, compute_table
 from llm4all.curate.step import Step, build_step, check_decisions
+from llm4all.curate.store import DocStore
 from llm4all.data.document import Document
 from llm4all.errors import UserError
 from llm4all.runs import atomic_dir, write_json, write_manifest
@@ -116,21 +117,19 @@ def main(
     timings: dict[str, float] = {}
     start = time.perf_counter()
 
-    with (device_env(device), atomic_dir(out) as tmp,
+    with (device_env(device), atomic_dir(out) as tmp, DocStore(out.parent) as docs,
           DocumentWriter(tmp / "removed.jsonl.zst") as removed_writer):
         ledger = Ledger(removed_writer)
-        # 1. read
+        # 1. read (texts go to the store's file: the driver keeps ids, meta and lengths)
         t0 = time.perf_counter()
-        docs, rejected = read_all(data, text_key, skip_bad, max_docs, ledger, tmp / "rejects.jsonl")
-        read = len(docs) + rejected
-        ids, texts = [d.id for d in docs], [d.text for d in docs]
-        if lang_id == "model":
-            identify_languages(docs)
+        rejected = read_all(docs, data, text_key, skip_bad, max_docs, ledger, tmp / "rejects.jsonl",
+                            lang_id == "model")
+        read, ids = len(docs) + rejected, docs.ids
         timings["read"] = time.perf_counter() - t0
 
         # 2. signals
         t0 = time.perf_counter()
-        table, engine_stats = compute_table(ids, texts, signals, engine=engine, workers=workers,
+        table, engine_stats = compute_table(ids, docs.texts(), signals, engine=engine, workers=workers,
                                             shard_docs=shard_docs, cache=cache, ray_address=ray_address)
         timings["signals"] = time.perf_counter() - t0
         _write_signals(tmp / "signals.parquet", ids, table)
@@ -188,7 +187,7 @@ def _check_engine(engine: str, workers: int, shard_docs: int, ray_address: str |
         raise UserError("--ray-address joins a Ray cluster for --engine ray; add --engine ray")
 
 
-def write_kept(path: Path, docs: list[Document], keep: np.ndarray, ledger: Ledger, read: int) -> None:
+def write_kept(path: Path, docs: DocStore, keep: np.ndarray, ledger: Ledger, read: int) -> None:
     """The kept documents in input order, after checking that kept + removed == read."""
     from llm4all.data.writers import DocumentWriter
 
@@ -196,10 +195,10 @@ def write_kept(path: Path, docs: list[Document], keep: np.ndarray, ledger: Ledge
         raise RuntimeError(f"accounting broken: kept {len(keep)} + removed {ledger.removed} != read {read}")
     with DocumentWriter(path) as kept_writer:
         for i in keep:
-            kept_writer.write(docs[i])
+            kept_writer.write(docs.document(int(i)))
 
 
-def identify_languages(docs: list[Document]) -> None:
+def identify_languages(docs: list[Document]) -> list[Document]:
     """Set each document's meta.lang (and lang_score) to what lid.176 identifies (data/langid.py);
     a different language the input declared stays in meta.lang_declared."""
     from llm4all.data.langid import identify
@@ -209,25 +208,39 @@ def identify_languages(docs: list[Document]) -> None:
         doc.meta = {**doc.meta, "lang": lang, "lang_score": score}
         if declared is not None and declared != lang:
             doc.meta["lang_declared"] = declared
+    return docs
 
 
-def read_all(data: list[Path], text_key: str, skip_bad: bool, max_docs: int | None,
-             ledger: Ledger, rejects_file: Path | None = None) -> tuple[list[Document], int]:
-    """(documents, rejected count): ids checked unique; each rejected record goes to the ledger
-    (removed at step ``read``, with its file, line, reason and text) and to ``rejects_file``."""
+READ_BLOCK = 2048  # documents read (and language-identified) at a time before they go to the store
+
+
+def read_all(docs: DocStore, data: list[Path], text_key: str, skip_bad: bool, max_docs: int | None,
+             ledger: Ledger, rejects_file: Path | None = None, lang_id: bool = False) -> int:
+    """Read every document into ``docs`` (ids checked unique; with ``lang_id`` their languages
+    identified, a block at a time); returns the rejected count. Each rejected record goes to the
+    ledger (removed at step ``read``, with its file, line, reason and text) and to ``rejects_file``."""
     from llm4all.data.readers import Rejects, read_documents
 
     rejects = Rejects(rejects_file)
-    docs: list[Document] = []
     seen: set[str] = set()
+    block: list[Document] = []
+
+    def flush() -> None:
+        for doc in identify_languages(block) if lang_id else block:
+            docs.add(doc)
+        block.clear()
+
     for doc in read_documents(data, text_key=text_key, skip_bad=skip_bad, rejects=rejects):
         if doc.id in seen:
             raise UserError(f"{doc.where or 'input'}: duplicate document id {doc.id!r} (an earlier "
                             "document has it); ids must be unique")
         seen.add(doc.id)
-        docs.append(doc)
-        if max_docs is not None and len(docs) >= max_docs:
+        block.append(doc)
+        if len(block) >= READ_BLOCK:
+            flush()
+        if max_docs is not None and len(docs) + len(block) >= max_docs:
             break
+    flush()
     rejects.close()
     rows = ([json.loads(line) for line in rejects_file.read_text(encoding="utf-8").splitlines()]
             if rejects_file is not None and rejects_file.exists() else [{}] * rejects.count)
@@ -236,12 +249,12 @@ def read_all(data: list[Path], text_key: str, skip_bad: bool, max_docs: int | No
         ledger.remove("read", {"id": f"rejected/{where}", "text": row.get("raw", ""),
                                "meta": {"source": row.get("source"), "line": row.get("line")}},
                       {"reason": "malformed record", "detail": row.get("reason", "unknown")})
-    if not docs:
+    if not len(docs):
         raise UserError(f"{', '.join(map(str, data))}: no documents to curate")
-    return docs, rejects.count
+    return rejects.count
 
 
-def run_steps(built: list[tuple[str, Step]], steps: list[dict], docs: list[Document],
+def run_steps(built: list[tuple[str, Step]], steps: list[dict], docs: DocStore,
               table: dict[str, np.ndarray], ledger: Ledger) -> tuple[np.ndarray, list[dict]]:
     """Apply the steps in order to the documents still kept (and matching ``when:``).
 
@@ -260,20 +273,20 @@ def run_steps(built: list[tuple[str, Step]], steps: list[dict], docs: list[Docum
     return keep, rows
 
 
-def _one_step(label: str, step: Step, spec: dict, docs: list[Document], table: dict[str, np.ndarray],
+def _one_step(label: str, step: Step, spec: dict, docs: DocStore, table: dict[str, np.ndarray],
               ledger: Ledger, keep: np.ndarray) -> dict:
     """Counts of one step over the documents still kept, and (key ``survivors``) those it keeps."""
     t0 = time.perf_counter()
     when = spec.get("when") or {}
-    judged = np.asarray([i for i in keep if _matches(docs[i].meta, when)], dtype=np.int64)
-    judged_ids = [docs[i].id for i in judged]
-    decisions = step(judged_ids, [docs[i].text for i in judged], {c: v[judged] for c, v in table.items()})
+    judged = np.asarray([i for i in keep if _matches(docs.metas[i], when)], dtype=np.int64)
+    judged_ids = [docs.ids[i] for i in judged]
+    decisions = step(judged_ids, docs.texts(judged), {c: v[judged] for c, v in table.items()})
     check_decisions(label, decisions, judged_ids)
     dropped = set()
     for d, i in zip(decisions, judged, strict=True):
         if not d.keep:
             dropped.add(int(i))
-            ledger.remove(label, docs[i].to_dict(), d.reason or {"reason": label})
+            ledger.remove(label, docs.document(int(i)).to_dict(), d.reason or {"reason": label})
     survivors = [int(i) for i in keep if int(i) not in dropped]
     return {"step": label, "in": int(len(keep)), "judged": int(len(judged)),
             "kept": len(survivors), "removed": int(len(keep) - len(survivors)),
@@ -282,19 +295,19 @@ def _one_step(label: str, step: Step, spec: dict, docs: list[Document], table: d
             "survivors": np.asarray(survivors, dtype=np.int64)}
 
 
-def write_order_manifests(tmp: Path, docs: list[Document], keep: np.ndarray,
+def write_order_manifests(tmp: Path, docs: DocStore, keep: np.ndarray,
                           table: dict[str, np.ndarray], cur: curricula.Curriculum | None,
                           mix: mixtures.Mixture | None) -> dict[str, str]:
     """``curriculum.json`` and ``mixture.json`` over the kept documents, when asked; {name: file}."""
     written = {}
-    kept_ids = [docs[i].id for i in keep]
+    kept_ids = [docs.ids[i] for i in keep]
     if cur:
         write_json(tmp / "curriculum.json",
                    curricula.manifest(cur, kept_ids, {c: v[keep] for c, v in table.items()}))
         written["curriculum"] = "curriculum.json"
     if mix:
         write_json(tmp / "mixture.json", mixtures.manifest(
-            mix, kept_ids, [docs[i].meta for i in keep], [len(docs[i].text) for i in keep]))
+            mix, kept_ids, [docs.metas[i] for i in keep], [docs.lengths[i] for i in keep]))
         written["mixture"] = "mixture.json"
     return written
 
