@@ -53,3 +53,20 @@ def test_exact_dedup_raw_mode_and_counts_reconcile():
 def test_exact_dedup_unknown_option_is_a_user_error():
     with pytest.raises(UserError, match="unknown option 'normalize'.*did you mean 'normalise'"):
         DEDUPERS.build({"name": "exact", "normalize": True})
+
+
+@pytest.mark.slow
+def test_exact_dedup_on_ray_equals_the_local_one():
+    """issue 17 item 2: hash tasks + a hash shuffle give the local decisions, survivors included."""
+    from llm4all.curate.dedup.ray_exact import exact_on_ray
+    from llm4all.curate.engine import connect_ray
+
+    ray = connect_ray(2)
+    texts = [f"document number {i % 37} says hello" for i in range(300)]
+    texts += ["Hello, World!", "hello   world", "HELLO WORLD?", "hello worlds"]
+    ids = [f"d{i}" for i in range(len(texts))]
+    for normalise in (True, False):
+        local = list(ExactDedup(normalise)(zip(ids, texts, strict=True)))
+        on_ray = exact_on_ray(ray, ids, texts, normalise, shard_docs=40)
+        assert on_ray == local
+    assert sum(not d.keep for d in local) == 300 - 37  # raw text: only the 300 repeat

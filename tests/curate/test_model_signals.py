@@ -222,3 +222,23 @@ def test_model_signals_on_degenerate_text_are_finite(tiny_model, chat_model):
                    ask_llm(texts, model=str(chat_model), dtype="float32", max_tokens=64)):
         for col, v in values.items():
             assert np.isfinite(v).all(), col
+
+
+@pytest.mark.slow
+def test_model_signals_in_ray_actors_equal_the_driver_ones(yes_no_model, docs_jsonl, tmp_path):
+    """issue 17 item 2: perplexity and Ask-LLM run in Ray actors (one model load each) and give the
+    values the local engine computes in the driver, shard for shard."""
+    import pyarrow.parquet as pq
+
+    from llm4all.curate.pipeline import main as curate
+
+    signals = [{"name": name, "model": str(yes_no_model), "dtype": "float32", "max_tokens": 16}
+               for name in ("perplexity", "ask_llm")]
+    kwargs = {"signals": signals, "steps": [], "shard_docs": 8, "lang_id": "meta"}
+    local = curate([docs_jsonl], out=tmp_path / "local", workers=1, **kwargs)
+    on_ray = curate([docs_jsonl], out=tmp_path / "ray", engine="ray", workers=2, **kwargs)
+    assert on_ray["engine_stats"]["computed"] == local["engine_stats"]["computed"] == 5  # 40 docs / 8
+    a, b = (pq.read_table(tmp_path / x / "signals.parquet").to_pydict() for x in ("local", "ray"))
+    assert a["id"] == b["id"] and set(a) == {"id", "ppl", "nll", "ppl_tokens", "ask_llm"}
+    for column in ("ppl", "nll", "ppl_tokens", "ask_llm"):
+        np.testing.assert_allclose(b[column], a[column], rtol=1e-6)

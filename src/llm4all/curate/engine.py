@@ -102,7 +102,8 @@ def compute_table(ids: list[str], texts: Sequence[str], specs: list, *, engine: 
                     stats["cached"] += 1
                 else:
                     todo.append((n, key, a, b))
-            parallel = runner == "per_doc" and (engine == "ray" or (workers > 1 and len(todo) > 1))
+            # model signals (batched) run in Ray actors that load the model once, else in the driver
+            parallel = engine == "ray" or (runner == "per_doc" and workers > 1 and len(todo) > 1)
             if parallel and engine == "local" and pool is None:
                 pool = get_context("spawn").Pool(min(workers, len(todo)))
             window = WINDOW_PER_WORKER * workers if parallel else 1
@@ -112,7 +113,8 @@ def compute_table(ids: list[str], texts: Sequence[str], specs: list, *, engine: 
                 if not parallel:
                     results = [_shard_signals(x) for x in payload]
                 elif engine == "ray":
-                    results = _ray_map([t for t, _ in payload], group, workers, ray_address)
+                    results = _ray_map([t for t, _ in payload], group, workers, ray_address,
+                                       actors=runner == "batched")
                     stats["ray"] = ray_cluster(ray_address)
                 else:
                     results = pool.map(_shard_signals, payload)
@@ -184,18 +186,31 @@ def ray_cluster(address: str | None) -> dict:
             "cpus": int(ray.cluster_resources().get("CPU", 0))}
 
 
-def _ray_map(shards: list[list[str]], specs: list, workers: int,
-             address: str | None = None) -> list[dict[str, np.ndarray]]:
-    """Compute shards with Ray Data (one row per shard), results in shard order."""
+class ShardSignals:
+    """A Ray Data actor computing one shard's signals per row; model signals (perplexity,
+    Ask-LLM) load their model once per actor and keep it (``signals.model.cached_model``)."""
+
+    def __init__(self, specs: list):
+        self.specs = specs
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        columns = _shard_signals((list(row["texts"]), self.specs))
+        return {"shard": row["shard"], "columns": {k: v.tolist() for k, v in columns.items()}}
+
+
+def _ray_map(shards: list[list[str]], specs: list, workers: int, address: str | None = None,
+             actors: bool = False) -> list[dict[str, np.ndarray]]:
+    """Compute shards with Ray Data (one row per shard), results in shard order: in tasks, or
+    with ``actors`` in a pool of ``workers`` actors (model signals: one model load per actor)."""
     if not shards:
         return []
     ray = connect_ray(workers, address)
     rows = [{"shard": i, "texts": texts} for i, texts in enumerate(shards)]
-
-    def compute(row: dict[str, Any]) -> dict[str, Any]:
-        columns = _shard_signals((list(row["texts"]), specs))
-        return {"shard": row["shard"], "columns": {k: v.tolist() for k, v in columns.items()}}
-
-    out = ray.data.from_items(rows, override_num_blocks=len(rows)).map(compute).take_all()
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+    if actors:
+        out = ds.map(ShardSignals, fn_constructor_args=(specs,),
+                     concurrency=min(workers, len(rows))).take_all()
+    else:
+        out = ds.map(ShardSignals(specs)).take_all()
     out.sort(key=lambda r: r["shard"])
     return [{k: np.asarray(v, dtype=np.float64) for k, v in r["columns"].items()} for r in out]

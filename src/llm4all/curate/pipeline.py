@@ -36,7 +36,7 @@ import numpy as np
 
 from llm4all.curate import curriculum as curricula
 from llm4all.curate import mixture as mixtures
-from llm4all.curate.engine import Engine, ShardCache, compute_table
+from llm4all.curate.engine import Engine, ShardCache, compute_table, connect_ray
 from llm4all.curate.step import Step, build_step, check_decisions
 from llm4all.curate.store import DocStore
 from llm4all.data.document import Document
@@ -135,7 +135,8 @@ def main(
         _write_signals(tmp / "signals.parquet", ids, table)
 
         # 3. steps
-        keep, step_rows = run_steps(built, steps, docs, table, ledger)
+        ray = connect_ray(workers, ray_address) if engine == "ray" else None
+        keep, step_rows = run_steps(built, steps, docs, table, ledger, ray)
         timings.update({row["step"]: row["seconds"] for row in step_rows})
 
         # 4. outputs
@@ -255,11 +256,12 @@ def read_all(docs: DocStore, data: list[Path], text_key: str, skip_bad: bool, ma
 
 
 def run_steps(built: list[tuple[str, Step]], steps: list[dict], docs: DocStore,
-              table: dict[str, np.ndarray], ledger: Ledger) -> tuple[np.ndarray, list[dict]]:
+              table: dict[str, np.ndarray], ledger: Ledger, ray=None) -> tuple[np.ndarray, list[dict]]:
     """Apply the steps in order to the documents still kept (and matching ``when:``).
 
     Returns the kept indices (input order) and one row of counts per step; every removal goes
-    to the ledger with its step label and reason (the label, if a step gave none).
+    to the ledger with its step label and reason (the label, if a step gave none). With ``ray``
+    (the connected module) a step that runs on Ray Data (``on_ray``) runs there.
     """
     from llm4all.progress import progress
 
@@ -267,20 +269,23 @@ def run_steps(built: list[tuple[str, Step]], steps: list[dict], docs: DocStore,
     rows = []
     with progress("curate", len(built), "steps") as advance:
         for (label, step), spec in zip(built, steps, strict=True):
-            rows.append(_one_step(label, step, spec, docs, table, ledger, keep))
+            rows.append(_one_step(label, step, spec, docs, table, ledger, keep, ray))
             keep = rows[-1].pop("survivors")
             advance()
     return keep, rows
 
 
 def _one_step(label: str, step: Step, spec: dict, docs: DocStore, table: dict[str, np.ndarray],
-              ledger: Ledger, keep: np.ndarray) -> dict:
+              ledger: Ledger, keep: np.ndarray, ray=None) -> dict:
     """Counts of one step over the documents still kept, and (key ``survivors``) those it keeps."""
     t0 = time.perf_counter()
     when = spec.get("when") or {}
     judged = np.asarray([i for i in keep if _matches(docs.metas[i], when)], dtype=np.int64)
     judged_ids = [docs.ids[i] for i in judged]
-    decisions = step(judged_ids, docs.texts(judged), {c: v[judged] for c, v in table.items()})
+    columns = {c: v[judged] for c, v in table.items()}
+    on_ray = getattr(step, "on_ray", None) if ray is not None else None
+    decisions = (on_ray(ray, judged_ids, docs.texts(judged), columns) if on_ray else
+                 step(judged_ids, docs.texts(judged), columns))
     check_decisions(label, decisions, judged_ids)
     dropped = set()
     for d, i in zip(decisions, judged, strict=True):
@@ -291,7 +296,7 @@ def _one_step(label: str, step: Step, spec: dict, docs: DocStore, table: dict[st
     return {"step": label, "in": int(len(keep)), "judged": int(len(judged)),
             "kept": len(survivors), "removed": int(len(keep) - len(survivors)),
             "reasons": dict(ledger.by_step.get(label, Counter()).most_common()),
-            "seconds": round(time.perf_counter() - t0, 3),
+            "seconds": round(time.perf_counter() - t0, 3), "ran_on": "ray" if on_ray else "driver",
             "survivors": np.asarray(survivors, dtype=np.int64)}
 
 

@@ -24,7 +24,9 @@ selection judge a document against the others:
   select (SELECTORS)    a class; its instance sees the whole set    ``Selector(**options)(ids, texts, table)``
   ====================  ==========================================  ================================
 
-  ``table`` maps each signal column to an (n,) float array aligned with ``ids``. A deduper
+  ``table`` maps each signal column to an (n,) float array aligned with ``ids``. An entry
+  that also runs on Ray Data has ``on_ray(ray, ids, texts, table)`` giving the same decisions;
+  ``curate --engine ray`` calls it (the step's ``on_ray`` attribute) instead. A deduper
   yields its decisions lazily (it may read everything before the first one: near-duplicate
   detection is global), so it also runs on its own over a file. ``build_step`` turns all three
   into one ``Step``: ``step(ids, texts, table) -> list[Decision]``.
@@ -109,7 +111,12 @@ def build_step(spec: dict[str, Any], where: str) -> tuple[str, Step]:
     instance = registry.build({"name": name, **options})
     if kind == "dedup":
         deduper: Deduper = instance
-        return label, lambda ids, texts, table: list(deduper(zip(ids, texts, strict=True)))
+
+        def run(ids: list[str], texts, table) -> list[Decision]:
+            return list(deduper(zip(ids, texts, strict=True)))
+
+        run.on_ray = getattr(deduper, "on_ray", None)  # type: ignore[attr-defined]
+        return label, run
     selector: Selector = instance
     return label, selector
 

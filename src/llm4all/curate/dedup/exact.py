@@ -14,17 +14,16 @@ text plus the survivor's id.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Iterator
 
 from llm4all.catalog import DEDUPERS
-from llm4all.curate.dedup.shingles import normalize
+from llm4all.curate.dedup.shingles import text_digest
 from llm4all.curate.step import Decision
 
 
 def text_hash(text: str) -> bytes:
     """16-byte BLAKE2b digest of ``normalize(text)``."""
-    return hashlib.blake2b(normalize(text).encode("utf-8"), digest_size=16).digest()
+    return text_digest(text)
 
 
 def exact_duplicates(texts: Iterable[str]) -> list[int]:
@@ -55,11 +54,16 @@ class ExactDedup:
     def __call__(self, docs: Iterable[tuple[str, str]]) -> Iterator[Decision]:
         survivors: dict[bytes, str] = {}  # digest -> id of its first occurrence
         for doc_id, text in docs:
-            key = normalize(text) if self.normalise else text
-            digest = hashlib.blake2b(key.encode("utf-8"), digest_size=16).digest()
+            digest = text_digest(text, self.normalise)
             survivor = survivors.get(digest)
             if survivor is None:
                 survivors[digest] = doc_id
                 yield Decision(doc_id, True)
             else:
                 yield Decision(doc_id, False, {"reason": "exact_duplicate", "survivor": survivor})
+
+    def on_ray(self, ray, ids: list[str], texts, table) -> list[Decision]:
+        """The same decisions computed on Ray Data (``ray_exact.py``: hash tasks, hash shuffle)."""
+        from llm4all.curate.dedup.ray_exact import exact_on_ray
+
+        return exact_on_ray(ray, ids, texts, self.normalise)

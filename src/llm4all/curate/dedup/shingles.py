@@ -95,6 +95,13 @@ def normalize(text: str) -> str:
     return normalize_unicode(text)
 
 
+def text_digest(text: str, normalise: bool = True) -> bytes:
+    """16-byte BLAKE2b digest of ``normalize(text)`` (or of the raw text): exact dedup's key."""
+    import hashlib
+
+    return hashlib.blake2b((normalize(text) if normalise else text).encode("utf-8"), digest_size=16).digest()
+
+
 def normalize_unicode(text: str) -> str:
     """The general path of ``normalize``, for any text (``normalize`` uses it for non-ASCII)."""
     text = unicodedata.normalize("NFKC", text).lower()
