@@ -200,3 +200,32 @@ def test_streaming_batches_and_survivor_policy():
 def test_bad_options_are_user_errors(options, match):
     with pytest.raises(UserError, match=match):
         DEDUPERS.build({"name": "minhash", **options})
+
+
+@pytest.mark.slow
+def test_minhash_on_ray_equals_the_local_one():
+    """issue 17 item 2: signatures in Ray tasks and candidate pairs from a band-key shuffle give
+    the local decisions (clusters, survivors, Jaccard), big buckets (star rule) included."""
+    import random
+
+    from llm4all.curate.dedup.minhash import MinHashDedup
+    from llm4all.curate.engine import connect_ray
+
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(400)]
+    base = [" ".join(rng.choices(words, k=120)) for _ in range(60)]
+    texts = list(base)
+    for i, t in enumerate(base[:20]):  # near copies: a few words changed
+        toks = t.split()
+        for j in rng.sample(range(len(toks)), 3 + i % 5):
+            toks[j] = rng.choice(words)
+        texts.append(" ".join(toks))
+    texts += [base[0]] * 40  # one bucket of > 32 members in every band
+    ids = [f"d{i}" for i in range(len(texts))]
+    ray = connect_ray(2)
+    for options in ({"verify": "exact"}, {"verify": "estimate", "survivor": "longest"},
+                    {"verify": "none", "threshold": 0.7}):
+        dedup = MinHashDedup(batch_size=16, **options)
+        local = list(dedup(zip(ids, texts, strict=True)))
+        assert dedup.on_ray(ray, ids, texts, {}) == local, options
+        assert sum(not d.keep for d in local) >= 40

@@ -149,6 +149,15 @@ def candidate_pairs(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray
     return np.unique(pairs, axis=0)
 
 
+def band_params(threshold: float, num_perm: int, bands: int | None, rows: int | None,
+                verify: str) -> tuple[int, int]:
+    """(bands, rows): as given, else ``recall_params`` under exact verification and
+    ``lsh_params`` (datasketch's rule) otherwise; ``rows`` None is num_perm // bands."""
+    if bands is None:
+        bands, rows = (recall_params if verify == "exact" else lsh_params)(threshold, num_perm)
+    return bands, rows or num_perm // bands
+
+
 def near_duplicates(
     signatures: np.ndarray,
     threshold: float = 0.8,
@@ -157,6 +166,7 @@ def near_duplicates(
     verify: Literal["exact", "estimate", "none"] = "none",
     lengths: np.ndarray | None = None,
     shingles: tuple[np.ndarray, np.ndarray] | None = None,
+    pairs: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cluster near-duplicates: (cluster, survivor, jaccard), each (n_docs,).
 
@@ -172,18 +182,19 @@ def near_duplicates(
     and whose exact Jaccard on ``shingles`` = ((T,) hashes, (n_docs,) counts) is ≥ threshold.
     ``bands`` None picks (bands, rows) with ``recall_params`` under exact verification and
     with ``lsh_params`` (datasketch's rule) otherwise; ``rows`` None is num_perm // bands.
+    ``pairs``: the candidate pairs already found (``candidate_pairs``'s result, e.g. by the Ray
+    shuffle of ``ray_minhash.py``) instead of finding them here.
     """
     n, num_perm = signatures.shape
     if verify not in VERIFY:
         raise UserError(f"minhash: verify must be one of {', '.join(VERIFY)}, got {verify!r}")
     if verify == "exact" and shingles is None:
         raise UserError("minhash: verify='exact' needs the documents' shingles")
-    if bands is None:
-        bands, rows = (recall_params if verify == "exact" else lsh_params)(threshold, num_perm)
-    rows = rows or num_perm // bands
+    bands, rows = band_params(threshold, num_perm, bands, rows, verify)
     if n == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
-    pairs = candidate_pairs(signatures, bands, rows)  # (m, 2), sorted, i < j
+    if pairs is None:
+        pairs = candidate_pairs(signatures, bands, rows)  # (m, 2), sorted, i < j
     exact = np.zeros(len(pairs))  # exact Jaccard of each pair kept, under verify="exact"
     if verify != "none" and len(pairs):
         sim = np.concatenate([  # estimated Jaccard of each pair, 64k pairs at a time
@@ -329,6 +340,25 @@ class MinHashDedup:
                 lengths if self.survivor == "longest" else None,
                 store.arrays() if store is not None else None,
             )
+        yield from self.decisions(ids, cluster, survivor, jaccard)
+
+    def on_ray(self, ray, ids: list[str], texts, table) -> list[Decision]:
+        """The same decisions with the signatures computed in Ray tasks and the candidate pairs
+        found by a shuffle of the band keys (``ray_minhash.py``); verification and clusters here."""
+        from llm4all.curate.dedup.ray_minhash import candidate_pairs_on_ray, signatures_on_ray
+
+        with ShingleStore() if self.verify == "exact" else nullcontext() as store:
+            sig = signatures_on_ray(ray, texts, self.num_perm, self.ngram, self.seed, self.batch_size, store)
+            bands, rows = band_params(self.threshold, self.num_perm, self.bands, self.rows, self.verify)
+            pairs = (candidate_pairs_on_ray(ray, band_keys(sig, bands, rows), _ALL_PAIRS_MAX) if len(sig)
+                     else np.empty((0, 2), np.int64))
+            lengths = np.asarray([len(t) for t in texts], np.int64) if self.survivor == "longest" else None
+            cluster, survivor, jaccard = near_duplicates(
+                sig, self.threshold, bands, rows, self.verify, lengths,
+                store.arrays() if store is not None else None, pairs)
+        return list(self.decisions(ids, cluster, survivor, jaccard))
+
+    def decisions(self, ids: list[str], cluster, survivor, jaccard) -> Iterator[Decision]:
         for i, doc_id in enumerate(ids):
             if survivor[i] == i:
                 yield Decision(doc_id, True)
