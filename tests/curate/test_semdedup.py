@@ -216,3 +216,38 @@ def test_memo_embeds_each_text_once(monkeypatch):
     embed.embed_texts(["c"], model="fake", max_tokens=8)  # another truncation: another key
     assert calls[-1] == ["c"]
     embed.clear_memo()
+
+
+@pytest.mark.slow
+def test_embedding_steps_on_ray_equal_the_local_ones(tiny_model):
+    """issue 17 item 2: SemDeDup, D4 and density with their embeddings computed by Ray actors
+    (the same batches as locally) give the local vectors (to float rounding) and decisions."""
+    import random
+
+    from llm4all.curate.dedup.semdedup import SemDeDup
+    from llm4all.curate.embed import clear_memo, embed_on_ray, embed_texts
+    from llm4all.curate.engine import connect_ray
+    from llm4all.curate.select.d4 import D4
+    from llm4all.curate.select.density import Density
+    from tinymodels import WORDS
+
+    rng = random.Random(0)
+    texts = [" ".join(rng.choices(WORDS, k=rng.randint(5, 40))) for _ in range(70)]
+    texts += texts[:10]  # copies: SemDeDup has something to remove
+    ids = [f"d{i}" for i in range(len(texts))]
+    ray = connect_ray(2)
+    clear_memo()
+    local_vectors = embed_texts(texts, str(tiny_model), 8, 64)
+    # the same batches; float sums in another thread count differ in the last bits only
+    np.testing.assert_allclose(embed_on_ray(ray, texts, str(tiny_model), 8, 64), local_vectors, atol=1e-6)
+    steps = [SemDeDup(threshold=0.95, clusters=4, model=str(tiny_model), batch_size=8, max_tokens=64),
+             D4(fraction=0.6, clusters=4, model=str(tiny_model), batch_size=8, max_tokens=64),
+             Density(fraction=0.6, model=str(tiny_model), batch_size=8, max_tokens=64)]
+    for step in steps:
+        clear_memo()
+        if isinstance(step, SemDeDup):
+            local = list(step(zip(ids, texts, strict=True)))
+        else:
+            local = step(ids, texts, {})
+        assert step.on_ray(ray, ids, texts, {}) == local, type(step).__name__
+    assert sum(not d.keep for d in local) > 0

@@ -98,32 +98,84 @@ def _load(model: str):
     return _MODELS[model]
 
 
+def encode_batch(net, tokenizer, model: str, texts: list[str], max_tokens: int) -> np.ndarray:
+    """(len(texts), d) mean-pooled, normalised embeddings of one padded batch."""
+    from llm4all.models.device import model_device
+
+    enc = tokenizer(texts, padding=True, truncation=True, max_length=max_tokens,
+                    return_tensors="pt").to(model_device(net))
+    if model == "minilm":
+        hidden = net(**enc).last_hidden_state  # (b, t, 384)
+    else:
+        hidden = net(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                     output_hidden_states=True).hidden_states[-1]  # (b, t, d)
+    return mean_pool(hidden.float().cpu().numpy(), enc["attention_mask"].cpu().numpy())
+
+
+def batches(texts, batch_size: int) -> list[np.ndarray]:
+    """Positions of ``texts`` in batches of similar length, longest first (less padding)."""
+    order = np.argsort([-len(t) for t in texts], kind="stable")
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
 def _encode(texts: list[str], model: str, batch_size: int, max_tokens: int) -> np.ndarray:
     """Embed ``texts`` (no memo): batches of similar length, results in input order."""
     import torch
 
-    from llm4all.models.device import model_device
     from llm4all.progress import progress
 
     net, tokenizer = _load(model)
-    order = np.argsort([-len(t) for t in texts], kind="stable")  # long first: less padding
     out: np.ndarray | None = None
     with torch.inference_mode(), progress(f"embed ({model})", len(texts), "docs") as advance:
-        for start in range(0, len(texts), batch_size):
-            idx = order[start : start + batch_size]
+        for idx in batches(texts, batch_size):
             advance(len(idx))
-            enc = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                            max_length=max_tokens, return_tensors="pt").to(model_device(net))
-            if model == "minilm":
-                hidden = net(**enc).last_hidden_state  # (b, t, 384)
-            else:
-                hidden = net(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                             output_hidden_states=True).hidden_states[-1]  # (b, t, d)
-            vec = mean_pool(hidden.float().cpu().numpy(), enc["attention_mask"].cpu().numpy())
+            vec = encode_batch(net, tokenizer, model, [texts[i] for i in idx], max_tokens)
             if out is None:
                 out = np.empty((len(texts), vec.shape[1]), np.float32)
             out[idx] = vec
     return out
+
+
+class EmbedBatches:
+    """A Ray Data actor embedding one batch per row; it loads the model once."""
+
+    def __init__(self, model: str, max_tokens: int):
+        self.model, self.max_tokens = model, max_tokens
+        self.net, self.tokenizer = _load(model)
+
+    def __call__(self, row: dict) -> dict:
+        import torch
+
+        with torch.inference_mode():
+            vec = encode_batch(self.net, self.tokenizer, self.model, list(row["texts"]), self.max_tokens)
+        return {"batch": row["batch"], "vectors": vec}
+
+
+def embed_on_ray(ray, texts, model: str = "minilm", batch_size: int = 32,
+                 max_tokens: int = 256) -> np.ndarray:
+    """``embed_texts`` with the batches embedded by a pool of Ray actors (one model load each).
+
+    The distinct texts form the same batches as ``embed_texts`` makes (longest first), so each
+    vector is computed from the same padded batch: equal to the local one up to float rounding
+    (an actor's thread count orders the sums differently; 1e-7 here, decisions unchanged in the
+    tests).
+    """
+    model = str(model)
+    keys = [hashlib.blake2b(t.encode("utf-8"), digest_size=16).digest() for t in texts]
+    first = {k: i for i, k in enumerate(keys)}  # one text per distinct key
+    distinct = list(first.values())
+    if not distinct:
+        return np.zeros((0, 0), np.float32)
+    plan = batches([texts[i] for i in distinct], batch_size)
+    rows = [{"batch": b, "texts": [texts[distinct[j]] for j in idx]} for b, idx in enumerate(plan)]
+    actors = max(1, min(len(rows), int(ray.cluster_resources().get("CPU", 1))))
+    out = ray.data.from_items(rows, override_num_blocks=len(rows)).map(
+        EmbedBatches, fn_constructor_args=(model, max_tokens), concurrency=actors).take_all()
+    vectors = np.empty((len(distinct), len(out[0]["vectors"][0])), np.float32)
+    for r in out:
+        vectors[plan[r["batch"]]] = np.asarray(list(r["vectors"]), np.float32)
+    row_of = {k: n for n, k in enumerate(first)}
+    return vectors[[row_of[k] for k in keys]]
 
 
 def embed_texts(

@@ -183,6 +183,13 @@ class SemDeDup:
         self.batch_size, self.max_tokens, self.seed = batch_size, max_tokens, seed
         self.keep, self.compare = keep, compare
 
+    def on_ray(self, ray, ids: list[str], texts, table) -> list[Decision]:
+        """The same decisions with the embeddings computed by Ray actors (``embed.embed_on_ray``)."""
+        from llm4all.curate.embed import embed_on_ray
+
+        embeddings = embed_on_ray(ray, texts, self.model, self.batch_size, self.max_tokens)
+        return list(self(zip(ids, texts, strict=True), embeddings=embeddings))
+
     def __call__(
         self, docs: Iterable[tuple[str, str]], embeddings: np.ndarray | None = None
     ) -> Iterator[Decision]:
@@ -190,7 +197,8 @@ class SemDeDup:
         ids, texts = [], []
         for doc_id, text in docs:
             ids.append(doc_id)
-            texts.append(text)
+            if embeddings is None:  # (given embeddings: the texts are not needed, nor held)
+                texts.append(text)
         if embeddings is None:
             from llm4all.curate.embed import embed_texts
 

@@ -69,4 +69,7 @@ def embeddings_for(
         raise UserError(f"{where}: embeddings of shape {embeddings.shape} for {len(texts)} texts")
     from llm4all.curate.embed import normalize_rows
 
+    norms = np.linalg.norm(embeddings, axis=1)
+    if len(norms) and np.all(np.abs(norms - 1) < 1e-5):  # already unit rows (embed_texts', embed_on_ray's)
+        return embeddings  # as they are, so the same vectors give the same decisions bit for bit
     return normalize_rows(embeddings)

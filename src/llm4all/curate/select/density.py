@@ -130,6 +130,12 @@ class Density:
         self.fraction, self.bandwidth, self.reference = fraction, bandwidth, reference
         self.model, self.batch_size, self.max_tokens, self.seed = model, batch_size, max_tokens, seed
 
+    def on_ray(self, ray, ids: list[str], texts, table: dict) -> list[Decision]:
+        """The same decisions with the embeddings computed by Ray actors (``embed.embed_on_ray``)."""
+        from llm4all.curate.embed import embed_on_ray
+
+        return self(ids, texts, table, embed_on_ray(ray, texts, self.model, self.batch_size, self.max_tokens))
+
     def __call__(
         self, ids: list[str], texts: list[str], table: dict, embeddings: np.ndarray | None = None
     ) -> list[Decision]:
