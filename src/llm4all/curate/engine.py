@@ -65,7 +65,7 @@ class ShardCache:
             np.savez(f, **columns)
 
 
-WINDOW_PER_WORKER = 8  # shards per worker sent at a time: bounds the texts in flight
+WINDOW_PER_WORKER = 2  # shards per worker sent at a time: bounds the texts in flight
 
 
 def compute_table(ids: list[str], texts: Sequence[str], specs: list, *, engine: Engine = "local",
@@ -173,6 +173,11 @@ def connect_ray(workers: int, address: str | None = None):
             raise UserError(f"--ray-address {address}: cannot join a Ray cluster there ({first}); "
                             f"{hint}") from None
         _RAY["connected"] = want
+    if not os.environ.get("LLM4ALL_VERBOSE"):  # Ray Data's progress lines and INFO logs: with -v only
+        import logging
+
+        logging.getLogger("ray").setLevel(logging.WARNING)
+        ray.data.DataContext.get_current().enable_progress_bars = False
     return ray
 
 

@@ -152,6 +152,7 @@ def main(
             "seconds": {k: round(v, 3) for k, v in timings.items()},
         }
         summary["seconds"]["total"] = round(time.perf_counter() - start, 3)
+        summary["driver_peak_rss_mib"] = _peak_rss_mib()
         write_json(tmp / "summary.json", summary)
         write_manifest(tmp, "curate", inputs={"data": [str(p) for p in data]}, files=outputs,
                        metrics={"read": read, "kept": summary["kept"], "removed": ledger.removed,
@@ -179,6 +180,16 @@ def check_config(signals: list, steps: list[dict], curriculum: dict | None, mixt
     if len(set(labels)) != len(labels):
         raise UserError(f"steps: labels must be unique, got {labels}; add label: to repeated steps")
     return built, cur, mix
+
+
+def _peak_rss_mib() -> float | None:
+    """This process's resident-memory high-water mark (VmHWM), MiB; None off Linux."""
+    from llm4all.plan.measure import proc_status
+
+    try:
+        return round(proc_status("VmHWM") / 2**20, 1)
+    except (OSError, RuntimeError):
+        return None
 
 
 def _check_engine(engine: str, workers: int, shard_docs: int, ray_address: str | None) -> None:

@@ -4,8 +4,9 @@ The distributed form of ``exact.ExactDedup`` (the way datatrove and NeMo Curator
 each window of shards is hashed in Ray tasks (``shingles.text_digest``: BLAKE2b-128 of the
 normalised text), then the (digest, position) rows are grouped by digest with Ray Data's shuffle and each
 group keeps its first position in input order, so the decisions equal the local engine's: the
-first occurrence survives, every later copy names it. The driver holds 16 bytes and a position
-per document, never the texts of more than one window.
+first occurrence survives, every later copy names it. Only digests seen more than once go
+through the shuffle (a digest seen once is its own survivor). The driver holds 16 bytes and a
+position per document, never the texts of more than one window.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 
 from llm4all.curate.step import Decision
 
-WINDOW = 64  # shards of texts in flight at once
+WINDOW = 8  # shards of texts in flight at once (their texts and digests: bounded driver memory)
 
 
 def hash_shard(batch: dict, normalise: bool = True) -> dict:
@@ -45,12 +46,16 @@ def exact_on_ray(ray, ids: list[str], texts: Sequence[str], normalise: bool = Tr
         part = [{"pos": list(range(a, b)), "text": texts[a:b]} for a, b in bounds[w:w + WINDOW]]
         ds = ray.data.from_items(part, override_num_blocks=len(part))
         rows += ds.map(lambda r: hash_shard(r, normalise)).take_all()
-    digests = ray.data.from_items([{"pos": int(p), "digest": d} for r in rows
-                                   for p, d in zip(r["pos"], r["digest"], strict=True)])
-    firsts = digests.groupby("digest").map_groups(first_of_group, batch_format="numpy").take_all()
-    survivor = np.empty(n, dtype=np.int64)
-    for r in firsts:
-        survivor[int(r["pos"])] = int(r["first"])
+    pos = np.asarray([int(p) for r in rows for p in r["pos"]], np.int64)
+    digest = np.asarray([d for r in rows for d in r["digest"]])
+    survivor = np.arange(n, dtype=np.int64)
+    _, inverse, counts = np.unique(digest, return_inverse=True, return_counts=True)
+    repeated = counts[inverse.reshape(-1)] > 1  # a digest seen once is its own survivor: not shuffled
+    if repeated.any():
+        digests = ray.data.from_items([{"pos": int(p), "digest": str(d)}
+                                       for p, d in zip(pos[repeated], digest[repeated], strict=True)])
+        for r in digests.groupby("digest").map_groups(first_of_group, batch_format="numpy").take_all():
+            survivor[int(r["pos"])] = int(r["first"])
     return [Decision(ids[i], True) if survivor[i] == i else
             Decision(ids[i], False, {"reason": "exact_duplicate", "survivor": ids[survivor[i]]})
             for i in range(n)]

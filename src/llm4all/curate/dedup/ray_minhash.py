@@ -4,7 +4,8 @@ The distributed form of ``minhash.MinHashDedup`` (as datatrove and NeMo Curator 
 
 1. **signatures** of each window of shards in Ray tasks (``signatures_and_shingles``; with
    exact verification their shingle hashes come back too and go to the on-disk ShingleStore);
-2. **band keys** as rows (band, key, position), grouped by (band, key) with Ray Data's shuffle;
+2. **band keys** as rows (band, key, position), grouped by (band, key) with Ray Data's shuffle
+   (only rows whose (band, key) occurs more than once: a bucket of one has no pair);
    each bucket emits its pairs in tasks by the rule ``candidate_pairs`` applies (all pairs of a
    bucket of up to 32 members; a larger one its members up to 31 apart plus a star on its first),
    so the driver never compares documents that share no bucket;
@@ -22,7 +23,7 @@ import numpy as np
 
 from llm4all.curate.dedup.shingles import ShingleStore, signatures_and_shingles
 
-WINDOW = 64  # shards of texts in flight at once
+WINDOW = 4  # shards in flight at once (texts, signatures, shingle hashes: bounded driver memory)
 
 
 def _signatures(row: dict, num_perm: int, ngram: int, seed: int, shingles: bool) -> dict:
@@ -50,6 +51,13 @@ def candidate_pairs_on_ray(ray, keys: np.ndarray, all_pairs_max: int) -> np.ndar
     keys = keys.view(np.int64)  # Arrow-friendly, the same equality
     table = {"band": np.repeat(np.arange(bands), n), "key": keys.T.reshape(-1),
              "pos": np.tile(np.arange(n), bands)}
+    # a bucket of one document has no pair: only rows whose (band, key) repeats are shuffled
+    _, inverse, counts = np.unique(np.stack([table["band"], table["key"]], axis=1), axis=0,
+                                   return_inverse=True, return_counts=True)
+    shared = counts[inverse.reshape(-1)] > 1
+    if not shared.any():
+        return np.empty((0, 2), np.int64)
+    table = {k: v[shared] for k, v in table.items()}
     import pyarrow as pa
 
     ds = ray.data.from_arrow(pa.table(table))

@@ -1,0 +1,174 @@
+"""Claim (issue 17 item 5): `llm4all curate` scales with the input and the workers while the
+driver's memory stays flat, and its MinHash catches at least as many planted copies as
+datatrove's MinHash pipeline on the same input.
+
+Inputs (built once in --work): **1×** the demo corpus (4,252 documents) plus `llm4all plant`
+documents (5% per original: exact and near copies, junk), and **4×**: four variants of the
+corpus (the original and three with 35% of their words edited, so no variant is a near copy of
+another) each with its own planted documents. The pipeline is the quickstart's (eight signals,
+the published Gopher/C4 filter on English, exact dedup, MinHash at Jaccard 0.8), run as a
+fresh `llm4all curate` process with the local engine (2 worker processes) and with Ray (1 and
+2 workers). Reported per run: documents/s (read ÷ wall time of the command), the driver's
+peak RSS (summary.json: VmHWM of the curate process; Ray's own workers are other processes),
+and recall: the fraction of planted (copy, original) pairs of which one was removed. A last
+llm4all row runs MinHash at Jaccard 0.72, the middle of the S-curve of datatrove's 14 × 8 bands,
+for recall at the same threshold.
+
+Peer: datatrove's MinHash deduplication (signatures → buckets → clusters → filter, its
+defaults: word 5-grams, 14 buckets × 8 hashes, 64-bit SHA-1 shingle hashes as its xxhash path
+fails with the installed xxhash; LocalPipelineExecutor with 2 workers; spacy's tokenizer) on the
+same documents; its docs/s covers the four stages, its recall the planted copies it removed.
+Prints one row per run and last the ratio of Ray 2 workers to Ray 1 worker on 4×.
+
+    .venv/bin/pip install -e ".[bench]"     # datatrove and what its MinHash needs
+    flock /tmp/llm4all-bench.lock .venv/bin/python benchmarks/curate_scale.py [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+COPIES = ("exact_copy", "near_copy")
+PIPELINE = ["--signals", "char_entropy", "word_entropy", "zlib_ratio", "ttr", "mtld", "flesch",
+            "gopher_quality", "gopher_repetition",
+            "--steps", "{filter: published, when: {lang: en}}", "{dedup: exact}",
+            "{dedup: minhash, threshold: 0.8}"]
+
+
+def build(work: Path) -> dict[str, list[Path]]:
+    """The 1× and 4× inputs (document files), built once."""
+    from llm4all.curate.planted import perturb
+    from llm4all.data.document import Document
+    from llm4all.data.readers import read_documents
+    from llm4all.data.writers import write_documents
+
+    inputs: dict[str, list[Path]] = {"1x": [], "4x": []}
+    docs = list(read_documents(ROOT / "data/demo"))
+    vocab = sorted({w for d in docs[:500] for w in d.text.split()})
+    for k in range(4):
+        variant, planted = work / f"variant{k}.jsonl.zst", work / f"planted{k}.jsonl.zst"
+        if not planted.exists():
+            rng = random.Random(k)
+            edited = [Document(f"{d.id}/v{k}", perturb(d.text, 0.35, vocab, rng), d.meta) for d in docs]
+            write_documents(variant, docs if k == 0 else edited)
+            raw = work / f"planted{k}-raw.jsonl.zst"
+            subprocess.run([sys.executable, "-m", "llm4all", "-q", "plant", str(variant), "--out",
+                            str(raw), "--seed", str(k)], check=True)
+            write_documents(planted, [Document(f"{d.id}/v{k}", d.text, d.meta)  # ids unique per variant
+                                      for d in read_documents(raw)])
+        inputs["4x"] += [variant, planted]
+        if k == 0:
+            inputs["1x"] = [variant, planted]
+    return inputs
+
+
+def planted_copies(files: list[Path]) -> dict[str, str]:
+    """Each planted exact or near copy's id -> the id of the document it copies."""
+    from llm4all.data.readers import read_documents
+
+    return {d.id: d.meta["of"] for d in read_documents(files) if d.meta.get("planted") in COPIES}
+
+
+def run_llm4all(files: list[Path], out: Path, engine: str, workers: int, threshold: float = 0.8) -> dict:
+    pipeline = [x.replace("threshold: 0.8", f"threshold: {threshold}") for x in PIPELINE]
+    cmd = [sys.executable, "-m", "llm4all", "-q", "curate", *map(str, files), "--out", str(out),
+           "--engine", engine, "--workers", str(workers), *pipeline]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    seconds = time.perf_counter() - start
+    summary = json.loads((out / "summary.json").read_text())
+    import zstandard
+
+    removed = zstandard.ZstdDecompressor().stream_reader((out / "removed.jsonl.zst").read_bytes()).read()
+    removed_ids = {json.loads(x)["id"] for x in removed.decode().splitlines()}
+    return {"docs_per_s": summary["read"] / seconds, "seconds": seconds, "read": summary["read"],
+            "driver_mib": summary.get("driver_peak_rss_mib"), "removed": removed_ids}
+
+
+def run_datatrove(files: list[Path], out: Path, workers: int = 2) -> dict:
+    """datatrove's four MinHash stages on ``files`` (jsonl.zst with id, text, meta)."""
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.dedup.minhash import (
+        MinhashConfig,
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
+    )
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.writers import JsonlWriter
+
+    data = out / "input"
+    data.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        (data / f.name).write_bytes(f.read_bytes())
+    from datatrove.utils.hashing import HashConfig
+
+    # sha1: datatrove's xxhash path passes str where the installed xxhash wants bytes
+    config = MinhashConfig(hash_config=HashConfig(precision=64, hash_fc="sha1"))
+    tasks = len(files)
+
+    def reader():
+        return JsonlReader(str(data), compression="zstd", glob_pattern="*.jsonl.zst")
+
+    start = time.perf_counter()
+    LocalPipelineExecutor([reader(), MinhashDedupSignature(str(out / "sigs"), config=config)], tasks=tasks,
+                          workers=workers, logging_dir=str(out / "logs1")).run()
+    LocalPipelineExecutor([MinhashDedupBuckets(str(out / "sigs"), str(out / "buckets"), config=config)],
+                          tasks=config.num_buckets, workers=workers, logging_dir=str(out / "logs2")).run()
+    LocalPipelineExecutor([MinhashDedupCluster(str(out / "buckets"), str(out / "remove"), config=config)],
+                          tasks=1, logging_dir=str(out / "logs3")).run()
+    LocalPipelineExecutor([reader(), MinhashDedupFilter(str(out / "remove"),
+                                                        exclusion_writer=JsonlWriter(str(out / "removed"))),
+                           JsonlWriter(str(out / "kept"))], tasks=tasks, workers=workers,
+                          logging_dir=str(out / "logs4")).run()
+    seconds = time.perf_counter() - start
+    from llm4all.data.readers import read_documents
+
+    removed = {d.id for d in read_documents(out / "removed")} if (out / "removed").exists() else set()
+    kept = sum(1 for _ in read_documents(out / "kept"))
+    return {"docs_per_s": (kept + len(removed)) / seconds, "seconds": seconds, "read": kept + len(removed),
+            "driver_mib": None, "removed": removed}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/llm4all-curate-scale"))
+    parser.add_argument("--sizes", default="1x,4x")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    inputs = build(args.work)
+    rows = {}
+    for size in args.sizes.split(","):
+        files = inputs[size]
+        copies = planted_copies(files)
+        runs = {"local, 2 processes": lambda o, f=files: run_llm4all(f, o, "local", 2),
+                "ray, 1 worker": lambda o, f=files: run_llm4all(f, o, "ray", 1),
+                "ray, 2 workers": lambda o, f=files: run_llm4all(f, o, "ray", 2),
+                "local, minhash at 0.72": lambda o, f=files: run_llm4all(f, o, "local", 2, 0.72),
+                "datatrove minhash, 2 workers": lambda o, f=files: run_datatrove(f, o)}
+        for name, run in runs.items():
+            out = args.work / f"out-{size}-{name.split(',')[0].split()[0]}-{len(rows)}"
+            subprocess.run(["rm", "-rf", str(out)], check=True)
+            r = run(out)
+            removed = r.pop("removed")  # a pair is caught when either of the two went (datatrove
+            # keeps the later document of a cluster, llm4all the first)
+            recall = sum(c in removed or o in removed for c, o in copies.items()) / max(len(copies), 1)
+            rows[(size, name)] = {**r, "recall": recall}
+            mib = f"{r['driver_mib']:.0f} MiB" if r["driver_mib"] else "-"
+            print(f"{size:<3} {name:<30} {r['read']:>7,} docs  {r['docs_per_s']:>8,.0f} docs/s  "
+                  f"driver {mib:>8}  planted-copy recall {recall:.3f} ({len(copies)} copies)", flush=True)
+    if ("4x", "ray, 1 worker") in rows and ("4x", "ray, 2 workers") in rows:
+        ratio = rows[("4x", "ray, 2 workers")]["docs_per_s"] / rows[("4x", "ray, 1 worker")]["docs_per_s"]
+        print(f"ratio (4x, ray 2 workers / 1 worker docs/s): {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
