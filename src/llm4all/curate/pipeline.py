@@ -99,8 +99,8 @@ def main(
         max_docs: read at most this many documents.
         lang_id: model: meta.lang := the language fastText's lid.176 identifies (+ lang_score;
             a different declared one stays as lang_declared); meta: trust meta.lang as given.
-        ray_address: with --engine ray, join this running cluster (auto, or the head's
-            HOST:PORT, e.g. 10.0.0.5:6379) instead of starting a local Ray instance.
+        ray_address: with --engine ray, join this running cluster instead of starting a local
+            Ray instance: auto, or the address of its head (host and port, e.g. 10.0.0.5:6379).
         device: where model signals, Ask-LLM and embeddings (SemDeDup, D4) run: auto (CUDA when
             present, else CPU), cpu, cuda or cuda:N; the workers inherit it.
     """
