@@ -93,3 +93,20 @@ def test_malformed_yaml_on_the_command_line_is_one_line(capsys):
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 2 and "Traceback" not in err
     assert "error: argument --method: not valid YAML at column" in err.splitlines()[-1]
+
+
+def test_a_continuation_line_that_looks_like_an_argument_continues_the_one_before():
+    from llm4all.signature import doc_args
+
+    def fn(address: str = "", port: int = 0):
+        """Join a cluster.
+
+        Args:
+            address: the head to join, given as
+                HOST:PORT of its head, e.g. 10.0.0.5:6379.
+            port: the local port.
+        """
+
+    assert doc_args(fn) == {
+        "address": "the head to join, given as HOST:PORT of its head, e.g. 10.0.0.5:6379.",
+        "port": "the local port."}

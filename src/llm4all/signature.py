@@ -34,7 +34,7 @@ def doc_args(fn: Callable) -> dict[str, str]:
     """Parse the ``Args:`` section of a Google-style docstring into {name: help}."""
     doc = inspect.getdoc(fn) or ""
     out: dict[str, str] = {}
-    in_args, current = False, None
+    in_args, current, indent = False, None, None
     for line in doc.splitlines():
         if re.match(r"^(Args|Arguments|Parameters):\s*$", line):
             in_args = True
@@ -42,10 +42,12 @@ def doc_args(fn: Callable) -> dict[str, str]:
         if in_args:
             if line and not line.startswith(" "):
                 break
-            m = re.match(r"^\s{2,8}(\w+)(?:\s*\([^)]*\))?:\s*(.*)$", line)
-            if m:
-                current = m.group(1)
-                out[current] = m.group(2).strip()
+            m = re.match(r"^(\s{2,8})(\w+)(?:\s*\([^)]*\))?:\s*(.*)$", line)
+            # a new argument stands at the first one's indentation; deeper lines continue it,
+            # even one that starts like "HOST:PORT ..."
+            if m and (indent is None or len(m.group(1)) == indent):
+                indent, current = len(m.group(1)), m.group(2)
+                out[current] = m.group(3).strip()
             elif current and line.strip():
                 out[current] += " " + line.strip()
     return out
