@@ -132,6 +132,7 @@ def diversity_coefficient(texts: list[str], probe: str = "smollm2-135m", num_bat
     import torch
 
     from llm4all.curate.signals.model import cached_model
+    from llm4all.models.device import model_device
 
     if num_batches < 2 or batch_size < 1 or max_tokens < 2:
         raise UserError(f"diversity: need num_batches >= 2, batch_size >= 1, max_tokens >= 2; "
@@ -150,7 +151,7 @@ def diversity_coefficient(texts: list[str], probe: str = "smollm2-135m", num_bat
                [rng.choice(len(pool), batch_size, replace=False) for _ in range(num_batches)])
     params = probe_parameters(model)
     flags = [p.requires_grad for p in model.parameters()]
-    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    generator = torch.Generator(device=model_device(model)).manual_seed(seed)
     start = time.perf_counter()
     try:
         for p in model.parameters():

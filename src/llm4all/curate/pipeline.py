@@ -184,10 +184,10 @@ def check_config(signals: list, steps: list[dict], curriculum: dict | None, mixt
 
 def _peak_rss_mib() -> float | None:
     """This process's resident-memory high-water mark (VmHWM), MiB; None off Linux."""
-    from llm4all.plan.measure import proc_status
+    from llm4all.plan.measure import peak_rss_mib
 
     try:
-        return round(proc_status("VmHWM") / 2**20, 1)
+        return round(peak_rss_mib(), 1)
     except (OSError, RuntimeError):
         return None
 

@@ -118,19 +118,6 @@ def _rss_mib() -> float:
     return proc_status("VmRSS") / 2**20
 
 
-def _peak_rss_mib() -> float:
-    """This process's RSS high-water mark (VmHWM).
-
-    Not ``getrusage(RUSAGE_SELF).ru_maxrss``: Linux folds the high-water mark of the memory
-    image a process had before ``exec`` into it, and a child forked from a big parent (the
-    recipe runner holding a model) starts from the parent's RSS, so every child reported the
-    parent's peak. VmHWM belongs to the current image only.
-    """
-    from llm4all.plan.measure import proc_status
-
-    return proc_status("VmHWM") / 2**20
-
-
 def _child(model: str, dtype: str, length: int, batch: int, new_tokens: int, device: str = "cpu") -> dict:
     import torch  # (counted in the baseline)
 
@@ -141,7 +128,9 @@ def _child(model: str, dtype: str, length: int, batch: int, new_tokens: int, dev
     after = _rss_mib()
     prefill_speed(net, length, 1, repeats=1)
     decode_speed(net, new_tokens, batch, repeats=1)
-    result = {"rss_before_load_mib": before, "rss_after_load_mib": after, "peak_rss_mib": _peak_rss_mib()}
+    from llm4all.plan.measure import peak_rss_mib
+
+    result = {"rss_before_load_mib": before, "rss_after_load_mib": after, "peak_rss_mib": peak_rss_mib()}
     if torch.device(device).type == "cuda":
         result["peak_cuda_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     return result

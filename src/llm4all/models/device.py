@@ -68,11 +68,12 @@ def default_dtype(device: torch.device) -> str:
 
 def model_device(model: torch.nn.Module) -> torch.device:
     """The device of a model's first parameter or buffer (CPU for a model with neither)."""
+    import itertools
+
     import torch
 
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return torch.device("cpu") if first is None else first.device
 
 
 @contextlib.contextmanager

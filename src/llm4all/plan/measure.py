@@ -55,6 +55,17 @@ def proc_status(key: str) -> int:
     raise RuntimeError(f"{key} not in /proc/self/status")
 
 
+def peak_rss_mib() -> float:
+    """This process's RSS high-water mark (VmHWM), MiB.
+
+    Not ``getrusage(RUSAGE_SELF).ru_maxrss``: Linux folds the high-water mark of the memory
+    image a process had before ``exec`` into it, and a child forked from a big parent (the
+    recipe runner holding a model) starts from the parent's RSS, so every child reported the
+    parent's peak. VmHWM belongs to the current image only.
+    """
+    return proc_status("VmHWM") / 2**20
+
+
 def _child(job: dict) -> dict:  # pragma: no cover - runs in the subprocess
     import gc
     import time

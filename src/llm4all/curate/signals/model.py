@@ -230,7 +230,9 @@ def ask_llm(texts: list[str], model: str = "smollm2-135m", dtype: str = "bfloat1
     rows = [head + x + tail for x in _encode(tok, texts, max_tokens)]
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     scores = np.zeros(len(texts))
-    device = next(net.parameters()).device
+    from llm4all.models.device import model_device
+
+    device = model_device(net)
     with torch.inference_mode(), progress(len(texts), "ask_llm") as advance:
         for batch in _batches(rows, batch_size):
             ids, mask = _right_padded([rows[i] for i in batch], pad, device)
