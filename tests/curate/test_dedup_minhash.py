@@ -229,3 +229,31 @@ def test_minhash_on_ray_equals_the_local_one():
         local = list(dedup(zip(ids, texts, strict=True)))
         assert dedup.on_ray(ray, ids, texts, {}) == local, options
         assert sum(not d.keep for d in local) >= 40
+
+
+@pytest.mark.slow
+def test_connected_components_on_ray_equal_scipy_on_chains_stars_and_random_graphs():
+    """issue 17 item 2: the distributed pass (hooking + pointer jumping) labels every node with
+    its component's smallest node, in node order given by ``position``, like scipy's union-find."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    from llm4all.curate.dedup.ray_minhash import components_on_ray
+    from llm4all.curate.engine import connect_ray
+
+    ray = connect_ray(2)
+    rng = np.random.default_rng(0)
+    n = 300
+    chain = np.stack([np.arange(100, 139), np.arange(101, 140)], axis=1)[rng.permutation(39)]
+    star = np.stack([np.full(20, 250), np.arange(200, 220)], axis=1)
+    noise = rng.integers(0, 100, (60, 2))
+    edges = np.concatenate([chain, star, noise])
+    position = rng.permutation(n)  # document i is node position[i]
+    got = components_on_ray(ray, ray.data.from_items([{"a": int(a), "b": int(b)} for a, b in edges]),
+                            position)
+    _, label = connected_components(coo_matrix((np.ones(len(edges)), (position[edges[:, 0]],
+                                                position[edges[:, 1]])), shape=(n, n)), directed=False)
+    smallest = np.full(label.max() + 1, n)
+    np.minimum.at(smallest, label, np.arange(n))
+    np.testing.assert_array_equal(got, smallest[label])
+    assert len(np.unique(got)) == label.max() + 1

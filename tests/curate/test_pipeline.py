@@ -147,6 +147,32 @@ def test_skip_bad_counts_rejects_as_removed(tmp_path):
     assert (row["source"], row["line"]) == (str(path), 2)
 
 
+def test_sharded_outputs_hold_every_document_once_in_parts(tmp_path):
+    """issue 17 item 1: --out-shard-docs writes kept, removed and rejects as folders of parts;
+    together they hold every document read, in input order, and the reader takes the folders."""
+    path, docs = corpus(tmp_path)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join(f'{{"id": "b{i}", "text": \n' for i in range(5)))
+    summary = curate([path, bad], out=tmp_path / "o", workers=1, skip_bad=True, signals=["ttr"],
+                     steps=[{"dedup": "exact"}, {"filter": "bounds", "bounds": {"ttr": [0.5, None]}}],
+                     out_shard_docs=4)
+    out = tmp_path / "o"
+    assert summary["read"] == len(docs) + 5
+    parts = {name: sorted(p.name for p in (out / name).iterdir()) for name in ("kept", "removed", "rejects")}
+    kept = [d.id for d in read_documents(out / "kept")]
+    removed = [d.id for d in read_documents(out / "removed")]
+    assert len(kept) == summary["kept"] and len(removed) == summary["removed"]
+    assert parts["kept"] == [f"part-{k:05d}.jsonl.zst" for k in range(-(-len(kept) // 4))]
+    assert parts["removed"] == [f"part-{k:05d}.jsonl.zst" for k in range(-(-len(removed) // 4))]
+    assert parts["rejects"] == ["part-00000.jsonl", "part-00001.jsonl"]  # 5 rejects, 4 a part
+    assert kept == [d.id for d in docs if d.id in set(kept)]  # input order
+    assert sorted(kept + [r for r in removed if not r.startswith("rejected/")]) == sorted(d.id for d in docs)
+    assert sum(r.startswith("rejected/") for r in removed) == 5
+    manifest = json.loads((out / "llm4all.json").read_text())
+    assert manifest["files"]["kept"] == "kept/" and manifest["files"]["rejects"] == "rejects/"
+    assert not (out / "kept.jsonl.zst").exists()
+
+
 def test_stage_manifest_records_inputs_counts_and_outputs(tmp_path):
     from llm4all.runs import read_manifest
 

@@ -13,15 +13,17 @@ The run, top to bottom (``main``):
 4. write ``kept.jsonl.zst`` (input order), ``removed.jsonl.zst`` (each with its step and
    reason), ``signals.parquet`` (every document read), the optional curriculum and mixture
    manifests, ``summary.json`` and the stage manifest ``llm4all.json``; check
-   ``kept + removed == read``.
+   ``kept + removed == read``. With ``--out-shard-docs N`` kept, removed and rejects are
+   folders of parts of N documents each (``kept/part-00000.jsonl.zst``, ...), written one
+   part after another.
 
 A step (the protocol: ``step.py``) is a mapping with one of the keys ``filter`` / ``dedup`` /
 ``select`` naming a registered entry (``llm4all ls filters|dedupers|selectors``) and that
 entry's options, e.g. ``{dedup: minhash, threshold: 0.8}``; ``label:`` renames it and
 ``when: {lang: en}`` applies it only to documents whose meta matches (the others pass it
 untouched: Gopher's English stop-word rule has no business judging French). Dedup and
-selection are global: this stage holds the texts of the documents it reads in memory (about
-their size in bytes, twice); curate larger corpora in parts.
+selection are global, but texts and meta live in an on-disk store (``store.py``): the driver
+holds per-document numbers only (ids, signal columns, a step's arrays).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -79,6 +82,7 @@ def main(
     lang_id: Literal["model", "meta"] = "model",
     ray_address: str | None = None,
     device: str = "auto",
+    out_shard_docs: int | None = None,
 ) -> dict:
     """Curate documents: signals, filters, dedup, selection; write kept and removed with reasons.
 
@@ -103,27 +107,30 @@ def main(
             Ray instance: auto, or the address of its head (host and port, e.g. 10.0.0.5:6379).
         device: where model signals, Ask-LLM and embeddings (SemDeDup, D4) run: auto (CUDA when
             present, else CPU), cpu, cuda or cuda:N; the workers inherit it.
+        out_shard_docs: write kept, removed and rejects as folders of parts of this many
+            documents (kept/part-00000.jsonl.zst, ...) instead of one file each.
     """
-    from llm4all.data.writers import DocumentWriter
+    from llm4all.data.writers import document_writer
     from llm4all.models.device import device_env
 
     # 0. every name and option, checked before any work
     signals = list(DEFAULT_SIGNALS if signals is None else signals)
     steps = list(DEFAULT_STEPS if steps is None else steps)
     built, cur, mix = check_config(signals, steps, curriculum, mixture)
-    _check_engine(engine, workers, shard_docs, ray_address)
+    _check_engine(engine, workers, shard_docs, ray_address, out_shard_docs)
     out = Path(out)
     cache = ShardCache(out.parent / f".{out.name}.cache")
     timings: dict[str, float] = {}
     start = time.perf_counter()
 
     with (device_env(device), atomic_dir(out) as tmp, DocStore(out.parent) as docs,
-          DocumentWriter(tmp / "removed.jsonl.zst") as removed_writer):
+          document_writer(tmp / "removed.jsonl.zst", out_shard_docs) as removed_writer):
         ledger = Ledger(removed_writer)
         # 1. read (texts go to the store's file: the driver keeps ids, meta and lengths)
         t0 = time.perf_counter()
-        rejected = read_all(docs, data, text_key, skip_bad, max_docs, ledger, tmp / "rejects.jsonl",
-                            lang_id == "model")
+        rejects = tmp / ("rejects" if out_shard_docs else "rejects.jsonl")
+        rejected = read_all(docs, data, text_key, skip_bad, max_docs, ledger, rejects,
+                            lang_id == "model", out_shard_docs)
         read, ids = len(docs) + rejected, docs.ids
         timings["read"] = time.perf_counter() - t0
 
@@ -140,10 +147,11 @@ def main(
         timings.update({row["step"]: row["seconds"] for row in step_rows})
 
         # 4. outputs
-        write_kept(tmp / "kept.jsonl.zst", docs, keep, ledger, read)
-        outputs = {"kept": "kept.jsonl.zst", "removed": "removed.jsonl.zst",
+        write_kept(tmp / "kept.jsonl.zst", docs, keep, ledger, read, out_shard_docs)
+        outputs = {"kept": "kept/" if out_shard_docs else "kept.jsonl.zst",
+                   "removed": "removed/" if out_shard_docs else "removed.jsonl.zst",
                    "signals": "signals.parquet", "summary": "summary.json",
-                   **({"rejects": "rejects.jsonl"} if (tmp / "rejects.jsonl").exists() else {}),
+                   **({"rejects": rejects.name + "/" * bool(out_shard_docs)} if rejects.exists() else {}),
                    **write_order_manifests(tmp, docs, keep, table, cur, mix)}
         summary = {
             "read": read, "kept": int(len(keep)), "removed": ledger.removed,
@@ -154,14 +162,18 @@ def main(
         summary["seconds"]["total"] = round(time.perf_counter() - start, 3)
         summary["driver_peak_rss_mib"] = _peak_rss_mib()
         write_json(tmp / "summary.json", summary)
-        write_manifest(tmp, "curate", inputs={"data": [str(p) for p in data]}, files=outputs,
-                       metrics={"read": read, "kept": summary["kept"], "removed": ledger.removed,
-                                "rejected": rejected, "removed_by_step": summary["removed_by_step"],
-                                "steps": {r["step"]: {k: r[k] for k in ("in", "judged", "kept", "removed")}
-                                          for r in step_rows},
-                                "seconds": summary["seconds"]["total"]})
+        _write_stage_manifest(tmp, data, outputs, summary, rejected)
     _print_summary(out, summary)
     return summary
+
+
+def _write_stage_manifest(tmp: Path, data: list[Path], outputs: dict, summary: dict, rejected: int) -> None:
+    write_manifest(tmp, "curate", inputs={"data": [str(p) for p in data]}, files=outputs,
+                   metrics={"read": summary["read"], "kept": summary["kept"], "removed": summary["removed"],
+                            "rejected": rejected, "removed_by_step": summary["removed_by_step"],
+                            "steps": {r["step"]: {k: r[k] for k in ("in", "judged", "kept", "removed")}
+                                      for r in summary["steps"]},
+                            "seconds": summary["seconds"]["total"]})
 
 
 def check_config(signals: list, steps: list[dict], curriculum: dict | None, mixture: dict | None
@@ -192,20 +204,23 @@ def _peak_rss_mib() -> float | None:
         return None
 
 
-def _check_engine(engine: str, workers: int, shard_docs: int, ray_address: str | None) -> None:
-    if workers < 1 or shard_docs < 1:
-        raise UserError("--workers and --shard-docs must be at least 1")
+def _check_engine(engine: str, workers: int, shard_docs: int, ray_address: str | None,
+                  out_shard_docs: int | None = None) -> None:
+    if workers < 1 or shard_docs < 1 or (out_shard_docs is not None and out_shard_docs < 1):
+        raise UserError("--workers, --shard-docs and --out-shard-docs must be at least 1")
     if ray_address and engine != "ray":
         raise UserError("--ray-address joins a Ray cluster for --engine ray; add --engine ray")
 
 
-def write_kept(path: Path, docs: DocStore, keep: np.ndarray, ledger: Ledger, read: int) -> None:
-    """The kept documents in input order, after checking that kept + removed == read."""
-    from llm4all.data.writers import DocumentWriter
+def write_kept(path: Path, docs: DocStore, keep: np.ndarray, ledger: Ledger, read: int,
+               per_shard: int | None = None) -> None:
+    """The kept documents in input order (one file, or parts of ``per_shard``), after checking
+    that kept + removed == read."""
+    from llm4all.data.writers import document_writer
 
     if ledger.removed + len(keep) != read:
         raise RuntimeError(f"accounting broken: kept {len(keep)} + removed {ledger.removed} != read {read}")
-    with DocumentWriter(path) as kept_writer:
+    with document_writer(path, per_shard) as kept_writer:
         for i in keep:
             kept_writer.write(docs.document(int(i)))
 
@@ -227,13 +242,14 @@ READ_BLOCK = 2048  # documents read (and language-identified) at a time before t
 
 
 def read_all(docs: DocStore, data: list[Path], text_key: str, skip_bad: bool, max_docs: int | None,
-             ledger: Ledger, rejects_file: Path | None = None, lang_id: bool = False) -> int:
+             ledger: Ledger, rejects_file: Path | None = None, lang_id: bool = False,
+             per_shard: int | None = None) -> int:
     """Read every document into ``docs`` (ids checked unique; with ``lang_id`` their languages
     identified, a block at a time); returns the rejected count. Each rejected record goes to the
     ledger (removed at step ``read``, with its file, line, reason and text) and to ``rejects_file``."""
     from llm4all.data.readers import Rejects, read_documents
 
-    rejects = Rejects(rejects_file)
+    rejects = Rejects(rejects_file, per_shard)  # a folder of parts with per_shard
     seen: set[str] = set()
     block: list[Document] = []
 
@@ -254,9 +270,7 @@ def read_all(docs: DocStore, data: list[Path], text_key: str, skip_bad: bool, ma
             break
     flush()
     rejects.close()
-    rows = ([json.loads(line) for line in rejects_file.read_text(encoding="utf-8").splitlines()]
-            if rejects_file is not None and rejects_file.exists() else [{}] * rejects.count)
-    for n, row in enumerate(rows):
+    for n, row in enumerate(_rejected_rows(rejects.files, rejects.count)):
         where = f"{row['source']}:{row['line']}" if row else str(n)
         ledger.remove("read", {"id": f"rejected/{where}", "text": row.get("raw", ""),
                                "meta": {"source": row.get("source"), "line": row.get("line")}},
@@ -264,6 +278,15 @@ def read_all(docs: DocStore, data: list[Path], text_key: str, skip_bad: bool, ma
     if not len(docs):
         raise UserError(f"{', '.join(map(str, data))}: no documents to curate")
     return rejects.count
+
+
+def _rejected_rows(files: list[Path], count: int) -> Iterator[dict]:
+    """The rejects files' rows, a line at a time (or ``count`` empty rows without a file)."""
+    if not files:
+        yield from ({} for _ in range(count))
+    for file in files:
+        with file.open(encoding="utf-8") as lines:
+            yield from (json.loads(line) for line in lines)
 
 
 def run_steps(built: list[tuple[str, Step]], steps: list[dict], docs: DocStore,
@@ -291,24 +314,25 @@ def _one_step(label: str, step: Step, spec: dict, docs: DocStore, table: dict[st
     """Counts of one step over the documents still kept, and (key ``survivors``) those it keeps."""
     t0 = time.perf_counter()
     when = spec.get("when") or {}
-    judged = np.asarray([i for i in keep if _matches(docs.metas[i], when)], dtype=np.int64)
+    judged = (np.asarray([i for i in keep if _matches(docs.metas[int(i)], when)], dtype=np.int64)
+              if when else np.asarray(keep, np.int64))
     judged_ids = [docs.ids[i] for i in judged]
     columns = {c: v[judged] for c, v in table.items()}
     on_ray = getattr(step, "on_ray", None) if ray is not None else None
     decisions = (on_ray(ray, judged_ids, docs.texts(judged), columns) if on_ray else
                  step(judged_ids, docs.texts(judged), columns))
     check_decisions(label, decisions, judged_ids)
-    dropped = set()
-    for d, i in zip(decisions, judged, strict=True):
+    dropped = np.zeros(len(judged), bool)
+    for k, (d, i) in enumerate(zip(decisions, judged, strict=True)):
         if not d.keep:
-            dropped.add(int(i))
+            dropped[k] = True
             ledger.remove(label, docs.document(int(i)).to_dict(), d.reason or {"reason": label})
-    survivors = [int(i) for i in keep if int(i) not in dropped]
+    survivors = np.asarray(keep, np.int64)[~np.isin(keep, judged[dropped])]
     return {"step": label, "in": int(len(keep)), "judged": int(len(judged)),
             "kept": len(survivors), "removed": int(len(keep) - len(survivors)),
             "reasons": dict(ledger.by_step.get(label, Counter()).most_common()),
             "seconds": round(time.perf_counter() - t0, 3), "ran_on": "ray" if on_ray else "driver",
-            "survivors": np.asarray(survivors, dtype=np.int64)}
+            "survivors": survivors}
 
 
 def write_order_manifests(tmp: Path, docs: DocStore, keep: np.ndarray,

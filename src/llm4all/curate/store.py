@@ -1,17 +1,19 @@
 """The documents of one curate run, with their texts on disk: the driver holds no corpus.
 
 ``curate`` reads its input once, in order, into a ``DocStore``: every text is appended as
-UTF-8 to one anonymous temporary file (beside the output, removed when the store closes) and
-only its byte offsets stay in memory, with the ids, the meta and the text lengths. Signals,
-steps and writers then read texts back through ``TextView`` (a lazy sequence: an index or a
-slice reads just those texts with ``os.pread``), one shard or one batch at a time. The
-driver's memory is then the per-document numbers (ids, meta, signal columns, a step's own
-state such as MinHash signatures), not the text: doubling the corpus leaves the peak resident
-memory flat (docs/curate.md, issue 17). The disk holds one extra copy of the text meanwhile.
+UTF-8 to one anonymous temporary file (beside the output, removed when the store closes), its
+meta and source location as JSON to a second one, and only their byte offsets stay in memory,
+with the ids and the text lengths. Signals, steps and writers then read texts back through
+``TextView`` and meta through ``MetaView`` (lazy sequences: an index or a slice reads just
+those records with ``os.pread``), one shard or one batch at a time. The driver's memory is then
+the per-document numbers (ids, offsets, signal columns, a step's own state such as MinHash
+signatures), not the text or its meta: doubling the corpus leaves the peak resident memory flat
+(docs/curate.md, issue 17). The disk holds one extra copy of the text meanwhile.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from array import array
@@ -20,51 +22,67 @@ from pathlib import Path
 from typing import Any
 
 from llm4all.data.document import Document
+from llm4all.errors import UserError
 
 
 class DocStore:
-    """Append-only documents: texts in a temporary file, ids / meta / lengths in memory."""
+    """Append-only documents: texts and meta in temporary files, ids and lengths in memory."""
 
     def __init__(self, directory: str | Path | None = None):
         self._file = tempfile.TemporaryFile(dir=directory, prefix=".curate-texts-")  # noqa: SIM115
+        self._meta_file = tempfile.TemporaryFile(dir=directory, prefix=".curate-meta-")  # noqa: SIM115
         self._offsets = array("q", [0])  # byte offset of each text; the last one is the file's end
+        self._meta_offsets = array("q", [0])  # the same for each [meta, where] JSON record
         self.ids: list[str] = []
-        self.metas: list[dict[str, Any]] = []
         self.lengths = array("q")  # characters of each text
-        self.wheres: list[str] = []
+        self.metas = MetaView(self)
         self._unflushed = False
 
     def add(self, doc: Document) -> int:
         """Append ``doc``; returns its index."""
-        data = doc.text.encode("utf-8")
-        self._file.write(data)
-        self._offsets.append(self._offsets[-1] + len(data))
+        try:
+            record = json.dumps([doc.meta, doc.where], ensure_ascii=False).encode("utf-8")
+        except (TypeError, ValueError) as e:  # the outputs are JSON: say so before any work
+            raise UserError(f"{doc.where or doc.id}: meta is not JSON-serialisable ({e}); curate "
+                            "writes meta as JSON: keep strings, numbers, lists and objects") from None
+        for file, offsets, data in ((self._file, self._offsets, doc.text.encode("utf-8")),
+                                    (self._meta_file, self._meta_offsets, record)):
+            file.write(data)
+            offsets.append(offsets[-1] + len(data))
         self.ids.append(doc.id)
-        self.metas.append(doc.meta)
         self.lengths.append(len(doc.text))
-        self.wheres.append(doc.where)
         self._unflushed = True
         return len(self.ids) - 1
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def text(self, i: int) -> str:
+    def _read(self, file, offsets: array, i: int) -> bytes:
         if self._unflushed:  # os.pread reads the file, not the writer's buffer
             self._file.flush()
+            self._meta_file.flush()
             self._unflushed = False
-        start, end = self._offsets[i], self._offsets[i + 1]
-        return os.pread(self._file.fileno(), end - start, start).decode("utf-8")
+        start, end = offsets[i], offsets[i + 1]
+        return os.pread(file.fileno(), end - start, start)
+
+    def text(self, i: int) -> str:
+        return self._read(self._file, self._offsets, i).decode("utf-8")
+
+    def meta_and_where(self, i: int) -> tuple[dict[str, Any], str]:
+        meta, where = json.loads(self._read(self._meta_file, self._meta_offsets, i))
+        return meta, where
 
     def texts(self, indices: Sequence[int] | None = None) -> TextView:
         """The texts of ``indices`` (default: all) as a lazy sequence."""
         return TextView(self, range(len(self)) if indices is None else indices)
 
     def document(self, i: int) -> Document:
-        return Document(self.ids[i], self.text(i), self.metas[i], where=self.wheres[i])
+        meta, where = self.meta_and_where(i)
+        return Document(self.ids[i], self.text(i), meta, where=where)
 
     def close(self) -> None:
-        self._file.close()  # an unnamed temporary file: the OS removes it
+        self._file.close()  # unnamed temporary files: the OS removes them
+        self._meta_file.close()
 
     def __enter__(self) -> DocStore:
         return self
@@ -90,3 +108,18 @@ class TextView(Sequence[str]):
     def __iter__(self) -> Iterator[str]:
         for i in self.indices:
             yield self.store.text(int(i))
+
+
+class MetaView(Sequence[dict[str, Any]]):
+    """The meta of every document of a ``DocStore`` by position, read from disk when asked for."""
+
+    def __init__(self, store: DocStore):
+        self.store = store
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self.store.meta_and_where(i)[0] for i in range(len(self))[k]]
+        return self.store.meta_and_where(int(k))[0]

@@ -16,7 +16,7 @@ import contextlib
 import gzip
 import io
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -24,25 +24,33 @@ from llm4all.data.document import Document
 from llm4all.data.web import HTML_SUFFIXES, WARC_SUFFIXES, read_html, read_warc
 from llm4all.errors import UserError
 
+Parse = Callable[[Any, str, str, str], Document]
+
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".ndjson")
 SUFFIXES = (*JSONL_SUFFIXES, ".parquet", ".txt", *WARC_SUFFIXES, *HTML_SUFFIXES)
 
 
 class Rejects:
-    """Where skipped records go: counted, and written with their reason to a JSONL file."""
+    """Where skipped records go: counted, and written with their reason to a JSONL file (or with
+    ``per_shard``, to the folder ``path`` in parts of that many records: part-00000.jsonl, ...)."""
 
-    def __init__(self, path: str | Path | None = None):
+    def __init__(self, path: str | Path | None = None, per_shard: int | None = None):
         self.path = Path(path) if path else None
+        self.per_shard = per_shard
         self.count = 0
+        self.files: list[Path] = []
         self._fh: IO[str] | None = None
 
     def add(self, source: str, line: int, reason: str, raw: str) -> None:
         self.count += 1
         if self.path is None:
             return
-        if self._fh is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.path, "w", encoding="utf-8")  # noqa: SIM115
+        if self._fh is None or (self.per_shard and (self.count - 1) % self.per_shard == 0):
+            self.close()
+            name = f"part-{len(self.files):05d}.jsonl" if self.per_shard else None
+            self.files.append(self.path / name if name else self.path)
+            self.files[-1].parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.files[-1], "w", encoding="utf-8")  # noqa: SIM115
         record = {"source": source, "line": line, "reason": reason, "raw": raw[:10_000]}
         self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
 
@@ -125,8 +133,10 @@ def _record_to_doc(obj: Any, default_id: str, text_key: str, where: str = "") ->
     return Document(str(doc_id), text, {**extra, **meta} if extra else meta, where=where)
 
 
-def read_jsonl(path: Path, *, text_key: str = "text", rejects: Rejects | None = None) -> Iterator[Document]:
+def read_jsonl(path: Path, *, text_key: str = "text", rejects: Rejects | None = None,
+               parse: Parse | None = None) -> Iterator[Document]:
     """Documents from a JSONL file (optionally .gz or .zst compressed), one object per line."""
+    parse = parse or _record_to_doc
     try:
         raw = _open_text(path)
     except OSError as e:
@@ -147,8 +157,7 @@ def read_jsonl(path: Path, *, text_key: str = "text", rejects: Rejects | None = 
                 continue
             try:
                 text = line.decode("utf-8")
-                yield _record_to_doc(json.loads(text), f"{_stem(path)}/{lineno}", text_key,
-                                     f"{path}: line {lineno}")
+                yield parse(json.loads(text), f"{_stem(path)}/{lineno}", text_key, f"{path}: line {lineno}")
             except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
                 reason = _reason(e)
                 damage = _compression_damage(path)  # garbage lines out of a damaged stream
@@ -176,7 +185,8 @@ def _compression_damage(path: Path) -> str | None:
     return None
 
 
-def read_parquet(path: Path, *, text_key: str = "text", rejects: Rejects | None = None) -> Iterator[Document]:
+def read_parquet(path: Path, *, text_key: str = "text", rejects: Rejects | None = None,
+                 parse: Parse | None = None) -> Iterator[Document]:
     """Documents from a parquet file with a string column ``text`` (and optional id/meta)."""
     import pyarrow.parquet as pq
 
@@ -184,8 +194,9 @@ def read_parquet(path: Path, *, text_key: str = "text", rejects: Rejects | None 
         pf = pq.ParquetFile(path)
     except Exception as e:
         raise UserError(f"{path}: not a readable parquet file ({e})") from None
-    if text_key not in pf.schema_arrow.names:
+    if parse is None and text_key not in pf.schema_arrow.names:
         raise UserError(f"{path}: no column {text_key!r}; columns: {', '.join(pf.schema_arrow.names)}")
+    parse = parse or _record_to_doc
     row = 0
     for batch in pf.iter_batches(batch_size=1024):
         for obj in batch.to_pylist():
@@ -194,7 +205,7 @@ def read_parquet(path: Path, *, text_key: str = "text", rejects: Rejects | None 
                 with contextlib.suppress(json.JSONDecodeError):
                     obj["meta"] = json.loads(obj["meta"])
             try:
-                yield _record_to_doc(obj, f"{_stem(path)}/{row}", text_key, f"{path}: row {row}")
+                yield parse(obj, f"{_stem(path)}/{row}", text_key, f"{path}: row {row}")
             except ValueError as e:
                 if rejects is None:
                     raise UserError(f"{path}: row {row}: {e}") from None
@@ -263,7 +274,8 @@ def list_files(path: Path) -> list[Path]:
 
 
 def read_documents(paths: str | Path | Iterable[str | Path], *, text_key: str = "text",
-                   skip_bad: bool = False, rejects: Rejects | None = None) -> Iterator[Document]:
+                   skip_bad: bool = False, rejects: Rejects | None = None,
+                   parse: Parse | None = None) -> Iterator[Document]:
     """Stream documents from files, folders (recursively, sorted) or saved HF datasets.
 
     Args:
@@ -272,6 +284,9 @@ def read_documents(paths: str | Path | Iterable[str | Path], *, text_key: str = 
         text_key: the field holding the text.
         skip_bad: write malformed records to ``rejects`` instead of stopping with an error.
         rejects: where skipped records go (a counting sink if not given and skip_bad is set).
+        parse: a JSONL/parquet record's reader, (record, default id, text_key, where) -> Document,
+            raising ValueError for a bad record (default: the {id, text, meta} schema above;
+            ``chat.conversation_record`` for conversations).
     """
     if isinstance(paths, str | Path):
         paths = [paths]
@@ -281,7 +296,7 @@ def read_documents(paths: str | Path | Iterable[str | Path], *, text_key: str = 
     for p in map(Path, paths):
         if not p.exists():
             raise UserError(f"{p}: no such file or directory")
-        if is_hf_dataset(p):
+        if is_hf_dataset(p) and parse is None:
             yield from read_hf_dataset(p, text_key=text_key, rejects=sink)
             continue
         files = list_files(p)
@@ -289,10 +304,12 @@ def read_documents(paths: str | Path | Iterable[str | Path], *, text_key: str = 
             raise UserError(f"{p}: no documents found (expected {', '.join(SUFFIXES)} files)")
         root = p if p.is_dir() else p.parent
         for f in files:
+            if parse is not None and not f.name.endswith((*JSONL_SUFFIXES, ".parquet")):
+                raise UserError(f"{f}: records of this kind come in JSONL or parquet files, not {f.suffix}")
             if f.name.endswith(JSONL_SUFFIXES):
-                yield from read_jsonl(f, text_key=text_key, rejects=sink)
+                yield from read_jsonl(f, text_key=text_key, rejects=sink, parse=parse)
             elif f.suffix == ".parquet":
-                yield from read_parquet(f, text_key=text_key, rejects=sink)
+                yield from read_parquet(f, text_key=text_key, rejects=sink, parse=parse)
             elif f.suffix == ".txt":
                 yield from read_text_file(f, root, rejects=sink)
             elif f.name.endswith(WARC_SUFFIXES):

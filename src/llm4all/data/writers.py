@@ -95,3 +95,49 @@ def write_documents(path: str | Path, docs) -> int:
         for doc in docs:
             w.write(doc)
     return w.count
+
+
+class ShardedWriter:
+    """``DocumentWriter`` over numbered parts: ``DIR/part-00000.jsonl.zst``, a new part every
+    ``per_shard`` records, each part complete (renamed into place) when the next one starts.
+
+    For outputs too large for one file: readers take the folder (its parts in name order)."""
+
+    def __init__(self, directory: str | Path, per_shard: int, suffix: str = ".jsonl.zst"):
+        if per_shard < 1:
+            raise ValueError(f"per_shard must be >= 1, got {per_shard}")
+        self.path, self.per_shard, self.suffix = Path(directory), per_shard, suffix
+        self.count = 0
+        self.parts: list[Path] = []
+        self._writer: DocumentWriter | None = None
+
+    def __enter__(self) -> ShardedWriter:
+        self.path.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def write(self, doc: Document | dict[str, Any]) -> None:
+        if self._writer is None or self._writer.count >= self.per_shard:
+            self._close_part()
+            self.parts.append(self.path / f"part-{len(self.parts):05d}{self.suffix}")
+            self._writer = DocumentWriter(self.parts[-1]).__enter__()
+        self._writer.write(doc)
+        self.count += 1
+
+    def _close_part(self, exc_type=None, exc=None, tb=None) -> None:
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            writer.__exit__(exc_type, exc, tb)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._close_part(exc_type, exc, tb)
+
+
+def document_writer(path: str | Path, per_shard: int | None = None) -> DocumentWriter | ShardedWriter:
+    """One file at ``path`` (format from its suffix), or with ``per_shard`` a folder of parts named
+    after it: ``kept.jsonl.zst`` becomes ``kept/part-00000.jsonl.zst``, ..."""
+    path = Path(path)
+    if per_shard is None:
+        return DocumentWriter(path)
+    suffix = "".join(path.suffixes)
+    return ShardedWriter(path.with_name(path.name[: -len(suffix)] if suffix else path.name), per_shard,
+                         suffix or ".jsonl.zst")

@@ -24,6 +24,9 @@ The whole method, in the order this file runs it (``MinHashDedup`` at the bottom
    one deterministic survivor (first in input order, or the longest) and every other member
    is dropped with the cluster number, the survivor's id and its Jaccard to the survivor.
 
+On Ray (``on_ray``, ``ray_minhash.py``) the same steps run in tasks, the clusters by a distributed
+connected-components pass; the decisions are equal.
+
 Memory: the clustering needs every signature at once — ``num_perm × 4`` bytes per document
 (uint32) plus its id and length; texts are never held beyond one batch. Exact verification
 adds the shingle hashes on disk, 4 bytes per shingle.
@@ -42,6 +45,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from llm4all.catalog import DEDUPERS
+from llm4all.curate.dedup.pairs import number_clusters, survivor_order, verify_pairs
 from llm4all.curate.dedup.shingles import ShingleStore, set_jaccard, signatures_and_shingles
 from llm4all.curate.step import Decision
 from llm4all.errors import UserError, did_you_mean
@@ -49,7 +53,6 @@ from llm4all.errors import UserError, did_you_mean
 _ALL_PAIRS_MAX = 32  # buckets up to this size give all pairs; larger ones a star on the first
 VERIFY = ("exact", "estimate", "none")  # not "off": YAML reads off/no as false
 MISS = 0.01  # exact verification: P(a pair at Jaccard = threshold is never a candidate) ≤ 1%
-SIGMAS = 3.0  # ... and its estimate is pre-screened at threshold − 3σ (loses ≤ 0.13% more)
 
 
 @lru_cache(maxsize=64)
@@ -195,44 +198,32 @@ def near_duplicates(
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
     if pairs is None:
         pairs = candidate_pairs(signatures, bands, rows)  # (m, 2), sorted, i < j
-    exact = np.zeros(len(pairs))  # exact Jaccard of each pair kept, under verify="exact"
-    if verify != "none" and len(pairs):
-        sim = np.concatenate([  # estimated Jaccard of each pair, 64k pairs at a time
-            np.mean(signatures[p[:, 0]] == signatures[p[:, 1]], axis=1)
-            for p in np.array_split(pairs, -(-len(pairs) // 65536))
-        ])
-        slack = SIGMAS * np.sqrt(threshold * (1 - threshold) / num_perm) if verify == "exact" else 0
-        pairs = pairs[sim >= threshold - slack - 1e-12]
-        if verify == "exact":
-            exact = set_jaccard(pairs, *shingles)
-            pairs, exact = pairs[exact >= threshold - 1e-12], exact[exact >= threshold - 1e-12]
-    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
-    _, label = connected_components(graph, directed=False)  # union-find over the pairs
-    # survivor of each component: smallest index, or longest document (ties: smallest index)
-    rank = np.arange(n) if lengths is None else np.lexsort((np.arange(n), -np.asarray(lengths)))
-    position = np.empty(n, np.int64)
-    position[rank] = np.arange(n)
+    pairs, _ = verify_pairs(pairs, signatures, threshold, verify, shingles)
+    rank, position = survivor_order(n, lengths)
+    # union-find over the joined pairs, on nodes numbered by survivor preference: a component's
+    # smallest node is its survivor
+    graph = coo_matrix((np.ones(len(pairs)), (position[pairs[:, 0]], position[pairs[:, 1]])),
+                       shape=(n, n))
+    _, label = connected_components(graph, directed=False)
     best = np.full(label.max() + 1, n, np.int64)
-    np.minimum.at(best, label, position)
-    survivor = rank[best[label]]
-    size = np.bincount(label)[label]
-    # number clusters of ≥ 2 documents by their first member in input order
-    first = np.full(len(best), n, np.int64)
-    np.minimum.at(first, label, np.arange(n))
-    multi = np.unique(first[label][size > 1])
-    cluster = np.where(size > 1, np.searchsorted(multi, first[label]), -1)
-    if verify == "exact":  # exact Jaccard to the survivor: a verified pair's, else computed
-        jaccard = np.ones(n)
-        moved = np.flatnonzero(survivor != np.arange(n))
-        key = np.minimum(moved, survivor[moved]) * n + np.maximum(moved, survivor[moved])
-        where = np.minimum(np.searchsorted(pairs[:, 0] * n + pairs[:, 1], key), len(pairs) - 1)
-        known = (pairs[where, 0] * n + pairs[where, 1]) == key if len(pairs) else key < 0
-        jaccard[moved[known]] = exact[where[known]]
-        other = moved[~known]
-        jaccard[other] = set_jaccard(np.stack([other, survivor[other]], axis=1), *shingles)
-    else:
-        jaccard = np.mean(signatures == signatures[survivor], axis=1)
-    return cluster, survivor, jaccard
+    np.minimum.at(best, label, np.arange(n))
+    survivor = rank[best[label[position]]]
+    moved = np.flatnonzero(survivor != np.arange(n))
+    return number_clusters(survivor), survivor, jaccard_to_survivor(
+        np.stack([moved, survivor[moved]], axis=1), signatures, verify, shingles, n)
+
+
+def jaccard_to_survivor(moved: np.ndarray, signatures: np.ndarray, verify: str,
+                        shingles: tuple[np.ndarray, np.ndarray] | None, n: int) -> np.ndarray:
+    """(n,) Jaccard of each document and its survivor, 1 for survivors; ``moved`` holds the
+    (document, survivor) rows of the others: exact on the shingles under ``verify="exact"``,
+    else estimated from the signatures."""
+    jaccard = np.ones(n)
+    if len(moved):
+        a, b = moved[:, 0], moved[:, 1]
+        jaccard[a] = (set_jaccard(moved, *shingles) if verify == "exact"
+                      else np.mean(signatures[a] == signatures[b], axis=1))
+    return jaccard
 
 
 @DEDUPERS.register("minhash")
@@ -343,19 +334,17 @@ class MinHashDedup:
         yield from self.decisions(ids, cluster, survivor, jaccard)
 
     def on_ray(self, ray, ids: list[str], texts, table) -> list[Decision]:
-        """The same decisions with the signatures computed in Ray tasks and the candidate pairs
-        found by a shuffle of the band keys (``ray_minhash.py``); verification and clusters here."""
-        from llm4all.curate.dedup.ray_minhash import candidate_pairs_on_ray, signatures_on_ray
+        """The same decisions with signatures, candidate pairs, verification and the connected
+        components computed on Ray (``ray_minhash.py``): the driver compares no pair."""
+        from llm4all.curate.dedup.ray_minhash import near_duplicates_on_ray, signatures_on_ray
 
         with ShingleStore() if self.verify == "exact" else nullcontext() as store:
             sig = signatures_on_ray(ray, texts, self.num_perm, self.ngram, self.seed, self.batch_size, store)
             bands, rows = band_params(self.threshold, self.num_perm, self.bands, self.rows, self.verify)
-            pairs = (candidate_pairs_on_ray(ray, band_keys(sig, bands, rows), _ALL_PAIRS_MAX) if len(sig)
-                     else np.empty((0, 2), np.int64))
             lengths = np.asarray([len(t) for t in texts], np.int64) if self.survivor == "longest" else None
-            cluster, survivor, jaccard = near_duplicates(
-                sig, self.threshold, bands, rows, self.verify, lengths,
-                store.arrays() if store is not None else None, pairs)
+            cluster, survivor, jaccard = near_duplicates_on_ray(
+                ray, sig, band_keys(sig, bands, rows), self.threshold, self.verify, _ALL_PAIRS_MAX,
+                lengths, store.arrays() if store is not None else None)
         return list(self.decisions(ids, cluster, survivor, jaccard))
 
     def decisions(self, ids: list[str], cluster, survivor, jaccard) -> Iterator[Decision]:

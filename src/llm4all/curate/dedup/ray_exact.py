@@ -2,11 +2,12 @@
 
 The distributed form of ``exact.ExactDedup`` (the way datatrove and NeMo Curator run it):
 each window of shards is hashed in Ray tasks (``shingles.text_digest``: BLAKE2b-128 of the
-normalised text), then the (digest, position) rows are grouped by digest with Ray Data's shuffle and each
-group keeps its first position in input order, so the decisions equal the local engine's: the
-first occurrence survives, every later copy names it. Only digests seen more than once go
-through the shuffle (a digest seen once is its own survivor). The driver holds 16 bytes and a
-position per document, never the texts of more than one window.
+normalised text, kept as two uint64), then the (digest, position) rows are grouped by digest
+with Ray Data's shuffle and each group keeps its first position in input order, so the
+decisions equal the local engine's: the first occurrence survives, every later copy names it.
+Only digests seen more than once go through the shuffle (a digest seen once is its own
+survivor). The driver holds 16 bytes and a position per document, never the texts of more
+than one window.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ WINDOW = 8  # shards of texts in flight at once (their texts and digests: bounde
 
 
 def hash_shard(batch: dict, normalise: bool = True) -> dict:
-    """Ray task: digests (hex) of one shard's texts, with their positions."""
+    """Ray task: the 128-bit digests of one shard's texts as (n, 2) uint64, with their positions."""
     from llm4all.curate.dedup.shingles import text_digest
 
-    return {"pos": np.asarray(batch["pos"]),
-            "digest": [text_digest(t, normalise).hex() for t in batch["text"]]}
+    raw = b"".join(text_digest(t, normalise) for t in batch["text"])
+    return {"pos": np.asarray(batch["pos"], np.int64),
+            "digest": np.frombuffer(raw, np.uint64).reshape(-1, 2)}
 
 
 def first_of_group(group: dict) -> dict:
@@ -37,25 +39,29 @@ def first_of_group(group: dict) -> dict:
 def exact_on_ray(ray, ids: list[str], texts: Sequence[str], normalise: bool = True,
                  shard_docs: int = 500) -> list[Decision]:
     """One decision per document, equal to ``ExactDedup(normalise)`` run locally."""
+    import pyarrow as pa
+
     n = len(ids)
     if n == 0:
         return []
-    rows = []
+    digest = np.zeros((n, 2), np.uint64)  # 16 bytes per document, the driver's only state here
     bounds = [(a, min(a + shard_docs, n)) for a in range(0, n, shard_docs)]
     for w in range(0, len(bounds), WINDOW):
         part = [{"pos": list(range(a, b)), "text": texts[a:b]} for a, b in bounds[w:w + WINDOW]]
         ds = ray.data.from_items(part, override_num_blocks=len(part))
-        rows += ds.map(lambda r: hash_shard(r, normalise)).take_all()
-    pos = np.asarray([int(p) for r in rows for p in r["pos"]], np.int64)
-    digest = np.asarray([d for r in rows for d in r["digest"]])
+        for row in ds.map(lambda r: hash_shard(r, normalise)).take_all():
+            digest[np.asarray(row["pos"], np.int64)] = np.asarray(row["digest"], np.uint64).reshape(-1, 2)
     survivor = np.arange(n, dtype=np.int64)
-    _, inverse, counts = np.unique(digest, return_inverse=True, return_counts=True)
-    repeated = counts[inverse.reshape(-1)] > 1  # a digest seen once is its own survivor: not shuffled
-    if repeated.any():
-        digests = ray.data.from_items([{"pos": int(p), "digest": str(d)}
-                                       for p, d in zip(pos[repeated], digest[repeated], strict=True)])
-        for r in digests.groupby("digest").map_groups(first_of_group, batch_format="numpy").take_all():
-            survivor[int(r["pos"])] = int(r["first"])
+    order = np.lexsort((digest[:, 1], digest[:, 0]))
+    same = (digest[order[1:]] == digest[order[:-1]]).all(axis=1)
+    repeated = order[np.r_[same, False] | np.r_[False, same]]  # a digest seen once: not shuffled
+    if len(repeated):
+        rows = {"hi": digest[repeated, 0].view(np.int64), "lo": digest[repeated, 1].view(np.int64),
+                "pos": repeated.astype(np.int64)}
+        groups = ray.data.from_arrow(pa.table(rows)).groupby(["hi", "lo"])
+        firsts = groups.map_groups(first_of_group, batch_format="numpy")
+        for batch in firsts.iter_batches(batch_format="numpy"):
+            survivor[np.asarray(batch["pos"], np.int64)] = np.asarray(batch["first"], np.int64)
     return [Decision(ids[i], True) if survivor[i] == i else
             Decision(ids[i], False, {"reason": "exact_duplicate", "survivor": ids[survivor[i]]})
             for i in range(n)]
