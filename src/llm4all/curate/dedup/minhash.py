@@ -45,7 +45,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from llm4all.catalog import DEDUPERS
-from llm4all.curate.dedup.pairs import number_clusters, survivor_order, verify_pairs
+from llm4all.curate.dedup.pairs import band_keys, number_clusters, survivor_order, verify_pairs
 from llm4all.curate.dedup.shingles import ShingleStore, set_jaccard, signatures_and_shingles
 from llm4all.curate.step import Decision
 from llm4all.errors import UserError, did_you_mean
@@ -103,18 +103,6 @@ def recall_params(threshold: float, num_perm: int, miss: float = MISS) -> tuple[
         return params
     misses = {(num_perm // r, r): (1 - threshold**r) ** (num_perm // r) for r in range(1, num_perm + 1)}
     return min(misses, key=misses.get)
-
-
-def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
-    """(n_docs, bands) uint64: a 64-bit hash of each band's ``rows`` signature entries."""
-    sig = signatures.astype(np.uint64)
-    keys = np.zeros((len(sig), bands), np.uint64)
-    with np.errstate(over="ignore"):
-        for j in range(rows):  # FNV-style: key = (key ^ value) · prime, column by column
-            keys ^= sig[:, j : bands * rows : rows]
-            keys *= np.uint64(0x100000001B3)
-            keys ^= keys >> np.uint64(29)
-    return keys
 
 
 def candidate_pairs(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
@@ -335,16 +323,15 @@ class MinHashDedup:
 
     def on_ray(self, ray, ids: list[str], texts, table) -> list[Decision]:
         """The same decisions with signatures, candidate pairs, verification and the connected
-        components computed on Ray (``ray_minhash.py``): the driver compares no pair."""
+        components computed on Ray (``ray_minhash.py``): the driver holds band keys, no pair."""
         from llm4all.curate.dedup.ray_minhash import near_duplicates_on_ray, signatures_on_ray
 
-        with ShingleStore() if self.verify == "exact" else nullcontext() as store:
-            sig = signatures_on_ray(ray, texts, self.num_perm, self.ngram, self.seed, self.batch_size, store)
-            bands, rows = band_params(self.threshold, self.num_perm, self.bands, self.rows, self.verify)
-            lengths = np.asarray([len(t) for t in texts], np.int64) if self.survivor == "longest" else None
-            cluster, survivor, jaccard = near_duplicates_on_ray(
-                ray, sig, band_keys(sig, bands, rows), self.threshold, self.verify, _ALL_PAIRS_MAX,
-                lengths, store.arrays() if store is not None else None)
+        bands, rows = band_params(self.threshold, self.num_perm, self.bands, self.rows, self.verify)
+        keys, payloads = signatures_on_ray(ray, texts, self.num_perm, self.ngram, self.seed, self.batch_size,
+                                           bands, rows, self.verify == "exact")
+        lengths = np.asarray([len(t) for t in texts], np.int64) if self.survivor == "longest" else None
+        cluster, survivor, jaccard = near_duplicates_on_ray(ray, keys, payloads, self.threshold, self.verify,
+                                                            _ALL_PAIRS_MAX, lengths)
         return list(self.decisions(ids, cluster, survivor, jaccard))
 
     def decisions(self, ids: list[str], cluster, survivor, jaccard) -> Iterator[Decision]:

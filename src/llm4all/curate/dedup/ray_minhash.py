@@ -1,59 +1,87 @@
-"""MinHash near-duplicates on Ray Data: no pair of documents is compared in the driver.
+"""MinHash near-duplicates on Ray: no pair of documents, no signature and no shingle in the driver.
 
 The distributed form of ``minhash.MinHashDedup`` (as datatrove and NeMo Curator split it):
 
-1. **signatures** of each window of shards in Ray tasks (``signatures_and_shingles``; with
-   exact verification their shingle hashes come back too and go to the on-disk ShingleStore);
+1. **signatures** of each shard of documents in a Ray task, which returns two objects: the
+   shard's band keys (bands × 8 bytes per document, to the driver) and its payload (signatures
+   and, for exact verification, shingle hashes), which stays in Ray's object store
+   (``ShardPayloads``); the driver sends a window of shards' texts at a time;
 2. **candidate pairs**: band keys as rows (band, key, position), grouped by (band, key) with
    Ray Data's shuffle (only rows whose (band, key) occurs more than once: a bucket of one has
    no pair); each bucket emits its pairs by the rule ``candidate_pairs`` applies (all pairs of a
    bucket of up to 32 members; a larger one its members up to 31 apart plus a star on its
    first), and a second shuffle on (a, b) makes them unique;
 3. **verification** in tasks (``pairs.verify_pairs``: the estimate from the signatures, then
-   the exact Jaccard of the shingle sets), the signatures and shingles broadcast through Ray's
-   object store;
+   the exact Jaccard of the shingle sets), each task fetching the payloads of the shards its
+   pairs touch;
 4. **clusters** by a distributed connected-components pass over the verified pairs
    (``components_on_ray``: min-label hooking plus pointer jumping, Shiloach & Vishkin 1982's
    scheme), on nodes numbered by survivor preference so a component's smallest node is its
    survivor; then each removed document's Jaccard to its survivor, in tasks.
 
-The driver holds per-document arrays only (signatures, 4·num_perm bytes each; the band keys
-that repeat; one label each), never a list of pairs, and the decisions equal the local engine's
-(tests/curate/test_dedup_minhash.py).
+The driver holds per-document arrays only (the band keys, one label, one length each), and the
+decisions equal the local engine's (tests/curate/test_dedup_minhash.py).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from llm4all.curate.dedup.shingles import ShingleStore, signatures_and_shingles
+from llm4all.curate.dedup.shingles import signatures_and_shingles
 
-WINDOW = 4  # shards in flight at once (texts, signatures, shingle hashes: bounded driver memory)
-
-
-def _signatures(row: dict, num_perm: int, ngram: int, seed: int, shingles: bool) -> dict:
-    sig, hashes, counts = signatures_and_shingles(list(row["texts"]), num_perm, ngram, seed)
-    return {"shard": row["shard"], "sig": sig, "hashes": hashes if shingles else np.zeros(0, np.uint32),
-            "counts": counts}
+WINDOW = 8  # shards of texts in flight at once (bounded driver memory)
 
 
-def signatures_on_ray(ray, texts, num_perm: int, ngram: int, seed: int, shard: int,
-                      store: ShingleStore | None = None) -> np.ndarray:
-    """(n, num_perm) signatures computed in Ray tasks, a window of shards at a time; with a
-    ``store`` the shingle hashes are appended to it in input order."""
+def _shard(texts: list[str], num_perm: int, ngram: int, seed: int, bands: int, rows: int,
+           shingles: bool) -> tuple[np.ndarray, dict]:
+    """Ray task: (band keys, payload) of one shard: the keys go to the driver, the payload (its
+    signatures, and shingle hashes with their counts) stays in the object store."""
+    from llm4all.curate.dedup.pairs import band_keys
+
+    sig, hashes, counts = signatures_and_shingles(texts, num_perm, ngram, seed)
+    payload = {"sig": sig, "hashes": hashes if shingles else np.zeros(0, np.uint32), "counts": counts}
+    return band_keys(sig, bands, rows), payload
+
+
+class ShardPayloads:
+    """The per-shard payloads of ``_shard`` by reference, and how to gather documents from them."""
+
+    def __init__(self, starts: np.ndarray, refs: list):
+        self.starts, self.refs = starts, refs  # starts: first document of each shard, then n
+
+    def gather(self, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(signatures, shingle hashes, shingle counts) of ``docs`` (sorted, unique), in that order;
+        called in Ray tasks (it fetches the shards the documents lie in)."""
+        import ray
+
+        shard = np.searchsorted(self.starts, docs, side="right") - 1
+        sig, hashes, counts = [], [], []
+        for k in np.unique(shard):
+            payload = ray.get(self.refs[int(k)])
+            local = docs[shard == k] - self.starts[k]
+            offsets = np.r_[0, np.cumsum(payload["counts"])]
+            sig.append(payload["sig"][local])
+            counts.append(payload["counts"][local])
+            if len(payload["hashes"]):
+                hashes += [payload["hashes"][offsets[i]:offsets[i + 1]] for i in local]
+        return (np.concatenate(sig), np.concatenate(hashes) if hashes else np.zeros(0, np.uint32),
+                np.concatenate(counts))
+
+
+def signatures_on_ray(ray, texts, num_perm: int, ngram: int, seed: int, shard: int, bands: int,
+                      rows: int, shingles: bool) -> tuple[np.ndarray, ShardPayloads]:
+    """The (n, bands) band keys of every document, and its shards' payloads left in Ray's object
+    store; a window of shards' texts in flight at a time."""
+    task = ray.remote(num_returns=2)(_shard)
     n = len(texts)
-    bounds = [(a, min(a + shard, n)) for a in range(0, n, shard)]
-    parts = [np.empty((0, num_perm), np.uint32)]
-    want_shingles = store is not None  # (the task captures this flag, not the store's open file)
-    for w in range(0, len(bounds), WINDOW):
-        rows = [{"shard": i, "texts": texts[a:b]} for i, (a, b) in enumerate(bounds[w:w + WINDOW])]
-        done = ray.data.from_items(rows, override_num_blocks=len(rows)).map(
-            lambda r: _signatures(r, num_perm, ngram, seed, want_shingles)).take_all()
-        for r in sorted(done, key=lambda r: r["shard"]):  # input order: the store is positional
-            parts.append(np.asarray(r["sig"], np.uint32))
-            if store is not None:
-                store.add(np.asarray(r["hashes"], np.uint32), np.asarray(r["counts"], np.int64))
-    return np.concatenate(parts)
+    starts = np.arange(0, n, shard, dtype=np.int64)
+    keys, refs = [np.zeros((0, bands), np.uint64)], []
+    for w in range(0, len(starts), WINDOW):
+        pending = [task.remote(texts[a:a + shard], num_perm, ngram, seed, bands, rows, shingles)
+                   for a in starts[w:w + WINDOW]]
+        keys += ray.get([k for k, _ in pending])
+        refs += [payload for _, payload in pending]
+    return np.concatenate(keys), ShardPayloads(np.r_[starts, n], refs)
 
 
 def shared_band_rows(keys: np.ndarray) -> dict[str, np.ndarray]:
@@ -98,16 +126,26 @@ def candidate_pairs_on_ray(ray, keys: np.ndarray, all_pairs_max: int):
     return pairs.groupby(["a", "b"]).count().select_columns(["a", "b"])
 
 
-def _verify_batch(batch: dict, refs: dict, threshold: float, verify: str) -> dict:
-    """Ray task: the batch's candidate pairs joined under ``verify`` (``pairs.verify_pairs``)."""
-    import ray
+def _local(pairs: np.ndarray, payloads: ShardPayloads):
+    """The documents of ``pairs`` gathered from their shards, and the pairs renumbered to them."""
+    docs = np.unique(pairs)
+    sig, hashes, counts = payloads.gather(docs)
+    return np.searchsorted(docs, pairs), sig, (hashes, counts)
 
+
+def _verify_batch(batch: dict, payloads: ShardPayloads, threshold: float, verify: str) -> dict:
+    """Ray task: the batch's candidate pairs joined under ``verify`` (``pairs.verify_pairs``)."""
     from llm4all.curate.dedup.pairs import verify_pairs
 
     pairs = np.stack([np.asarray(batch["a"], np.int64), np.asarray(batch["b"], np.int64)], axis=1)
-    shingles = (ray.get(refs["hashes"]), ray.get(refs["counts"])) if verify == "exact" else None
-    kept, _ = verify_pairs(pairs, ray.get(refs["signatures"]), threshold, verify, shingles)
-    return {"a": kept[:, 0], "b": kept[:, 1]}
+    if not len(pairs):
+        return {"a": pairs[:, 0], "b": pairs[:, 1]}
+    local, sig, shingles = _local(pairs, payloads)
+    kept, _ = verify_pairs(local, sig, threshold, verify, shingles if verify == "exact" else None)
+    keep = np.zeros(len(pairs), bool)  # which rows survived: match the kept local pairs back
+    key = local[:, 0] * len(sig) + local[:, 1]
+    keep[np.isin(key, kept[:, 0] * len(sig) + kept[:, 1])] = True
+    return {"a": pairs[keep, 0], "b": pairs[keep, 1]}
 
 
 def _hooks(batch: dict, parent_ref, position_ref) -> dict:
@@ -149,37 +187,30 @@ def components_on_ray(ray, edges, position: np.ndarray) -> np.ndarray:
             parent = jumped
 
 
-def _jaccard_batch(batch: dict, refs: dict, verify: str) -> dict:
+def _jaccard_batch(batch: dict, payloads: ShardPayloads, verify: str) -> dict:
     """Ray task: each (document, survivor) row's Jaccard (``minhash.jaccard_to_survivor``)."""
-    import ray
-
     from llm4all.curate.dedup.shingles import set_jaccard
 
-    a, b = np.asarray(batch["a"], np.int64), np.asarray(batch["b"], np.int64)
-    if verify == "exact":
-        value = set_jaccard(np.stack([a, b], axis=1), ray.get(refs["hashes"]), ray.get(refs["counts"]))
-    else:
-        sig = ray.get(refs["signatures"])
-        value = np.mean(sig[a] == sig[b], axis=1)
-    return {"a": a, "jaccard": value}
+    pairs = np.stack([np.asarray(batch["a"], np.int64), np.asarray(batch["b"], np.int64)], axis=1)
+    local, sig, shingles = _local(pairs, payloads)
+    value = (set_jaccard(local, *shingles) if verify == "exact"
+             else np.mean(sig[local[:, 0]] == sig[local[:, 1]], axis=1))
+    return {"a": pairs[:, 0], "jaccard": value}
 
 
-def near_duplicates_on_ray(ray, signatures: np.ndarray, keys: np.ndarray, threshold: float,
-                           verify: str, all_pairs_max: int, lengths: np.ndarray | None = None,
-                           shingles: tuple[np.ndarray, np.ndarray] | None = None):
-    """``minhash.near_duplicates`` of the (n, bands) band ``keys``: (cluster, survivor, jaccard),
-    equal to the local result, with candidate pairs, verification and connected components in Ray."""
+def near_duplicates_on_ray(ray, keys: np.ndarray, payloads: ShardPayloads, threshold: float,
+                           verify: str, all_pairs_max: int, lengths: np.ndarray | None = None):
+    """``minhash.near_duplicates`` from the (n, bands) band ``keys`` and the shards' payloads:
+    (cluster, survivor, jaccard), equal to the local result, with candidate pairs, verification
+    and connected components in Ray."""
     from llm4all.curate.dedup.pairs import number_clusters, survivor_order
 
-    n = len(signatures)
-    refs = {"signatures": ray.put(signatures)}
-    if shingles is not None:
-        refs.update(hashes=ray.put(np.asarray(shingles[0])), counts=ray.put(np.asarray(shingles[1])))
+    n = len(keys)
     rank, position = survivor_order(n, lengths)
     pairs = candidate_pairs_on_ray(ray, keys, all_pairs_max) if n else None
     survivor = np.arange(n, dtype=np.int64)
     if pairs is not None:
-        edges = pairs.map_batches(lambda b: _verify_batch(b, refs, threshold, verify),
+        edges = pairs.map_batches(lambda b: _verify_batch(b, payloads, threshold, verify),
                                   batch_format="numpy").materialize()
         survivor = rank[components_on_ray(ray, edges, position)[position]]
     jaccard = np.ones(n)
@@ -187,7 +218,7 @@ def near_duplicates_on_ray(ray, signatures: np.ndarray, keys: np.ndarray, thresh
     if len(moved):
         rows = ray.data.from_numpy(np.stack([moved, survivor[moved]], axis=1)).map_batches(
             lambda b: {"a": b["data"][:, 0], "b": b["data"][:, 1]}, batch_format="numpy")
-        for batch in rows.map_batches(lambda b: _jaccard_batch(b, refs, verify),
+        for batch in rows.map_batches(lambda b: _jaccard_batch(b, payloads, verify),
                                       batch_format="numpy").iter_batches(batch_format="numpy"):
             jaccard[np.asarray(batch["a"], np.int64)] = batch["jaccard"]
     return number_clusters(survivor), survivor, jaccard
