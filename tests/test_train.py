@@ -150,10 +150,10 @@ def test_curriculum_restricts_early_steps_to_the_easy_documents(shards, tmp_path
 
 
 def _docs_of(data, starts):
+    from llm4all.data.packing import doc_table
     from llm4all.data.shards import TokenShards
-    from llm4all.train.sampler import _doc_table
 
-    ids, begin, _ = _doc_table(TokenShards(data), "train")
+    ids, begin, _ = doc_table(TokenShards(data), "train")
     order = np.argsort(begin)
     return [ids[order[np.searchsorted(begin[order], p, side="right") - 1]] for p in starts]
 

@@ -65,6 +65,28 @@ class TokenShards:
     def num_tokens(self, split: str) -> int:
         return int(self.index["splits"][split]["tokens"])
 
+    @property
+    def is_chat(self) -> bool:
+        """Conversations (``tokenize --format chat``): every token has an assistant-mask byte."""
+        return "chat" in self.index
+
+    def mask(self, split: str) -> np.ndarray:
+        """The split's assistant mask (uint8, 1 on the tokens training learns from), aligned with
+        ``tokens(split)``."""
+        if not self.is_chat:
+            raise UserError(f"{self.path}: no assistant mask (not tokenized with --format chat)")
+        arrays = []
+        for shard in self.index["splits"][split]["shards"]:
+            file = self.path / shard.get("mask", "")
+            if "mask" not in shard or not file.is_file() or file.stat().st_size != shard["tokens"]:
+                raise UserError(f"{file}: assistant mask missing or truncated (expected "
+                                f"{shard['tokens']} bytes); tokenize again")
+            if shard["tokens"]:
+                arrays.append(np.memmap(file, dtype=np.uint8, mode="r"))
+        if not arrays:
+            raise UserError(f"{self.path}: split {split!r} has no tokens")
+        return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
 
 def calibration_windows(data: Path, tokens: int, seq_len: int = 256, seed: int = 0,
                         split: str = "train"):

@@ -40,7 +40,14 @@ def distill_student(student: torch.nn.Module, teacher: Teacher, shards, out: Pat
     kd.cross_check(cfg)
     dist_ = dist_ or setup_distributed(cfg.device)
     teacher.device = str(dist_.device)
-    evaluate = validation_fn(shards.tokens("validation", cfg.eval_tokens), cfg.seq_len, cfg.precision)
+    if shards.is_chat:  # held-out conversations: perplexity of the assistant's tokens
+        from llm4all.data.packing import ConversationSampler
+        from llm4all.train.loop import response_validation_fn
+
+        held_out = ConversationSampler(shards, cfg.seq_len, cfg.seed, split="validation", pack=cfg.pack)
+        evaluate = response_validation_fn(held_out, cfg.precision)
+    else:
+        evaluate = validation_fn(shards.tokens("validation", cfg.eval_tokens), cfg.seq_len, cfg.precision)
     student = prepare(student, cfg).to(dist_.device)  # before a self-distillation teacher is copied
     sampler, loss_fn = build_step(kd, cfg, teacher, student, shards, Path(out))
     arguments = arguments or {}

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from llm4all.data.packing import model_inputs
 from llm4all.distill.args import KDConfig
 from llm4all.errors import UserError
 from llm4all.train.args import TrainingConfig
@@ -149,10 +150,11 @@ def online_loss(teacher: torch.nn.Module, kd: KDConfig, projector=None, relation
 
     def loss_fn(model, inputs, labels):
         want_hidden = kd.feature_weight > 0
+        kwargs = model_inputs(inputs)  # packed conversations: their position ids too
         with torch.no_grad(), qkv(teacher) as t_qkv:
-            t_out = teacher(input_ids=inputs, output_hidden_states=want_hidden)
+            t_out = teacher(**kwargs, output_hidden_states=want_hidden)
         with qkv(model) as s_qkv:
-            s_out = model(input_ids=inputs, output_hidden_states=want_hidden)
+            s_out = model(**kwargs, output_hidden_states=want_hidden)
         kd_term, ce = kd_and_ce(kd.divergence, s_out.logits, t_out.logits, labels, temperature=kd.temperature,
                                 **kd.kd_options)
         loss = kd.alpha * kd_term + (1 - kd.alpha) * ce
@@ -250,6 +252,7 @@ def teacher_generations(teacher: torch.nn.Module, tokens: np.ndarray, path: Path
 def _offline(kd: KDConfig, cfg: TrainingConfig, teacher: Teacher, student, shards, out: Path):
     from llm4all.distill.teacher_cache import TeacherCache, build_cache
 
+    _plain_windows_only(kd, shards)
     cache_dir = Path(kd.cache) if kd.cache else out / "teacher_cache"
     index = cache_dir / "index.json"
     if not index.exists() or not json.loads(index.read_text()).get("complete"):
@@ -265,9 +268,20 @@ def _offline(kd: KDConfig, cfg: TrainingConfig, teacher: Teacher, student, shard
 
 
 def _window_sampler(cfg: TrainingConfig, shards):
+    """Windows of plain token shards, or packed conversations (the KD and CE terms then count
+    the assistant's tokens only: their labels are the only ones not −100)."""
+    from llm4all.data.packing import ConversationSampler
     from llm4all.train.sampler import WindowSampler
 
+    if shards.is_chat:
+        return ConversationSampler(shards, cfg.seq_len, cfg.seed, pack=cfg.pack)
     return WindowSampler(shards, cfg.seq_len, cfg.seed, total_steps=cfg.steps)
+
+
+def _plain_windows_only(kd: KDConfig, shards) -> None:
+    if shards.is_chat:
+        raise UserError(f"{shards.path}: conversations (tokenize --format chat) distil online: "
+                        f"--mode online or self (--mode {kd.mode} works on plain token windows)")
 
 
 def _online(kd: KDConfig, cfg: TrainingConfig, teacher: Teacher, student, shards, out: Path):
@@ -285,10 +299,12 @@ def _online(kd: KDConfig, cfg: TrainingConfig, teacher: Teacher, student, shards
 
 
 def _on_policy(kd: KDConfig, cfg: TrainingConfig, teacher: Teacher, student, shards, out: Path):
+    _plain_windows_only(kd, shards)
     return _window_sampler(cfg, shards), on_policy_loss(teacher.model(), kd, cfg.seed)
 
 
 def _sequence(kd: KDConfig, cfg: TrainingConfig, teacher: Teacher, student, shards, out: Path):
+    _plain_windows_only(kd, shards)
     path = out / "teacher_generations" / "generations.pt"
     windows = teacher_generations(teacher.model(), shards.tokens("train"), path, cfg.seq_len,
                                   kd.prompt_tokens, kd.max_windows or 256, cfg.seed)

@@ -91,6 +91,30 @@ def perplexity(model, tokens: np.ndarray, context: int = 1024, stride: int | Non
             "bits_per_token": mean / math.log(2)}
 
 
+def response_perplexity(model, sampler, batch_size: int = 8) -> dict:
+    """Perplexity of the assistant's tokens only, over every window of a ``ConversationSampler``
+    (each conversation once, packed as in training): exp(Σ NLL / number of assistant tokens).
+
+    The measure of supervised fine-tuning (the prompt is given, the answer is scored), as in
+    LIMA's and Alpaca's held-out evaluations; returns {"nll", "ppl", "tokens"}."""
+    import torch
+
+    from llm4all.data.packing import IGNORE, model_inputs
+    from llm4all.models.device import model_device
+
+    device = model_device(model)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for inputs, labels in sampler.all_windows(batch_size):
+            logits = model(**model_inputs({k: v.to(device) for k, v in inputs.items()})).logits
+            labels = labels.to(device)
+            counted = labels != IGNORE
+            total += float(torch.nn.functional.cross_entropy(
+                logits[counted].float(), labels[counted], reduction="sum"))
+            count += int(counted.sum())
+    return {"nll": total / count, "ppl": math.exp(total / count), "tokens": count}
+
+
 def _load_tokens(data: Path, split: str, tokenizer, max_tokens: int | None,
                  text_key: str) -> tuple[np.ndarray, str]:
     from llm4all.data.shards import TokenShards, is_shard_dir

@@ -82,6 +82,9 @@ class TrainingConfig:
     device: str = "auto"
     """where the model (and a teacher) runs: auto (CUDA when present, else CPU), cpu, cuda or
     cuda:N; under torchrun, cuda means each process's local GPU."""
+    pack: bool = True
+    """conversations (shards of tokenize --format chat): pack several into each window, kept
+    apart by their position ids; --no-pack: one conversation per window, padded."""
     threads: int = 0
     """CPU compute threads (0: the cores other processes leave free, checked again every 50
     steps; the environment variable LLM4ALL_THREADS sets one count for every command)."""

@@ -129,6 +129,8 @@ def _data(shards, cfg: TrainingConfig, curriculum: Path | None, mixture: Path | 
     from llm4all.data.shards import TokenShards
     from llm4all.train.sampler import ReplaySampler, WindowSampler
 
+    if shards.is_chat:
+        return _conversations(shards, cfg, curriculum, mixture, replay)
     sampler = WindowSampler(shards, cfg.seq_len, cfg.seed, curriculum=curriculum, mixture=mixture,
                             total_steps=cfg.steps)
     evals = {"": validation_fn(shards.tokens("validation", cfg.eval_tokens), cfg.seq_len, cfg.precision)}
@@ -141,6 +143,28 @@ def _data(shards, cfg: TrainingConfig, curriculum: Path | None, mixture: Path | 
         return {f"{prefix}{k}": v for prefix, fn in evals.items() for k, v in fn(model).items()}
 
     return sampler, evaluate
+
+
+def _conversations(shards, cfg: TrainingConfig, curriculum: Path | None, mixture: Path | None,
+                   replay: Path | None):
+    """(sampler, evaluation) of supervised fine-tuning: packed conversations, the loss and the
+    validation perplexity on the assistant's tokens only (data/packing.py)."""
+    from llm4all.data.packing import ConversationSampler
+    from llm4all.train.loop import response_validation_fn
+
+    given = [f"--{n}" for n, v in (("curriculum", curriculum), ("mixture", mixture), ("replay", replay)) if v]
+    if given:
+        raise UserError(f"{shards.path}: conversations (tokenize --format chat) are sampled whole; "
+                        f"{', '.join(given)} order documents of plain token shards: leave them out")
+    sampler = ConversationSampler(shards, cfg.seq_len, cfg.seed, pack=cfg.pack)
+    held_out = ConversationSampler(shards, cfg.seq_len, cfg.seed, split="validation", pack=cfg.pack)
+    for name, s in (("train", sampler), ("validation", held_out)):
+        if s.truncated or s.dropped:
+            print(f"{name}: {s.truncated} conversations cut at --seq-len {cfg.seq_len} + 1 tokens, "
+                  f"{s.dropped} without an assistant token left out")
+    print(f"conversations: {len(sampler)} training windows of {cfg.seq_len} tokens "
+          f"({sampler.label_tokens:,} assistant tokens an epoch), loss on the assistant's tokens only")
+    return sampler, response_validation_fn(held_out, cfg.precision)
 
 
 def _save_bitnet(net, tokenizer, out: Path, provenance: dict, state_dict: dict | None, role: str) -> list:

@@ -311,24 +311,36 @@ def _all_mean(value: float, dist_: Dist) -> float:
     return (t / dist_.world).item()
 
 
-def cross_entropy_loss(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor):
-    """Next-token cross-entropy (mean over all B×T positions), the softmax in fp32.
+def cross_entropy_loss(model: torch.nn.Module, inputs, labels: torch.Tensor):
+    """Next-token cross-entropy, the mean over the positions whose label is not −100 (all of them
+    for pre-training windows; the assistant's tokens for conversations), the softmax in fp32.
 
-    An unwrapped causal LM goes through the fused, chunked head + loss (fused_ce.py), which
-    never materialises the (B, T, V) logits; a DDP/FSDP-wrapped one through its own forward.
+    ``inputs`` is a (B, T) tensor of token ids, or for packed conversations a dict of
+    ``input_ids`` and ``position_ids`` (``data/packing.py``). An unwrapped causal LM goes through
+    the fused, chunked head + loss (fused_ce.py), which never materialises the (B, T, V) logits,
+    on the counted positions only; a DDP/FSDP-wrapped one through its own forward.
     """
     from torch.distributed.fsdp import FSDPModule
 
+    from llm4all.data.packing import model_inputs
     from llm4all.models.fused_ce import fused_linear_cross_entropy
 
+    kwargs = model_inputs(inputs)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft (LoRA)
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
     wrapped = hasattr(model, "module") or isinstance(model, FSDPModule)
     plain_head = isinstance(head, torch.nn.Linear) and head.bias is None
+    counted = labels != -100
     if plain_head and not wrapped and not getattr(base.config, "final_logit_softcapping", None):
-        hidden = base.get_decoder()(input_ids=inputs).last_hidden_state  # (B, T, H)
-        return fused_linear_cross_entropy(hidden, head.weight, labels), {}
-    logits = model(input_ids=inputs).logits  # (B, T, V)
+        hidden = base.get_decoder()(**kwargs).last_hidden_state  # (B, T, H)
+        if counted.all():
+            return fused_linear_cross_entropy(hidden, head.weight, labels), {}
+        if not counted.any():  # nothing to learn in this micro-batch: a zero that keeps the graph
+            return hidden.sum() * 0.0, {}
+        return fused_linear_cross_entropy(hidden[counted], head.weight, labels[counted]), {}
+    logits = model(**kwargs).logits  # (B, T, V)
+    if not counted.any():
+        return logits.sum() * 0.0, {}
     loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
     return loss, {}
 
@@ -345,6 +357,22 @@ def validation_fn(tokens, seq_len: int, precision: Precision, batch_size: int = 
         with autocast(precision, model_device(model)):
             result = perplexity(model, tokens, context=seq_len, stride=seq_len, batch_size=batch_size,
                                 full_forward=isinstance(model, FSDPModule))
+        model.train(was_training)
+        return {"val_loss": result["nll"], "val_ppl": result["ppl"]}
+
+    return evaluate
+
+
+def response_validation_fn(sampler, precision: Precision, batch_size: int = 8):
+    """Perplexity of the assistant's tokens of held-out conversations (``sampler``: a
+    ``ConversationSampler`` of the validation split; see evaluate.perplexity.response_perplexity)."""
+    from llm4all.evaluate.perplexity import response_perplexity
+
+    def evaluate(model: torch.nn.Module) -> dict:
+        was_training = model.training
+        model.eval()
+        with autocast(precision, model_device(model)):
+            result = response_perplexity(model, sampler, batch_size)
         model.train(was_training)
         return {"val_loss": result["nll"], "val_ppl": result["ppl"]}
 

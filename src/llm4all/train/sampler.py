@@ -24,25 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from llm4all.data.packing import doc_table
 from llm4all.data.shards import TokenShards
 from llm4all.errors import UserError
-
-
-def _doc_table(shards: TokenShards, split: str) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(ids, global start offset, length) of every document in the split's stream."""
-    from llm4all.data.readers import ZstdFrames
-
-    path = shards.path / f"{split}-docs.jsonl.zst"
-    with ZstdFrames(open(path, "rb")) as f:  # noqa: SIM115 - a truncated index is an error, not fewer documents
-        rows = f.read()
-    shard_offsets = np.cumsum([0] + [s["tokens"] for s in shards.index["splits"][split]["shards"]])
-    ids, starts, lengths = [], [], []
-    for line in rows.decode("utf-8").splitlines():
-        r = json.loads(line)
-        ids.append(r["id"])
-        starts.append(shard_offsets[r["shard"]] + r["start"])
-        lengths.append(r["tokens"])
-    return ids, np.asarray(starts, dtype=np.int64), np.asarray(lengths, dtype=np.int64)
 
 
 class WindowSampler:
@@ -59,7 +43,7 @@ class WindowSampler:
         self.max_start = n - seq_len - 1
         self.curriculum = self.mixture = None
         if curriculum or mixture:
-            ids, starts, lengths = _doc_table(shards, split)
+            ids, starts, lengths = doc_table(shards, split)
             position = {doc_id: i for i, doc_id in enumerate(ids)}
             self._starts, self._lengths = starts, lengths
         if curriculum:
