@@ -256,3 +256,42 @@ def test_distillation_on_conversations_counts_the_assistant_tokens_only(tiny_mod
                                   **kd.kd_options)
     assert parts["kd"] == pytest.approx(answers.item(), rel=1e-5)
     assert abs(everywhere.item() - answers.item()) > 1e-3
+
+
+def test_curate_selects_conversations_lima_style_and_they_tokenize_back(tiny_model, tmp_path):
+    """issue 18 item 3: curate --format chat scores and picks conversations (dedup, a length
+    bound, LIMA/QDIT on response length and diversity); its kept output is chat input again."""
+    from llm4all.curate.pipeline import main as curate
+    from llm4all.data.readers import read_documents
+
+    rows = _conversations(40)
+    rows.append({**rows[3], "id": "copy-of-c3"})
+    path = _write(tmp_path / "chats.jsonl", rows)
+    steps = [{"dedup": "exact"}, {"filter": "bounds", "bounds": {"response_words": [4, None]}},
+             {"select": "lima", "n": 12, "quality": "response_words", "alpha": 0.5}]
+    summary = curate([path], out=tmp_path / "cur", format="chat", signals=["ttr"], steps=steps,
+                     lang_id="meta", workers=1)
+    assert summary["read"] == 41 and summary["kept"] == 12
+    assert summary["removed_by_step"]["dedup:exact"] == {"exact_duplicate": 1}
+    kept = list(read_documents(tmp_path / "cur" / "kept.jsonl.zst"))
+    words = {r["id"]: sum(len(m["content"].split()) for m in r["messages"] if m["role"] == "assistant")
+             for r in rows}
+    assert all(words[d.id] >= 4 and d.meta["messages"] for d in kept)
+    assert np.mean([words[d.id] for d in kept]) > np.mean(list(words.values()))  # longer answers favoured
+    tokenize([tmp_path / "cur" / "kept.jsonl.zst"], out=tmp_path / "tok", tokenizer=str(tiny_model),
+             workers=1, format="chat", chat_template="alpaca", val_fraction=0.0)
+    assert TokenShards(tmp_path / "tok").index["splits"]["train"]["docs"] == 12
+    with pytest.raises(UserError, match="--format must be text or chat"):
+        curate([path], out=tmp_path / "bad", format="sharegpt")
+
+
+def test_eval_perplexity_on_conversations_scores_the_answers(tiny_model, chat_shards, tmp_path):
+    from llm4all.evaluate.perplexity import main as eval_perplexity
+
+    result = eval_perplexity(str(tiny_model), chat_shards, context=128, out=tmp_path / "e")
+    assert result["scored"] == "assistant tokens"
+    assert result["tokens"] == TokenShards(chat_shards).index["splits"]["validation"]["assistant_tokens"]
+    assert result["ppl"] == pytest.approx(_response_ppl(tiny_model, chat_shards)["ppl"], rel=1e-5)
+    assert json.loads((tmp_path / "e" / "perplexity.json").read_text())["ppl"] == result["ppl"]
+    with pytest.raises(UserError, match="use --engine torch"):
+        eval_perplexity(str(tiny_model), chat_shards, engine="llama.cpp")

@@ -21,7 +21,8 @@ stage for one that reads ``${run_dir}``, like the report) ran again since: then 
 
 Substitutions in strings: ``${STAGE}`` (that stage's output directory, which must come
 earlier), ``${run_dir}``, ``${demo_corpus}`` (the bundled demo corpus), ``${outside_corpus}`` (text
-outside its domains, to measure forgetting) and ``${demo_planted}``
+outside its domains, to measure forgetting), ``${sft_data}`` (the shipped instruction set,
+data/sft) and ``${demo_planted}``
 (near-duplicates and junk planted into it by ``llm4all plant``, so removals are visible).
 """
 
@@ -46,7 +47,8 @@ TOP_KEYS = ("name", "description", "run_dir", "stages")
 LOG = "log.txt"  # what each stage printed, in its directory
 RECIPES_DIR = Path(__file__).parent / "recipes"
 _VAR = re.compile(r"\$\{([A-Za-z0-9_\-]+)\}")
-BUILTIN = ("run_dir", "demo_corpus", "demo_planted", "outside_corpus")  # variables that are not stages
+# variables that are not stages
+BUILTIN = ("run_dir", "demo_corpus", "demo_planted", "outside_corpus", "sft_data")
 
 
 def find_recipe(recipe: str | Path) -> Path:
@@ -120,6 +122,10 @@ def load_recipe(recipe: str | Path, run_dir: Path | None = None) -> tuple[Path, 
         from llm4all.data.demo import outside_corpus_path
 
         variables["outside_corpus"] = str(outside_corpus_path())
+    if any("${sft_data}" in str(v) for v in stages.values()):
+        from llm4all.data.instructions import shipped_path
+
+        variables["sft_data"] = str(shipped_path())
     out = []
     for name, options in stages.items():
         where = f"{path}: stages.{name}"

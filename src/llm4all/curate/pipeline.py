@@ -28,10 +28,8 @@ holds per-document numbers only (ids, signal columns, a step's arrays).
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,30 +37,17 @@ import numpy as np
 
 from llm4all.curate import curriculum as curricula
 from llm4all.curate import mixture as mixtures
+from llm4all.curate.conversations import chat_columns
 from llm4all.curate.engine import Engine, ShardCache, compute_table, connect_ray
+from llm4all.curate.reading import Ledger, read_all
 from llm4all.curate.step import Step, build_step, check_decisions
 from llm4all.curate.store import DocStore
-from llm4all.data.document import Document
 from llm4all.errors import UserError
 from llm4all.runs import atomic_dir, write_json, write_manifest
 
 DEFAULT_SIGNALS = ["char_entropy", "word_entropy", "zlib_ratio", "ttr", "mtld", "flesch",
                    "gopher_quality", "gopher_repetition"]
 DEFAULT_STEPS = [{"filter": "published"}, {"dedup": "exact"}, {"dedup": "minhash"}]
-
-
-class Ledger:
-    """Counts and writes every removal, so that kept + removed == read can be checked."""
-
-    def __init__(self, writer):
-        self.writer = writer
-        self.by_step: dict[str, Counter] = {}
-        self.removed = 0
-
-    def remove(self, step: str, doc: dict[str, Any], reason: dict[str, Any]) -> None:
-        self.by_step.setdefault(step, Counter())[str(reason.get("reason", "unspecified"))] += 1
-        self.removed += 1
-        self.writer.write({**doc, "step": step, "reason": reason})
 
 
 def main(
@@ -83,6 +68,7 @@ def main(
     ray_address: str | None = None,
     device: str = "auto",
     out_shard_docs: int | None = None,
+    format: Literal["text", "chat"] = "text",  # noqa: A002 - the option's name
 ) -> dict:
     """Curate documents: signals, filters, dedup, selection; write kept and removed with reasons.
 
@@ -109,6 +95,8 @@ def main(
             present, else CPU), cpu, cuda or cuda:N; the workers inherit it.
         out_shard_docs: write kept, removed and rejects as folders of parts of this many
             documents (kept/part-00000.jsonl.zst, ...) instead of one file each.
+        format: text, or chat: conversations (as tokenize --format chat reads them), curated on
+            their transcripts with the columns turns, prompt_words and response_words.
     """
     from llm4all.data.writers import document_writer
     from llm4all.models.device import device_env
@@ -116,7 +104,9 @@ def main(
     # 0. every name and option, checked before any work
     signals = list(DEFAULT_SIGNALS if signals is None else signals)
     steps = list(DEFAULT_STEPS if steps is None else steps)
-    built, cur, mix = check_config(signals, steps, curriculum, mixture)
+    if format not in ("text", "chat"):
+        raise UserError(f"--format must be text or chat, got {format!r}")
+    built, cur, mix = check_config(signals, steps, curriculum, mixture, chat=format == "chat")
     _check_engine(engine, workers, shard_docs, ray_address, out_shard_docs)
     out = Path(out)
     cache = ShardCache(out.parent / f".{out.name}.cache")
@@ -130,7 +120,7 @@ def main(
         t0 = time.perf_counter()
         rejects = tmp / ("rejects" if out_shard_docs else "rejects.jsonl")
         rejected = read_all(docs, data, text_key, skip_bad, max_docs, ledger, rejects,
-                            lang_id == "model", out_shard_docs)
+                            lang_id == "model", out_shard_docs, chat=format == "chat")
         read, ids = len(docs) + rejected, docs.ids
         timings["read"] = time.perf_counter() - t0
 
@@ -138,6 +128,8 @@ def main(
         t0 = time.perf_counter()
         table, engine_stats = compute_table(ids, docs.texts(), signals, engine=engine, workers=workers,
                                             shard_docs=shard_docs, cache=cache, ray_address=ray_address)
+        if format == "chat":
+            table.update(chat_columns(docs.metas))
         timings["signals"] = time.perf_counter() - t0
         _write_signals(tmp / "signals.parquet", ids, table)
 
@@ -153,18 +145,23 @@ def main(
                    "signals": "signals.parquet", "summary": "summary.json",
                    **({"rejects": rejects.name + "/" * bool(out_shard_docs)} if rejects.exists() else {}),
                    **write_order_manifests(tmp, docs, keep, table, cur, mix)}
-        summary = {
-            "read": read, "kept": int(len(keep)), "removed": ledger.removed,
-            "removed_by_step": {s: dict(c.most_common()) for s, c in ledger.by_step.items()},
-            "steps": step_rows, "signals": list(table), "engine": engine, "engine_stats": engine_stats,
-            "seconds": {k: round(v, 3) for k, v in timings.items()},
-        }
-        summary["seconds"]["total"] = round(time.perf_counter() - start, 3)
-        summary["driver_peak_rss_mib"] = _peak_rss_mib()
+        summary = _summary(read, keep, ledger, step_rows, table, engine, engine_stats, timings, start)
         write_json(tmp / "summary.json", summary)
         _write_stage_manifest(tmp, data, outputs, summary, rejected)
     _print_summary(out, summary)
     return summary
+
+
+def _summary(read: int, keep: np.ndarray, ledger: Ledger, step_rows: list[dict], table: dict, engine: str,
+             engine_stats: dict, timings: dict, start: float) -> dict:
+    return {
+        "read": read, "kept": int(len(keep)), "removed": ledger.removed,
+        "removed_by_step": {s: dict(c.most_common()) for s, c in ledger.by_step.items()},
+        "steps": step_rows, "signals": list(table), "engine": engine, "engine_stats": engine_stats,
+        "seconds": {**{k: round(v, 3) for k, v in timings.items()},
+                    "total": round(time.perf_counter() - start, 3)},
+        "driver_peak_rss_mib": _peak_rss_mib(),
+    }
 
 
 def _write_stage_manifest(tmp: Path, data: list[Path], outputs: dict, summary: dict, rejected: int) -> None:
@@ -176,12 +173,15 @@ def _write_stage_manifest(tmp: Path, data: list[Path], outputs: dict, summary: d
                             "seconds": summary["seconds"]["total"]})
 
 
-def check_config(signals: list, steps: list[dict], curriculum: dict | None, mixture: dict | None
+def check_config(signals: list, steps: list[dict], curriculum: dict | None, mixture: dict | None,
+                 chat: bool = False
                  ) -> tuple[list[tuple[str, Step]], curricula.Curriculum | None, mixtures.Mixture | None]:
     """Signals, steps, curriculum and mixture through their registries: (steps built, curriculum, mixture)."""
+    from llm4all.curate.conversations import COLUMNS
     from llm4all.curate.signals.compute import resolve
 
     columns = [c for _, fn, _ in resolve(signals) for c in fn.columns]  # unknown names fail here
+    columns += list(COLUMNS) if chat else []
     cur = curricula.parse(curriculum) if curriculum else None
     if cur and cur.signal not in columns:
         raise UserError(f"curriculum: no signal column {cur.signal!r}; "
@@ -223,70 +223,6 @@ def write_kept(path: Path, docs: DocStore, keep: np.ndarray, ledger: Ledger, rea
     with document_writer(path, per_shard) as kept_writer:
         for i in keep:
             kept_writer.write(docs.document(int(i)))
-
-
-def identify_languages(docs: list[Document]) -> list[Document]:
-    """Set each document's meta.lang (and lang_score) to what lid.176 identifies (data/langid.py);
-    a different language the input declared stays in meta.lang_declared."""
-    from llm4all.data.langid import identify
-
-    for doc, (lang, score) in zip(docs, identify([d.text for d in docs]), strict=True):
-        declared = doc.meta.get("lang")
-        doc.meta = {**doc.meta, "lang": lang, "lang_score": score}
-        if declared is not None and declared != lang:
-            doc.meta["lang_declared"] = declared
-    return docs
-
-
-READ_BLOCK = 2048  # documents read (and language-identified) at a time before they go to the store
-
-
-def read_all(docs: DocStore, data: list[Path], text_key: str, skip_bad: bool, max_docs: int | None,
-             ledger: Ledger, rejects_file: Path | None = None, lang_id: bool = False,
-             per_shard: int | None = None) -> int:
-    """Read every document into ``docs`` (ids checked unique; with ``lang_id`` their languages
-    identified, a block at a time); returns the rejected count. Each rejected record goes to the
-    ledger (removed at step ``read``, with its file, line, reason and text) and to ``rejects_file``."""
-    from llm4all.data.readers import Rejects, read_documents
-
-    rejects = Rejects(rejects_file, per_shard)  # a folder of parts with per_shard
-    seen: set[str] = set()
-    block: list[Document] = []
-
-    def flush() -> None:
-        for doc in identify_languages(block) if lang_id else block:
-            docs.add(doc)
-        block.clear()
-
-    for doc in read_documents(data, text_key=text_key, skip_bad=skip_bad, rejects=rejects):
-        if doc.id in seen:
-            raise UserError(f"{doc.where or 'input'}: duplicate document id {doc.id!r} (an earlier "
-                            "document has it); ids must be unique")
-        seen.add(doc.id)
-        block.append(doc)
-        if len(block) >= READ_BLOCK:
-            flush()
-        if max_docs is not None and len(docs) + len(block) >= max_docs:
-            break
-    flush()
-    rejects.close()
-    for n, row in enumerate(_rejected_rows(rejects.files, rejects.count)):
-        where = f"{row['source']}:{row['line']}" if row else str(n)
-        ledger.remove("read", {"id": f"rejected/{where}", "text": row.get("raw", ""),
-                               "meta": {"source": row.get("source"), "line": row.get("line")}},
-                      {"reason": "malformed record", "detail": row.get("reason", "unknown")})
-    if not len(docs):
-        raise UserError(f"{', '.join(map(str, data))}: no documents to curate")
-    return rejects.count
-
-
-def _rejected_rows(files: list[Path], count: int) -> Iterator[dict]:
-    """The rejects files' rows, a line at a time (or ``count`` empty rows without a file)."""
-    if not files:
-        yield from ({} for _ in range(count))
-    for file in files:
-        with file.open(encoding="utf-8") as lines:
-            yield from (json.loads(line) for line in lines)
 
 
 def run_steps(built: list[tuple[str, Step]], steps: list[dict], docs: DocStore,

@@ -134,9 +134,13 @@ def build(demo: Path | None = None) -> list[dict]:
     return out
 
 
+SHIPPED = Path("data") / "sft" / "docs-qa.jsonl.zst"
+
+
 def shipped_path() -> Path:
-    """The shipped set: data/sft/docs-qa.jsonl.zst in a source checkout."""
-    return Path(__file__).resolve().parents[3] / "data" / "sft" / "docs-qa.jsonl.zst"
+    """The shipped set, data/sft/docs-qa.jsonl.zst beside the package source (or under the cwd)."""
+    candidates = [Path(__file__).resolve().parents[3] / SHIPPED, Path.cwd() / SHIPPED]
+    return next((p for p in candidates if p.is_file()), candidates[0])
 
 
 def main(out: Path | None = None) -> Path:

@@ -136,10 +136,12 @@ class ConversationSampler:
         ids, pos, labels = (torch.from_numpy(np.stack(c)) for c in zip(*rows, strict=True))
         return {"input_ids": ids, "position_ids": pos}, labels
 
-    def all_windows(self, batch_size: int):
-        """Every window once, in plan order, ``batch_size`` at a time (for evaluation)."""
-        for a in range(0, len(self.bins), batch_size):
-            yield self._stack([self.window(b) for b in range(a, min(a + batch_size, len(self.bins)))])
+    def all_windows(self, batch_size: int, max_windows: int | None = None):
+        """Every window once (or the first ``max_windows``), in plan order, ``batch_size`` at a
+        time (for evaluation)."""
+        n = len(self.bins) if max_windows is None else min(max_windows, len(self.bins))
+        for a in range(0, n, batch_size):
+            yield self._stack([self.window(b) for b in range(a, min(a + batch_size, n))])
 
     def batch(self, step: int, micro: int, micro_batch: int, accum: int, rank: int = 0,
               world: int = 1) -> tuple[dict[str, torch.Tensor], torch.Tensor]:

@@ -91,12 +91,13 @@ def perplexity(model, tokens: np.ndarray, context: int = 1024, stride: int | Non
             "bits_per_token": mean / math.log(2)}
 
 
-def response_perplexity(model, sampler, batch_size: int = 8) -> dict:
+def response_perplexity(model, sampler, batch_size: int = 8, max_windows: int | None = None) -> dict:
     """Perplexity of the assistant's tokens only, over every window of a ``ConversationSampler``
     (each conversation once, packed as in training): exp(Σ NLL / number of assistant tokens).
 
     The measure of supervised fine-tuning (the prompt is given, the answer is scored), as in
-    LIMA's and Alpaca's held-out evaluations; returns {"nll", "ppl", "tokens"}."""
+    LIMA's and Alpaca's held-out evaluations; returns {"nll", "ppl", "tokens"}. ``max_windows``:
+    the first windows only."""
     import torch
 
     from llm4all.data.packing import IGNORE, model_inputs
@@ -105,7 +106,7 @@ def response_perplexity(model, sampler, batch_size: int = 8) -> dict:
     device = model_device(model)
     total, count = 0.0, 0
     with torch.no_grad():
-        for inputs, labels in sampler.all_windows(batch_size):
+        for inputs, labels in sampler.all_windows(batch_size, max_windows):
             logits = model(**model_inputs({k: v.to(device) for k, v in inputs.items()})).logits
             labels = labels.to(device)
             counted = labels != IGNORE
@@ -158,7 +159,8 @@ def main(
 
     Args:
         model: a registered name, an HF directory or a .gguf file.
-        data: a token-shard directory (from `llm4all tokenize`) or document files/folders.
+        data: a token-shard directory (from `llm4all tokenize`) or document files/folders; on
+            conversations (tokenize --format chat) the assistant's tokens only, in packed windows.
         split: which split of a shard directory to evaluate.
         context: window length in tokens (capped at the model's maximum positions).
         stride: tokens between window starts (default: context // 2).
@@ -181,7 +183,11 @@ def main(
 
     if context < 2 or batch_size < 1 or (max_tokens is not None and max_tokens < 2):
         raise UserError("--context and --max-tokens must be at least 2, --batch-size at least 1")
-    if engine == "llama.cpp" or (engine == "auto" and str(model).endswith(".gguf")):
+    chat = _is_chat(Path(data))
+    if engine == "llama.cpp" or (engine == "auto" and str(model).endswith(".gguf") and not chat):
+        if chat:
+            raise UserError(f"{data}: conversations are scored on the assistant's tokens by the torch "
+                            "engine; use --engine torch (it loads .gguf files too)")
         return _in_llama_cpp(model, Path(data), split, context, stride, max_tokens, out)
     where = resolve_device(device)
     net, tokenizer = load(model, dtype=dtype, device=str(where))
@@ -189,6 +195,8 @@ def main(
     if limit:
         context = min(context, limit)
     stride = stride or max(1, context // 2)
+    if chat:
+        return _responses(net, model, Path(data), split, context, batch_size, max_tokens, dtype, where, out)
     tokens, source = _load_tokens(Path(data), split, tokenizer, max_tokens, text_key)
     if tokens.size and int(tokens.max()) >= net.get_input_embeddings().num_embeddings:
         raise UserError(f"{data}: token ids exceed the vocabulary of {model!r}; "
@@ -211,6 +219,34 @@ def main(
     table.add_row(dtype, f"{context}/{stride}", f"{result['tokens']:,}", f"{result['ppl']:.3f}",
                   f"{result['bits_per_token']:.4f}", f"{result['tokens_per_second']:,}")
     Console().print(table)
+    _write(out, model, data, result)
+    return result
+
+
+def _is_chat(data: Path) -> bool:
+    from llm4all.data.shards import TokenShards, is_shard_dir
+
+    return is_shard_dir(data) and TokenShards(data).is_chat
+
+
+def _responses(net, model: str, data: Path, split: str, context: int, batch_size: int,
+               max_tokens: int | None, dtype: str, where, out: Path | None) -> dict:
+    """Perplexity of the assistant's tokens of the conversations in ``split`` (packed windows of
+    ``context`` tokens, each conversation attending to itself only: data/packing.py)."""
+    from llm4all.data.packing import ConversationSampler
+    from llm4all.data.shards import TokenShards
+
+    start = time.perf_counter()
+    sampler = ConversationSampler(TokenShards(data), context, split=split)
+    windows = None if max_tokens is None else max(1, max_tokens // context)
+    result = response_perplexity(net, sampler, batch_size, windows)
+    seconds = time.perf_counter() - start
+    result = {"model": str(model), "data": str(data), "dtype": dtype, "context": context, "stride": context,
+              "scored": "assistant tokens", **result, "bits_per_token": result["nll"] / math.log(2),
+              "seconds": round(seconds, 2), "tokens_per_second": round(result["tokens"] / seconds),
+              "runtime": "torch", "device": str(where), "truncated": sampler.truncated}
+    print(f"perplexity of {model} on the assistant's tokens of {data} ({split}): {result['ppl']:.3f} "
+          f"over {result['tokens']:,} tokens ({sampler.truncated} conversations cut at {context} tokens)")
     _write(out, model, data, result)
     return result
 

@@ -1,0 +1,101 @@
+"""Reading a curate run's input into its document store, every rejected record in the ledger.
+
+``read_all`` streams the documents (or conversations) of every input file into the on-disk
+``DocStore``, a block at a time, identifying their languages on the way; a malformed record is
+an error, or with ``--skip-bad`` a removal at step ``read`` written to the ledger with its file,
+line and reason. ``Ledger`` counts and writes every removal of the run so that kept + removed ==
+read can be checked at the end.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from llm4all.curate.store import DocStore
+from llm4all.data.document import Document
+from llm4all.errors import UserError
+
+
+class Ledger:
+    """Counts and writes every removal, so that kept + removed == read can be checked."""
+
+    def __init__(self, writer):
+        self.writer = writer
+        self.by_step: dict[str, Counter] = {}
+        self.removed = 0
+
+    def remove(self, step: str, doc: dict[str, Any], reason: dict[str, Any]) -> None:
+        self.by_step.setdefault(step, Counter())[str(reason.get("reason", "unspecified"))] += 1
+        self.removed += 1
+        self.writer.write({**doc, "step": step, "reason": reason})
+
+
+def identify_languages(docs: list[Document]) -> list[Document]:
+    """Set each document's meta.lang (and lang_score) to what lid.176 identifies (data/langid.py);
+    a different language the input declared stays in meta.lang_declared."""
+    from llm4all.data.langid import identify
+
+    for doc, (lang, score) in zip(docs, identify([d.text for d in docs]), strict=True):
+        declared = doc.meta.get("lang")
+        doc.meta = {**doc.meta, "lang": lang, "lang_score": score}
+        if declared is not None and declared != lang:
+            doc.meta["lang_declared"] = declared
+    return docs
+
+
+READ_BLOCK = 2048  # documents read (and language-identified) at a time before they go to the store
+
+
+def read_all(docs: DocStore, data: list[Path], text_key: str, skip_bad: bool, max_docs: int | None,
+             ledger: Ledger, rejects_file: Path | None = None, lang_id: bool = False,
+             per_shard: int | None = None, chat: bool = False) -> int:
+    """Read every document into ``docs`` (ids checked unique; with ``lang_id`` their languages
+    identified, a block at a time); returns the rejected count. Each rejected record goes to the
+    ledger (removed at step ``read``, with its file, line, reason and text) and to ``rejects_file``."""
+    from llm4all.data.readers import Rejects, read_documents
+
+    rejects = Rejects(rejects_file, per_shard)  # a folder of parts with per_shard
+    seen: set[str] = set()
+    block: list[Document] = []
+
+    def flush() -> None:
+        for doc in identify_languages(block) if lang_id else block:
+            docs.add(doc)
+        block.clear()
+
+    from llm4all.data.chat import conversation_record
+
+    parse = conversation_record if chat else None  # conversations: transcript + meta.messages
+    for doc in read_documents(data, text_key=text_key, skip_bad=skip_bad, rejects=rejects, parse=parse):
+        if doc.id in seen:
+            raise UserError(f"{doc.where or 'input'}: duplicate document id {doc.id!r} (an earlier "
+                            "document has it); ids must be unique")
+        seen.add(doc.id)
+        block.append(doc)
+        if len(block) >= READ_BLOCK:
+            flush()
+        if max_docs is not None and len(docs) + len(block) >= max_docs:
+            break
+    flush()
+    rejects.close()
+    for n, row in enumerate(_rejected_rows(rejects.files, rejects.count)):
+        where = f"{row['source']}:{row['line']}" if row else str(n)
+        ledger.remove("read", {"id": f"rejected/{where}", "text": row.get("raw", ""),
+                               "meta": {"source": row.get("source"), "line": row.get("line")}},
+                      {"reason": "malformed record", "detail": row.get("reason", "unknown")})
+    if not len(docs):
+        raise UserError(f"{', '.join(map(str, data))}: no documents to curate")
+    return rejects.count
+
+
+def _rejected_rows(files: list[Path], count: int) -> Iterator[dict]:
+    """The rejects files' rows, a line at a time (or ``count`` empty rows without a file)."""
+    if not files:
+        yield from ({} for _ in range(count))
+    for file in files:
+        with file.open(encoding="utf-8") as lines:
+            yield from (json.loads(line) for line in lines)
