@@ -10,7 +10,7 @@ positions next-fit; each one's position ids restart at 0. With position ids and 
 transformers' causal mask becomes block-diagonal (``masking_utils.find_packed_sequence_indices``:
 a new sequence starts wherever the position does not grow by one), so a conversation attends
 only to itself and its RoPE positions are its own — the packed loss equals the loss of each
-conversation alone (tests/test_chat.py). What is left of a window is padding: label −100 and
+conversation alone (tests/test_conversations.py). What is left of a window is padding: label −100 and
 positions of their own. ``pack=False`` gives every conversation its own padded window.
 
 A conversation longer than ``seq_len + 1`` tokens is cut there (counted in ``truncated``); one
