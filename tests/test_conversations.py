@@ -233,8 +233,8 @@ def test_distillation_on_conversations_counts_the_assistant_tokens_only(tiny_mod
     common = {"steps": 3, "seq_len": 64, "micro_batch": 4, "precision": "fp32", "warmup": 1}
     result = distill(chat_shards, out=tmp_path / "kd", teacher=str(tiny_model), mode="online", **common)
     assert result["step"] == 3 and result["val_ppl"] > 1
-    with pytest.raises(UserError, match="conversations .* distil online: --mode online or self"):
-        distill(chat_shards, out=tmp_path / "off", teacher=str(tiny_model), mode="offline", **common)
+    with pytest.raises(UserError, match="conversations .* distil with --mode offline, online or self"):
+        distill(chat_shards, out=tmp_path / "gkd", teacher=str(tiny_model), mode="on_policy", **common)
     # the KD term is the mean divergence over the answers' positions, not over every position
     from transformers import AutoModelForCausalLM
 
@@ -295,3 +295,30 @@ def test_eval_perplexity_on_conversations_scores_the_answers(tiny_model, chat_sh
     assert json.loads((tmp_path / "e" / "perplexity.json").read_text())["ppl"] == result["ppl"]
     with pytest.raises(UserError, match="use --engine torch"):
         eval_perplexity(str(tiny_model), chat_shards, engine="llama.cpp")
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_offline_teacher_cache_on_conversations_holds_the_packed_windows(tiny_model, chat_shards, tmp_path):
+    """The cache's rows are the teacher's top-k on the packed conversation windows (their own
+    position ids), its reader gives labels -100 off the answers, and offline KD trains on them."""
+    from transformers import AutoModelForCausalLM
+
+    from llm4all.distill.command import main as distill
+    from llm4all.distill.teacher_cache import TeacherCache, build_cache, teacher_topk
+
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    build_cache(teacher, chat_shards, tmp_path / "cache", seq_len=64, top_k=8, dtype="float32", seed=2)
+    cache = TeacherCache(tmp_path / "cache")
+    sampler = ConversationSampler(TokenShards(chat_shards), 64, seed=2)
+    assert cache.index["chat"] and cache.n_windows == len(sampler)
+    inputs, labels = cache.tokens([0, 3])
+    ids, pos, expected = (np.stack(c) for c in zip(*(sampler.window(int(cache.windows[i])) for i in (0, 3)),
+                                                     strict=True))
+    assert torch.equal(inputs["input_ids"], torch.from_numpy(ids))
+    assert torch.equal(labels, torch.from_numpy(expected))
+    t_ids, t_logp, _ = teacher_topk(teacher, torch.from_numpy(ids), 8, None, torch.from_numpy(pos))
+    c_ids, c_logp, _ = cache.batch([0, 3])
+    assert torch.equal(c_ids, t_ids) and torch.allclose(c_logp, t_logp, atol=2e-3)  # float16 storage
+    common = {"steps": 3, "seq_len": 64, "micro_batch": 4, "precision": "fp32", "warmup": 1, "top_k": 8}
+    result = distill(chat_shards, out=tmp_path / "kd", teacher=str(tiny_model), mode="offline", **common)
+    assert result["step"] == 3 and result["val_ppl"] > 1

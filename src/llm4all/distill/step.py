@@ -127,13 +127,14 @@ def offline_loss(kd: KDConfig):
         wrapped = wrapped or hasattr(model, "get_base_model")  # peft (LoRA)
         plain = isinstance(head, torch.nn.Linear) and head.bias is None
         if plain and not wrapped and not getattr(model.config, "final_logit_softcapping", None):
-            hidden = model.get_decoder()(input_ids=inputs).last_hidden_state  # (B, T, H)
+            hidden = model.get_decoder()(**model_inputs(inputs)).last_hidden_state  # (B, T, H)
             loss, kd_term, ce = fused_sparse_kd_ce(hidden, head.weight, targets["labels"], targets["ids"],
                                                    targets["logp"], targets["rest"], alpha=kd.alpha,
                                                    **options)
             return loss, {"kd": kd_term.item(), "ce": ce.item()}
-        logits = model(input_ids=inputs).logits  # (B, T, V)
-        kd_term = sparse_kd(logits, targets["ids"], targets["logp"], rest_logp=targets["rest"], **options)
+        logits = model(**model_inputs(inputs)).logits  # (B, T, V)
+        kd_term = sparse_kd(logits, targets["ids"], targets["logp"], rest_logp=targets["rest"],
+                            labels=targets["labels"], **options)
         ce = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets["labels"].flatten())
         return kd.alpha * kd_term + (1 - kd.alpha) * ce, {"kd": kd_term.item(), "ce": ce.item()}
 
@@ -252,7 +253,6 @@ def teacher_generations(teacher: torch.nn.Module, tokens: np.ndarray, path: Path
 def _offline(kd: KDConfig, cfg: TrainingConfig, teacher: Teacher, student, shards, out: Path):
     from llm4all.distill.teacher_cache import TeacherCache, build_cache
 
-    _plain_windows_only(kd, shards)
     cache_dir = Path(kd.cache) if kd.cache else out / "teacher_cache"
     index = cache_dir / "index.json"
     if not index.exists() or not json.loads(index.read_text()).get("complete"):
@@ -280,8 +280,8 @@ def _window_sampler(cfg: TrainingConfig, shards):
 
 def _plain_windows_only(kd: KDConfig, shards) -> None:
     if shards.is_chat:
-        raise UserError(f"{shards.path}: conversations (tokenize --format chat) distil online: "
-                        f"--mode online or self (--mode {kd.mode} works on plain token windows)")
+        raise UserError(f"{shards.path}: conversations (tokenize --format chat) distil with --mode "
+                        f"offline, online or self (--mode {kd.mode} works on plain token windows)")
 
 
 def _online(kd: KDConfig, cfg: TrainingConfig, teacher: Teacher, student, shards, out: Path):

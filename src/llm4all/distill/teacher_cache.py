@@ -1,6 +1,9 @@
 """Offline KD: the teacher's top-k log-probabilities per token, computed once and cached on disk.
 
-The cache covers ALIGNED windows of a token-shard split: aligned window w is
+For conversations (``tokenize --format chat``) the windows are instead the packed windows of
+``data.packing.ConversationSampler`` (fixed by the seed; the teacher sees each conversation's own
+position ids, and the reader's labels are −100 off the assistant's tokens, so KD covers answers
+only). Otherwise the cache covers ALIGNED windows of a token-shard split: aligned window w is
 ``tokens[w·L : w·L + L + 1]`` (inputs its first L tokens, labels its last L), so a distillation
 sampler draws cached rows and finds the teacher's outputs for exactly those inputs. Row i of
 the cache holds aligned window ``windows[i]``, a seeded random permutation of all of the split's
@@ -63,8 +66,9 @@ def topk_logprobs(logits, k: int):
     return ids, vals, rest.clamp(min=LOG_REST_MIN)
 
 
-def teacher_topk(model, input_ids, k: int, autocast_dtype=None):
-    """(ids, logp, rest) of a causal LM's next-token distributions for (B, L) inputs.
+def teacher_topk(model, input_ids, k: int, autocast_dtype=None, position_ids=None):
+    """(ids, logp, rest) of a causal LM's next-token distributions for (B, L) inputs (with
+    ``position_ids``: packed conversations, each attending to itself only).
 
     The output head runs one row at a time, so only one (L, V) fp32 block exists at once.
     """
@@ -77,7 +81,8 @@ def teacher_topk(model, input_ids, k: int, autocast_dtype=None):
     head = model.get_output_embeddings()
     cast = torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
     with torch.inference_mode(), cast:
-        hidden = backbone(input_ids=input_ids.to(device)).last_hidden_state  # (B, L, H)
+        extra = {} if position_ids is None else {"position_ids": position_ids.to(device), "use_cache": False}
+        hidden = backbone(input_ids=input_ids.to(device), **extra).last_hidden_state  # (B, L, H)
         rows = [topk_logprobs(head(hidden[b]), k) for b in range(input_ids.shape[0])]
     return tuple(torch.stack(parts).cpu() for parts in zip(*rows, strict=True))
 
@@ -120,15 +125,15 @@ def build_cache(teacher_model, shards_dir: Path, out: Path, *, split: str = "tra
     if min(seq_len, top_k, batch_size, windows_per_shard) < 1:
         raise UserError("--seq-len, --top-k, --batch-size and windows_per_shard must be at least 1")
     shards = TokenShards(shards_dir)
-    tokens = shards.tokens(split)
     vocab = int(teacher_model.get_output_embeddings().weight.shape[0])
     if top_k > vocab:
         raise UserError(f"--top-k {top_k} exceeds the teacher's vocabulary of {vocab}")
-    n_aligned = n_windows_of(tokens.size, seq_len)
+    windows = _Windows(shards, split, seq_len, seed)
+    n_aligned = windows.count
     n = n_aligned if max_windows is None else min(n_aligned, max_windows)
     if n < 1:
-        raise UserError(f"{shards_dir}: split {split!r} has {tokens.size} tokens, fewer than one window "
-                        f"of --seq-len {seq_len} + 1")
+        raise UserError(f"{shards_dir}: split {split!r} has {shards.num_tokens(split)} tokens, fewer than "
+                        f"one window of --seq-len {seq_len} + 1")
     compute = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if dtype not in compute:
         raise UserError(f"unknown dtype {dtype!r}; valid: bfloat16, float16, float32")
@@ -140,7 +145,7 @@ def build_cache(teacher_model, shards_dir: Path, out: Path, *, split: str = "tra
         "shards": str(Path(shards_dir).resolve()), "split": split, "seq_len": seq_len, "top_k": top_k,
         "vocab_size": vocab, "windows_per_shard": windows_per_shard, "dtype": dtype,
         "ids_dtype": np.dtype(ids_dtype).name, "logp_dtype": "float16", "log_rest_min": LOG_REST_MIN,
-        "aligned_windows": n_aligned, "seed": seed,
+        "aligned_windows": n_aligned, "seed": seed, **({"chat": True} if shards.is_chat else {}),
     }
     out = Path(out)
     _check_resumable(out, settings)
@@ -164,9 +169,8 @@ def build_cache(teacher_model, shards_dir: Path, out: Path, *, split: str = "tra
             rest = np.empty((b - a, seq_len), dtype=np.float16)
             for i in range(a, b, batch_size):
                 e = min(i + batch_size, b)
-                x = torch.from_numpy(np.stack([np.asarray(tokens[w * seq_len:(w + 1) * seq_len],
-                                                          dtype=np.int64) for w in order[i:e]]))  # (B, L)
-                t_ids, t_logp, t_rest = teacher_topk(teacher_model, x, top_k, autocast)
+                x, positions = windows.inputs(order[i:e])  # (B, L)
+                t_ids, t_logp, t_rest = teacher_topk(teacher_model, x, top_k, autocast, positions)
                 ids[i - a:e - a], logp[i - a:e - a] = t_ids.numpy(), t_logp.numpy()
                 rest[i - a:e - a] = t_rest.numpy()
                 computed += (e - i) * seq_len
@@ -188,6 +192,37 @@ def build_cache(teacher_model, shards_dir: Path, out: Path, *, split: str = "tra
     }
     write_json(out / "index.json", index)
     return index
+
+
+class _Windows:
+    """The windows a cache covers: aligned windows of a token split, or, for conversations
+    (tokenize --format chat), the packed windows of ``data.packing.ConversationSampler`` (seeded:
+    the same plan the cache reader rebuilds), whose labels mask the prompt."""
+
+    def __init__(self, shards, split: str, seq_len: int, seed: int):
+        from llm4all.data.packing import ConversationSampler
+
+        self.seq_len = seq_len
+        self.chat = ConversationSampler(shards, seq_len, seed, split=split) if shards.is_chat else None
+        self.tokens = None if self.chat else shards.tokens(split)
+        self.count = len(self.chat) if self.chat else n_windows_of(self.tokens.size, seq_len)
+
+    def rows(self, windows) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """(input ids, position ids or None, labels), each (B, L) int64."""
+        if self.chat:
+            ids, pos, labels = (np.stack(c) for c in zip(*(self.chat.window(int(w)) for w in windows),
+                                                           strict=True))
+            return ids, pos, labels
+        L = self.seq_len
+        w = np.stack([np.asarray(self.tokens[int(s) * L:(int(s) + 1) * L + 1], dtype=np.int64)
+                      for s in windows])
+        return w[:, :-1].copy(), None, w[:, 1:].copy()
+
+    def inputs(self, windows):
+        import torch
+
+        ids, pos, _ = self.rows(windows)
+        return torch.from_numpy(ids), None if pos is None else torch.from_numpy(pos)
 
 
 def _check_resumable(out: Path, settings: dict) -> None:
@@ -254,17 +289,19 @@ class TeacherCache:
                 torch.from_numpy(np.stack([r[2] for r in rows]).astype(np.float32)))
 
     def tokens(self, indices):
-        """(input_ids, labels), each (B, L) int64, of cached rows ``indices`` from the token shards."""
+        """(inputs, labels) of cached rows ``indices`` from the token shards: (B, L) int64 input ids,
+        or for conversations {"input_ids", "position_ids"} with labels −100 off the answers."""
         import torch
 
         from llm4all.data.shards import TokenShards
 
         if self._tokens is None:
-            self._tokens = TokenShards(self.index["shards"]).tokens(self.index["split"])
-        L = self.seq_len
-        starts = [int(self.windows[int(i)]) * L for i in indices]
-        w = np.stack([np.asarray(self._tokens[s:s + L + 1], dtype=np.int64) for s in starts])  # (B, L + 1)
-        return torch.from_numpy(w[:, :-1].copy()), torch.from_numpy(w[:, 1:].copy())
+            self._tokens = _Windows(TokenShards(self.index["shards"]), self.index["split"], self.seq_len,
+                                    self.index.get("seed", 0))
+        ids, pos, labels = self._tokens.rows([self.windows[int(i)] for i in indices])
+        inputs = torch.from_numpy(ids) if pos is None else {"input_ids": torch.from_numpy(ids),
+                                                             "position_ids": torch.from_numpy(pos)}
+        return inputs, torch.from_numpy(labels)
 
 
 def main(teacher: str, data: Path, *, out: Path, split: str = "train", seq_len: int = 256, top_k: int = 64,
