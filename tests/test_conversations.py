@@ -322,3 +322,23 @@ def test_offline_teacher_cache_on_conversations_holds_the_packed_windows(tiny_mo
     common = {"steps": 3, "seq_len": 64, "micro_batch": 4, "precision": "fp32", "warmup": 1, "top_k": 8}
     result = distill(chat_shards, out=tmp_path / "kd", teacher=str(tiny_model), mode="offline", **common)
     assert result["step"] == 3 and result["val_ppl"] > 1
+
+
+def test_response_perplexity_head_on_answers_equals_full_logits(tiny_model, chat_shards):
+    """The evaluation runs the output head on the answers' positions only: the same numbers as
+    scoring full logits."""
+    from transformers import AutoModelForCausalLM
+
+    from llm4all.evaluate.perplexity import response_perplexity
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    sampler = ConversationSampler(TokenShards(chat_shards), 128, split="validation")
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for inputs, labels in sampler.all_windows(3):
+            logits = model(**inputs, use_cache=False).logits
+            keep = labels != IGNORE
+            total += float(torch.nn.functional.cross_entropy(logits[keep], labels[keep], reduction="sum"))
+            count += int(keep.sum())
+    result = response_perplexity(model, sampler, batch_size=3)
+    assert result["tokens"] == count and result["nll"] == pytest.approx(total / count, rel=1e-6)
