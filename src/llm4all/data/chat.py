@@ -24,7 +24,6 @@ renderings are not prefixes of one another (one that rewrites earlier turns) is 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from llm4all.data.document import Document
+from llm4all.data.readers import read_documents, record_id_and_meta
 from llm4all.errors import UserError
 
 ROLES = ("system", "user", "assistant")
@@ -121,23 +121,14 @@ def conversation_record(obj: Any, default_id: str, text_key: str = "text", where
     if not isinstance(obj, dict):
         raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
     messages, used = messages_of(obj)
-    doc_id = obj.get("id", default_id)
-    if isinstance(doc_id, bool) or not isinstance(doc_id, str | int) or doc_id == "":
-        got = json.dumps(doc_id, default=str)
-        raise ValueError(f"field 'id' must be a non-empty string or an integer, got {got}")
-    meta = obj.get("meta") or {}
-    if not isinstance(meta, dict):
-        raise ValueError("field 'meta' must be an object")
-    extra = {k: v for k, v in obj.items() if k not in ("id", "meta", *used)}
-    return Document(str(doc_id), transcript(messages), {**extra, **meta, "messages": messages}, where=where)
+    doc_id, meta = record_id_and_meta(obj, default_id, tuple(used))
+    return Document(doc_id, transcript(messages), {**meta, "messages": messages}, where=where)
 
 
 def read_conversations(paths: str | Path | Iterable[str | Path], *, skip_bad: bool = False,
                        rejects=None) -> Iterator[Document]:
     """Conversations from JSONL(.gz/.zst) or parquet files or folders, with the readers' per-line
     errors (or ``skip_bad``: the rejects file)."""
-    from llm4all.data.readers import read_documents
-
     yield from read_documents(paths, skip_bad=skip_bad, rejects=rejects, parse=conversation_record)
 
 

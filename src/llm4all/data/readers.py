@@ -122,6 +122,13 @@ def _record_to_doc(obj: Any, default_id: str, text_key: str, where: str = "") ->
     if not isinstance(text, str):
         found = "missing" if text is None else type(text).__name__
         raise ValueError(f"field {text_key!r} must be a string ({found})")
+    doc_id, meta = record_id_and_meta(obj, default_id, (text_key,))
+    return Document(doc_id, text, meta, where=where)
+
+
+def record_id_and_meta(obj: dict, default_id: str, used: tuple[str, ...]) -> tuple[str, dict]:
+    """A record's checked id (``default_id`` when absent) and its meta: ``meta`` plus every field
+    other than id, meta and the ``used`` ones (raises ValueError naming the bad field)."""
     doc_id = obj.get("id", default_id)
     if isinstance(doc_id, bool) or not isinstance(doc_id, str | int) or doc_id == "":
         got = json.dumps(doc_id, default=str)
@@ -129,8 +136,8 @@ def _record_to_doc(obj: Any, default_id: str, text_key: str, where: str = "") ->
     meta = obj.get("meta") or {}
     if not isinstance(meta, dict):
         raise ValueError("field 'meta' must be an object")
-    extra = {k: v for k, v in obj.items() if k not in ("id", text_key, "meta")}
-    return Document(str(doc_id), text, {**extra, **meta} if extra else meta, where=where)
+    extra = {k: v for k, v in obj.items() if k not in ("id", "meta", *used)}
+    return str(doc_id), {**extra, **meta} if extra else meta
 
 
 def read_jsonl(path: Path, *, text_key: str = "text", rejects: Rejects | None = None,
