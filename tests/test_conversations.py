@@ -342,3 +342,19 @@ def test_response_perplexity_head_on_answers_equals_full_logits(tiny_model, chat
             count += int(keep.sum())
     result = response_perplexity(model, sampler, batch_size=3)
     assert result["tokens"] == count and result["nll"] == pytest.approx(total / count, rel=1e-6)
+
+
+def test_a_cache_whose_shards_were_rebuilt_is_an_error(tiny_model, chat_shards, tmp_path):
+    """Cached rows are tied to the shards' windows: re-tokenized shards must not pair them with
+    other conversations silently."""
+    from transformers import AutoModelForCausalLM
+
+    from llm4all.distill.teacher_cache import TeacherCache, build_cache
+
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    build_cache(teacher, chat_shards, tmp_path / "cache", seq_len=64, top_k=4, dtype="float32")
+    path = _write(tmp_path / "fewer.jsonl", _conversations(30, seed=5))
+    tokenize([path], out=chat_shards, tokenizer=str(tiny_model), workers=1, val_fraction=0.2,
+             format="chat", chat_template="alpaca")
+    with pytest.raises(UserError, match="the cached rows no longer match its windows; rebuild the cache"):
+        TeacherCache(tmp_path / "cache").tokens([0])

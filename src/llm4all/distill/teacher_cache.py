@@ -145,7 +145,8 @@ def build_cache(teacher_model, shards_dir: Path, out: Path, *, split: str = "tra
         "shards": str(Path(shards_dir).resolve()), "split": split, "seq_len": seq_len, "top_k": top_k,
         "vocab_size": vocab, "windows_per_shard": windows_per_shard, "dtype": dtype,
         "ids_dtype": np.dtype(ids_dtype).name, "logp_dtype": "float16", "log_rest_min": LOG_REST_MIN,
-        "aligned_windows": n_aligned, "seed": seed, **({"chat": True} if shards.is_chat else {}),
+        "aligned_windows": n_aligned, "seed": seed, "split_tokens": shards.num_tokens(split),
+        **({"chat": True} if shards.is_chat else {}),
     }
     out = Path(out)
     _check_resumable(out, settings)
@@ -233,7 +234,7 @@ def _check_resumable(out: Path, settings: dict) -> None:
     if not path.is_file():
         return
     old = json.loads(path.read_text())
-    differ = [k for k, v in settings.items() if old.get(k) != v]
+    differ = [k for k, v in settings.items() if k in old and old[k] != v]  # (keys added since: absent)
     if differ:
         was = ", ".join(f"{k}={old.get(k)!r}" for k in differ)
         raise UserError(f"{out}: holds a teacher cache built with other settings ({was}); "
@@ -296,8 +297,13 @@ class TeacherCache:
         from llm4all.data.shards import TokenShards
 
         if self._tokens is None:
-            self._tokens = _Windows(TokenShards(self.index["shards"]), self.index["split"], self.seq_len,
-                                    self.index.get("seed", 0))
+            shards = TokenShards(self.index["shards"])
+            expected = self.index.get("split_tokens")  # absent in caches built before it was recorded
+            if expected is not None and shards.num_tokens(self.index["split"]) != expected:
+                raise UserError(f"{self.path}: built on {expected:,} tokens of {shards.path}, which now "
+                                f"holds {shards.num_tokens(self.index['split']):,}: the cached rows no "
+                                "longer match its windows; rebuild the cache")
+            self._tokens = _Windows(shards, self.index["split"], self.seq_len, self.index.get("seed", 0))
         ids, pos, labels = self._tokens.rows([self.windows[int(i)] for i in indices])
         inputs = torch.from_numpy(ids) if pos is None else {"input_ids": torch.from_numpy(ids),
                                                              "position_ids": torch.from_numpy(pos)}
