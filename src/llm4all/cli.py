@@ -34,6 +34,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "adapt": "llm4all.distill.adapt:main",
     "report": "llm4all.report.html:main",
     "compress": "llm4all.compress.command:main",
+    "compress-prompt": "llm4all.compress.prompt:main",
     "teacher-cache": "llm4all.distill.teacher_cache:main",
     "export": "llm4all.export.command:main",
     "serve": "llm4all.serve.command:main",
