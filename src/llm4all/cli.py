@@ -54,6 +54,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
         "speed": "llm4all.evaluate.speed:main",
         "speculative": "llm4all.evaluate.speculative:main",
         "sinks": "llm4all.evaluate.sinks:main",
+        "kv-cache": "llm4all.evaluate.kvcache:main",
     },
     "plan": {
         "chinchilla": "llm4all.plan.commands:chinchilla",

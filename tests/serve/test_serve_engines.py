@@ -49,6 +49,22 @@ def test_vllm_command_line(monkeypatch):
     assert vllm.model_format == "hf" and ENGINES.get("llama.cpp").model_format == "gguf"
 
 
+def test_kv_dtype_flags_of_each_engine(monkeypatch):
+    options = EngineOptions(port=8125, kv_dtype="int4")
+    command = LlamaServer.command(Path("/m.gguf"), options)
+    value = lambda flag: command[command.index(flag) + 1]  # noqa: E731
+    assert value("--cache-type-k") == value("--cache-type-v") == "q4_0"
+    assert value("--flash-attn") == "on"  # llama.cpp's quantised V cache needs it
+    assert "--cache-type-k" not in LlamaServer.command(Path("/m.gguf"), EngineOptions())
+    with pytest.raises(UserError, match="llama.cpp's caches are fp32, fp16, bf16, int8, int4"):
+        LlamaServer.command(Path("/m.gguf"), EngineOptions(kv_dtype="fp8"))
+    vllm = ENGINES.get("vllm")
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/vllm")
+    assert vllm.command(Path("/d"), EngineOptions(kv_dtype="fp8"))[-2:] == ["--kv-cache-dtype", "fp8"]
+    with pytest.raises(UserError, match="vLLM's KV cache is auto .* or fp8"):
+        vllm.command(Path("/d"), EngineOptions(kv_dtype="int4"))
+
+
 def test_vllm_missing_is_one_clear_error_before_any_export(monkeypatch, tmp_path, bpe_model):
     import importlib.util
 

@@ -52,6 +52,27 @@ def greedy_llama_cpp_python(gguf: Path, prompt: str, max_tokens: int) -> str:
         llm.close()
 
 
+def test_a_q8_0_kv_cache_server_answers_as_llama_cpp_python_with_that_cache(tmp_path):
+    """`serve --kv-dtype int8`: llama-server with q8_0 keys and values (and flash attention) gives
+    the greedy text llama-cpp-python gives with the same cache types."""
+    from llama_cpp import Llama
+
+    from llm4all.models.llamacpp import llama_kv_options
+
+    gguf = gguf_for(build_bpe_llama(tmp_path / "tiny-bpe", hidden=128, intermediate=256), "f32")
+    options = EngineOptions(port=free_port(), parallel=1, context=256, threads=2, alias="kv8",
+                            kv_dtype="int8")
+    url = url_of(options.host, options.port)
+    with running(LlamaServer.command(gguf, options), url, tmp_path / "server.log", timeout=120):
+        served = Server(gguf, url, "kv8").complete(PROMPTS[0], max_tokens=16)
+    llm = Llama(model_path=str(gguf), n_ctx=256, n_threads=2, verbose=False, **llama_kv_options("int8"))
+    try:
+        direct = llm(PROMPTS[0], max_tokens=16, temperature=0.0, top_k=1)["choices"][0]["text"]
+    finally:
+        llm.close()
+    assert served == direct and len(served) > 0
+
+
 def test_models_lists_the_alias(server):
     assert [m.id for m in server.client.models.list().data] == ["tiny-bpe"]
 

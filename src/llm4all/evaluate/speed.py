@@ -8,6 +8,11 @@
   includes the prefill, is left out). Decode tokens/s = B·(N-1) / (last stamp - first stamp).
   Latency percentiles p50/p90/p99 are over the steps of all repeats.
 - Batch sweep: decode tokens/s and per-step latency for each batch size B.
+- KV cache (``--kv-dtype``): decode runs with a cache in that dtype (``models/kvcache.py``:
+  fp16/bf16/fp32, or KIVI int8/int4); its bytes per cached token are measured from its tensors.
+- Energy per decoded token (``evaluate/energy.py``): RAPL's package counters around a batch-1
+  decode where the machine exposes them, else an estimate from the decode step's
+  multiply-accumulates and bytes moved at Horowitz's (2014) per-operation energies, labelled so.
 - Peak memory: the resident-set high-water mark (VmHWM in ``/proc/self/status``) of a
   fresh Python process that loads the model and runs the largest prefill and the largest batch's
   decode, next to the RSS right after loading. It includes the interpreter, torch and
@@ -62,11 +67,15 @@ def prefill_speed(model, length: int, batch: int = 1, repeats: int = 3) -> dict:
     return {"prompt_tokens": length, "batch": batch, "seconds": best, "tokens_per_s": batch * length / best}
 
 
-def decode_speed(model, new_tokens: int = 32, batch: int = 1, prompt: int = 32, repeats: int = 2) -> dict:
-    """Decode tokens/s and per-step latencies (seconds) of greedy ``generate`` with a KV cache."""
+def decode_speed(model, new_tokens: int = 32, batch: int = 1, prompt: int = 32, repeats: int = 2,
+                 kv_dtype: str = "auto") -> dict:
+    """Decode tokens/s and per-step latencies (seconds) of greedy ``generate`` with a KV cache
+    (in ``kv_dtype``; its bytes per cached token per sequence measured at the end)."""
     import numpy as np
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList
+
+    from llm4all.models.kvcache import cache_bytes, kv_cache
 
     if new_tokens < 2:
         raise UserError("--new-tokens must be at least 2 (the first step includes the prefill)")
@@ -84,18 +93,50 @@ def decode_speed(model, new_tokens: int = 32, batch: int = 1, prompt: int = 32, 
     pad = model.config.eos_token_id if model.config.pad_token_id is None else model.config.pad_token_id
     pad = pad[0] if isinstance(pad, list) else pad
     for _ in range(repeats):
-        stamp = Stamp()
+        stamp, cache = Stamp(), kv_cache(model, kv_dtype)
         with torch.inference_mode():
             out = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, use_cache=True,
                                  max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=pad,
-                                 stopping_criteria=StoppingCriteriaList([stamp]))
+                                 stopping_criteria=StoppingCriteriaList([stamp]), cache=cache)
         assert out.shape[1] == prompt + new_tokens and len(stamp.times) == new_tokens
         gaps = np.diff(stamp.times)  # (new_tokens - 1,) seconds per decode step
         steps.extend(gaps.tolist())
         rates.append(batch * len(gaps) / gaps.sum())
     p50, p90, p99 = np.percentile(steps, [50, 90, 99])
     return {"batch": batch, "new_tokens": new_tokens, "tokens_per_s": max(rates),
-            "latency_ms": {"p50": 1e3 * p50, "p90": 1e3 * p90, "p99": 1e3 * p99}}
+            "latency_ms": {"p50": 1e3 * p50, "p90": 1e3 * p90, "p99": 1e3 * p99}, "kv_dtype": kv_dtype,
+            "kv_bytes_per_token": cache_bytes(cache) / (batch * cache.get_seq_length())}
+
+
+def weight_bytes(model) -> int:
+    """Bytes of the weights one decode step reads: parameters and buffers (packed codes), counted
+    once when shared, without the input embedding unless it is also the output head."""
+    embedding = model.get_input_embeddings().weight
+    head = model.get_output_embeddings()
+    skip = set() if head is not None and head.weight is embedding else {id(embedding)}
+    seen, total = set(), 0
+    for t in [*model.parameters(), *model.buffers()]:
+        if id(t) not in seen and id(t) not in skip:
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
+    return total
+
+
+def decode_energy(model, dtype: str, new_tokens: int, kv_dtype: str = "auto", prompt: int = 32) -> dict:
+    """Joules per decoded token at batch 1: RAPL around a decode run where readable, else an estimate."""
+    from llm4all.evaluate.energy import Rapl, compute_type, estimate
+
+    rapl = Rapl.find()
+    before = rapl.read() if rapl is not None else None
+    start = _clock(model)
+    run = decode_speed(model, new_tokens, 1, prompt, repeats=1, kv_dtype=kv_dtype)
+    if rapl is not None:
+        joules, seconds = rapl.joules_since(before), _clock(model) - start
+        return {"joules_per_token": joules / new_tokens, "watts": joules / seconds, "tokens": new_tokens,
+                "source": f"RAPL ({len(rapl.files)} counters: the whole package, other processes and "
+                          f"idle power included; {prompt}-token prompt + {new_tokens} tokens)"}
+    return estimate(model.config, weight_bytes=weight_bytes(model), context=prompt + new_tokens // 2,
+                    kv_bytes_per_token=run["kv_bytes_per_token"], compute=compute_type(dtype))
 
 
 def peak_memory(model: str, dtype: str, length: int, batch: int, new_tokens: int,
@@ -145,6 +186,8 @@ def main(
     batch_sizes: list[int] | None = None,
     repeats: int = 2,
     memory: bool = True,
+    kv_dtype: Literal["auto", "fp32", "fp16", "bf16", "int8", "int4"] = "auto",
+    energy: bool = True,
     engine: Literal["auto", "torch", "llama.cpp"] = "auto",
     device: str = "auto",
     out: Path | None = None,
@@ -159,6 +202,9 @@ def main(
         batch_sizes: batch sizes for the decode sweep (default 1 2 4 8).
         repeats: timed runs per measurement (the best prefill, the best decode rate are kept).
         memory: also measure the peak RSS in a fresh process (costs a model load per dtype).
+        kv_dtype: KV cache dtype while decoding: auto (the model's), fp32, fp16, bf16, or int8 /
+            int4 (KIVI in torch; llama.cpp's q8_0 / q4_0 for a .gguf).
+        energy: also report joules per decoded token (RAPL where readable, else a labelled estimate).
         engine: torch (llm4all's forward: packed int4/int8 kernels included), llama.cpp (a .gguf file
             in llama.cpp, batch 1, the weights' own types), or auto (llama.cpp for a .gguf, else torch).
         device: where the torch engine runs: auto (CUDA when present, else CPU), cpu, cuda, cuda:N.
@@ -180,13 +226,13 @@ def main(
     if min(prompt_lengths) < 1 or min(batch_sizes) < 1 or repeats < 1:
         raise UserError("--prompt-lengths, --batch-sizes and --repeats must be at least 1")
     if engine == "llama.cpp" or (engine == "auto" and str(model).endswith(".gguf")):
-        result = _in_llama_cpp(str(model), prompt_lengths, new_tokens, repeats, memory)
+        result = _in_llama_cpp(str(model), prompt_lengths, new_tokens, repeats, memory, kv_dtype, energy)
         _show(Console(), f"{model} in llama.cpp", result, result["dtypes"]["gguf"], memory)
         _write(out, model, result)
         return result
     where = str(resolve_device(device))
     result = {"model": str(model), "threads": torch.get_num_threads(), "load_average": os.getloadavg(),
-              "runtime": "torch", "device": where, "dtypes": {}}
+              "runtime": "torch", "device": where, "kv_dtype": kv_dtype, "dtypes": {}}
     console = Console()
     steps = len(dtypes) * (len(prompt_lengths) + len(batch_sizes) + memory)
     with progress("eval speed", total=steps, unit="measurements") as advance:
@@ -194,15 +240,17 @@ def main(
             net, _ = load(model, dtype=dtype, device=where)
             limit = getattr(net.config, "max_position_embeddings", max(prompt_lengths))
             lengths = [n for n in prompt_lengths if n <= limit] or [limit]
-            decode_speed(net, 2, 1, 4, repeats=1)  # warm-up
+            decode_speed(net, 2, 1, 4, repeats=1, kv_dtype=kv_dtype)  # warm-up
             r = {"prefill": [], "decode": []}
             for n in lengths:
                 r["prefill"].append(prefill_speed(net, n, 1, repeats))
                 advance()
             advance(len(prompt_lengths) - len(lengths))
             for b in batch_sizes:
-                r["decode"].append(decode_speed(net, new_tokens, b, repeats=repeats))
+                r["decode"].append(decode_speed(net, new_tokens, b, repeats=repeats, kv_dtype=kv_dtype))
                 advance()
+            if energy:
+                r["energy"] = decode_energy(net, dtype, new_tokens, kv_dtype)
             if memory:
                 r["memory"] = peak_memory(model, dtype, max(lengths), max(batch_sizes), new_tokens, where)
                 advance()
@@ -226,6 +274,14 @@ def _show(console, title: str, result: dict, r: dict, memory: bool) -> None:
         lat = d["latency_ms"]
         table.add_row("decode", f"B={d['batch']}", f"{d['tokens_per_s']:.1f}", f"{lat['p50']:.1f}",
                       f"{lat['p90']:.1f}", f"{lat['p99']:.1f}")
+    if r.get("decode"):
+        d = r["decode"][0]
+        table.add_row("KV bytes/token", d.get("kv_dtype", "auto"), f"{d['kv_bytes_per_token']:,.0f}",
+                      "", "", "")
+    if r.get("energy"):
+        e = r["energy"]
+        label = "RAPL" if e["source"].startswith("RAPL") else "estimate"
+        table.add_row("energy mJ/token", label, f"{1e3 * e['joules_per_token']:.2f}", "", "", "")
     if memory:
         m = r["memory"]
         table.add_row("peak RSS MiB", f"{m['peak_rss_mib']:.0f}",
@@ -242,7 +298,8 @@ def _write(out: Path | None, model: str, result: dict) -> None:
                        results=result)
 
 
-def _in_llama_cpp(model: str, prompt_lengths: list[int], new_tokens: int, repeats: int, memory: bool) -> dict:
+def _in_llama_cpp(model: str, prompt_lengths: list[int], new_tokens: int, repeats: int, memory: bool,
+                  kv_dtype: str = "auto", energy: bool = True) -> dict:
     """Prefill and batch-1 decode of a GGUF in llama.cpp; peak RSS of a fresh process running it."""
     from llm4all.evaluate.llamacpp import gguf_speed
     from llm4all.threads import free_cores
@@ -250,18 +307,18 @@ def _in_llama_cpp(model: str, prompt_lengths: list[int], new_tokens: int, repeat
     if not Path(model).is_file():
         raise UserError(f"--engine llama.cpp runs a .gguf file; {model!r} is not one")
     threads = free_cores()
-    gguf_speed(model, [8], 4, 1, threads)  # warm-up
-    r = gguf_speed(model, prompt_lengths, new_tokens, repeats, threads)
+    gguf_speed(model, [8], 4, 1, threads, kv_dtype)  # warm-up
+    r = gguf_speed(model, prompt_lengths, new_tokens, repeats, threads, kv_dtype, energy)
     if memory:
         code = ("import json,sys;from llm4all.evaluate.llamacpp import gguf_memory_child as f;"
                 "print(json.dumps(f(*json.loads(sys.argv[1]))))")
-        args = json.dumps([model, max(prompt_lengths), new_tokens, threads])
+        args = json.dumps([model, max(prompt_lengths), new_tokens, threads, kv_dtype])
         proc = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True)
         if proc.returncode:
             raise RuntimeError(f"peak-memory subprocess failed:\n{proc.stderr[-2000:]}")
         r["memory"] = json.loads(proc.stdout.strip().splitlines()[-1])
     return {"model": model, "threads": threads, "load_average": os.getloadavg(), "runtime": "llama.cpp",
-            "dtypes": {"gguf": r}}
+            "kv_dtype": kv_dtype, "dtypes": {"gguf": r}}
 
 
 def headline(result: dict) -> dict:
@@ -281,4 +338,7 @@ def headline(result: dict) -> dict:
         out["decode_ms_per_token"] = b1[0]["latency_ms"]["p50"]
     if r.get("memory"):
         out["peak_rss_bytes"] = int(r["memory"]["peak_rss_mib"] * 2**20)
+    if r.get("energy"):
+        out["joules_per_token"] = r["energy"]["joules_per_token"]
+        out["energy_source"] = r["energy"]["source"]
     return out

@@ -61,7 +61,26 @@ def run_tool(name: str, args: list[str | Path], *, log: Path | None = None,
     return done.stdout
 
 
-def open_llama(path: str | Path, n_ctx: int = 512, threads: int | None = None, logits_all: bool = True):
+#: ``--kv-dtype`` -> llama.cpp's KV cache type (``--cache-type-k/-v`` of its tools). Its q8_0 and
+#: q4_0 are its own blocks of 32 values of one token sharing an fp16 scale, not KIVI's
+#: per-channel keys; a quantised V cache needs flash attention.
+LLAMA_CPP_KV = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "q8_0", "int4": "q4_0"}
+
+
+def llama_kv_options(kv_dtype: str = "auto") -> dict:
+    """``llama_cpp.Llama`` keyword arguments for a KV cache in ``kv_dtype`` (auto: none)."""
+    if kv_dtype in ("", "auto"):
+        return {}
+    if kv_dtype not in LLAMA_CPP_KV:
+        raise UserError(f"--kv-dtype {kv_dtype!r}; llama.cpp's are auto, {', '.join(LLAMA_CPP_KV)}")
+    import llama_cpp
+
+    ggml_type = getattr(llama_cpp, f"GGML_TYPE_{LLAMA_CPP_KV[kv_dtype].upper()}")
+    return {"type_k": ggml_type, "type_v": ggml_type, "flash_attn": True}
+
+
+def open_llama(path: str | Path, n_ctx: int = 512, threads: int | None = None, logits_all: bool = True,
+               kv_dtype: str = "auto"):
     """A ``llama_cpp.Llama`` for ``path`` (keeping the logits of every position by default)."""
     try:
         from llama_cpp import Llama
@@ -71,6 +90,6 @@ def open_llama(path: str | Path, n_ctx: int = 512, threads: int | None = None, l
         raise UserError(f"{path}: no such GGUF file")
     try:
         return Llama(model_path=str(path), n_ctx=n_ctx, logits_all=logits_all, verbose=False,
-                     n_threads=threads, n_batch=n_ctx)
+                     n_threads=threads, n_batch=n_ctx, **llama_kv_options(kv_dtype))
     except ValueError as e:  # llama.cpp could not read it: not a GGUF, truncated, unknown architecture
         raise UserError(f"{path}: llama.cpp cannot load this file ({e}); is it a complete GGUF?") from None

@@ -258,7 +258,8 @@ def memory(model: str = "", mode: Literal["train", "inference"] = "train", batch
         base_dtype: frozen base dtype under LoRA, e.g. int4 for QLoRA (default: --dtype).
         sharding: none, zero1, zero2, zero3 or fsdp (over --gpus).
         gpus: data-parallel GPUs.
-        kv_dtype: KV-cache dtype for inference (default: --dtype).
+        kv_dtype: KV-cache dtype for inference (default: --dtype); int8/int4 count KIVI's fp16
+            scale and minimum per 32 values, as `generate --kv-dtype` and `eval kv-cache` run it.
         head: output head + loss in training: hf (full logits, as transformers computes them) or
             fused (llm4all train's chunked head + loss, which never holds all the logits).
         hardware: name from the hardware table: say whether it fits, and how to make it fit.

@@ -38,6 +38,18 @@ from llm4all.plan.arch import Arch
 
 DTYPE_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 1.0, "int4": 0.5,
                "ternary": 1.58 / 8}  # BitNet b1.58: log2(3) ≈ 1.58 bits per weight
+# A quantised KV cache as llm4all runs it (models/kvcache.py, KIVI: Liu et al. 2024): codes plus an
+# fp16 scale and an fp16 minimum per group of 32 values, 4 bytes of constants per 32 values.
+KV_GROUP_SIZE = 32
+
+
+def kv_bytes_per_value(kv_dtype: str, group_size: int = KV_GROUP_SIZE) -> float:
+    """Bytes one cached key or value element costs (int8/int4: codes + scales and minima)."""
+    if kv_dtype in ("int8", "int4"):
+        return DTYPE_BYTES[kv_dtype] + 2 * 2 / group_size
+    return DTYPE_BYTES[kv_dtype]
+
+
 # QLoRA as `train --lora-base int4` runs it (models/lora.py): 4-bit codes with a float16 scale
 # and a uint8 zero point per group of 64 weights, 0.375 bits of constants per parameter on top of
 # the 4 bits (Dettmers et al. 2023, section 3: NF4 with double quantisation stores 0.127).
@@ -159,7 +171,7 @@ def breakdown(arch: Arch, setup: Setup) -> dict[str, float]:
         base = DTYPE_BYTES[setup.base_dtype] if setup.base_dtype else w_bytes
         n_emb = arch.n_embedding()
         out["weights"] = (n_total - n_emb) * base + n_emb * emb_bytes
-        kv = DTYPE_BYTES[setup.kv_dtype or ("bf16" if e == 2 else "fp32")]
+        kv = kv_bytes_per_value(setup.kv_dtype or ("bf16" if e == 2 else "fp32"))
         out["kv_cache"] = 2 * L * arch.kv_heads * arch.head_dim * s * b * kv
         # transient working set of one layer's forward (SwiGLU: 3 live s·b·I tensors)
         out["activations"] = e * s * b * (3 * arch.intermediate + 4 * arch.hidden)

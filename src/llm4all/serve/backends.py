@@ -7,9 +7,13 @@ cached token after the first n). The decoding loop in ``generate.py`` is the sam
 
 - ``TorchLM``: a transformers model (an HF directory, a registered name converted once, or a
   packed checkpoint from ``llm4all compress``, whose int4/int8 layers run llm4all's CPU
-  kernels), with a ``transformers.DynamicCache`` (the ``cache=`` argument, formerly ``past_key_values``).
+  kernels), with a ``transformers.DynamicCache`` (the ``cache=`` argument, formerly
+  ``past_key_values``), or with ``--kv-dtype`` a cache in another float dtype or quantised
+  KIVI-style to int8 / int4 (``models/kvcache.py``).
 - ``LlamaCppLM``: a GGUF file run by llama.cpp in process (llama-cpp-python); its KV cache is
-  llama.cpp's, cut back by moving ``n_tokens`` (its next ``eval`` drops the cells past it).
+  llama.cpp's, cut back by moving ``n_tokens`` (its next ``eval`` drops the cells past it);
+  ``--kv-dtype`` picks its cache types (``models.llamacpp.LLAMA_CPP_KV``: int8 is q8_0, int4
+  is q4_0, llama.cpp's own formats).
 """
 
 from __future__ import annotations
@@ -34,12 +38,12 @@ class TorchLM:
 
     engine = "torch"
 
-    def __init__(self, model, tokenizer):
-        from transformers import DynamicCache
+    def __init__(self, model, tokenizer, kv_dtype: str = "auto"):
+        from llm4all.models.kvcache import kv_cache
 
         self.model, self.tokenizer = model, tokenizer
         self.device = model_device(model)
-        self.cache = DynamicCache(config=model.config)
+        self.cache = kv_cache(model, kv_dtype)
         self.cached: list[int] = []  # the token ids whose keys and values are in the cache
         self.context_length = getattr(model.config, "max_position_embeddings", None)
         self.eos_ids = _eos_ids(model, tokenizer)
@@ -81,9 +85,9 @@ class TorchLM:
         tokens from every layer, and after ctrl-C in the middle of a forward pass the first
         layers hold one more token than the last ones (or a layer its keys but not its values).
         """
-        for layer in self.cache.layers:
-            if getattr(layer, "keys", None) is not None and layer.keys.numel():
-                layer.keys, layer.values = layer.keys[..., :n, :], layer.values[..., :n, :]
+        from llm4all.models.kvcache import keep_first
+
+        keep_first(self.cache, n)
         del self.cached[n:]
 
 
@@ -100,7 +104,7 @@ class LlamaCppLM:
 
     engine = "llama.cpp"
 
-    def __init__(self, path: Path, context: int = 0, threads: int = 0):
+    def __init__(self, path: Path, context: int = 0, threads: int = 0, kv_dtype: str = "auto"):
         try:
             import llama_cpp
         except ImportError:
@@ -111,8 +115,11 @@ class LlamaCppLM:
 
         self.lib = llama_cpp
         threads = free_cores(threads)
+        from llm4all.models.llamacpp import llama_kv_options
+
+        kv = llama_kv_options(kv_dtype)
         self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=context, n_threads=threads,
-                                   n_threads_batch=threads, logits_all=False, verbose=False)
+                                   n_threads_batch=threads, logits_all=False, verbose=False, **kv)
         self.vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         self.n_vocab = self.llm.n_vocab()
         self.context_length = self.llm.n_ctx()
@@ -189,7 +196,7 @@ def _eos_ids(model, tokenizer) -> set[int]:
 
 
 def open_lm(model: str, *, engine: Engine = "auto", device: str = "auto", dtype: str = "auto",
-            context: int = 0, threads: int = 0):
+            context: int = 0, threads: int = 0, kv_dtype: str = "auto"):
     """A backend for ``model``: llama.cpp for a .gguf file (``auto``), transformers otherwise.
 
     Args:
@@ -200,6 +207,7 @@ def open_lm(model: str, *, engine: Engine = "auto", device: str = "auto", dtype:
         context: llama.cpp's KV cache size in tokens (0: the model's training context).
         threads: llama.cpp's CPU threads (0: the cores other processes leave free); torch's
             are torch's own setting.
+        kv_dtype: the KV cache's dtype: auto (the model's), fp32, fp16, bf16, int8 or int4.
     """
     from llm4all.models.load import load
 
@@ -215,12 +223,12 @@ def open_lm(model: str, *, engine: Engine = "auto", device: str = "auto", dtype:
         if dtype != "auto":
             raise UserError(f"--dtype {dtype}: a GGUF runs in its own tensor types; drop --dtype "
                             "(or use --engine torch)")
-        return LlamaCppLM(gguf, context=context, threads=threads)
+        return LlamaCppLM(gguf, context=context, threads=threads, kv_dtype=kv_dtype)
     torch_device = resolve_device(device)
     if dtype == "auto":
         dtype = default_dtype(torch_device)
     net, tokenizer = load(model, dtype=dtype, device=str(torch_device))
-    return TorchLM(net, tokenizer)
+    return TorchLM(net, tokenizer, kv_dtype)
 
 
 def _gguf_source(model: str) -> Path | None:

@@ -23,7 +23,7 @@ from typing import TextIO
 
 from llm4all.errors import UserError
 from llm4all.serve.backends import Engine
-from llm4all.serve.generate import Generation, open_for_cli, stream
+from llm4all.serve.generate import Generation, KVDtype, open_for_cli, stream
 from llm4all.serve.sampling import Sampling
 
 HELP = "/reset forgets the conversation, /exit or ctrl-D leaves, ctrl-C stops a reply"
@@ -153,7 +153,8 @@ def run(session: ChatSession, stdin: TextIO, stdout: TextIO) -> ChatSession:
 
 def main(model: str, *, system: str = "", max_new_tokens: int = 512, temperature: float = 0.7,
          top_p: float = 0.9, top_k: int = 0, seed: int = 0, engine: Engine = "auto",
-         device: str = "auto", dtype: str = "auto", threads: int = 0) -> list[dict]:
+         device: str = "auto", dtype: str = "auto", threads: int = 0,
+         kv_dtype: KVDtype = "auto") -> list[dict]:
     """Chat with a model in the terminal: /reset, /exit (or ctrl-D), ctrl-C stops a reply.
 
     The history is rendered with the model's chat template every turn; the KV cache of the
@@ -172,9 +173,11 @@ def main(model: str, *, system: str = "", max_new_tokens: int = 512, temperature
         device: auto (CUDA when present, else CPU), cpu, cuda or cuda:N.
         dtype: auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16 or float16.
         threads: CPU threads (0: the cores that other processes leave free).
+        kv_dtype: KV cache dtype: auto (the model's), fp32, fp16, bf16, or int8 / int4 (KIVI in
+            torch; llama.cpp's q8_0 / q4_0 for a .gguf).
     """
     sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    lm = open_for_cli(model, engine, device, dtype, threads)
+    lm = open_for_cli(model, engine, device, dtype, threads, kv_dtype)
     lm.chat_ids([{"role": "user", "content": "hi"}])  # no chat template: say so before the first prompt
     print(f"chatting with {model} ({lm.engine}); {HELP}", flush=True)
     session = ChatSession(lm, system=system, max_new_tokens=max_new_tokens, sampling=sampling)

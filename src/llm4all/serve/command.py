@@ -45,6 +45,7 @@ def main(
     name: str | None = None,
     log: Path | None = None,
     timeout: float = 300.0,
+    kv_dtype: Literal["auto", "fp32", "fp16", "bf16", "int8", "int4", "fp8"] = "auto",
 ) -> dict:
     """Serve MODEL over an OpenAI-compatible HTTP API until ctrl-C (llama.cpp on CPU, vLLM on GPU).
 
@@ -61,6 +62,8 @@ def main(
         name: model name for clients and /v1/models (default: the model's name).
         log: file receiving the engine's output (default: $LLM4ALL_CACHE/serve/logs/NAME-PORT.log).
         timeout: seconds to wait for the engine to load the model and answer.
+        kv_dtype: KV cache dtype: auto (the engine's default), for llama.cpp fp32, fp16, bf16,
+            int8 (q8_0) or int4 (q4_0, with flash attention); for vLLM fp8.
     """
     for flag, value in (("--parallel", parallel), ("--context", context), ("--port", port)):
         if value < 1:
@@ -68,7 +71,8 @@ def main(
     chosen = ENGINES.get(engine)
     chosen.launcher()  # fail before exporting anything when the engine is not installed
     options = EngineOptions(host=host, port=port, parallel=parallel, context=context, threads=threads,
-                            alias=name or alias_of(model))
+                            alias=name or alias_of(model), kv_dtype=kv_dtype)
+    chosen.command(Path(model), options)  # an option the engine refuses fails before any export
     check_port_free(host, port)
     path = gguf_for(model, type) if chosen.model_format == "gguf" else hf_for(model)
     command = chosen.command(path, options)

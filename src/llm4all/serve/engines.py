@@ -25,6 +25,7 @@ from pathlib import Path
 
 from llm4all.catalog import ENGINES
 from llm4all.errors import UserError
+from llm4all.models.llamacpp import LLAMA_CPP_KV
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class EngineOptions:
     context: int = 2048  # tokens of context per request (prompt + reply)
     threads: int | None = None  # CPU threads (llama.cpp); None: the engine's default
     alias: str = "model"  # the model name clients send and /v1/models lists
+    kv_dtype: str = "auto"  # KV cache dtype (auto: the engine's default)
 
 
 @ENGINES.register("llama.cpp")
@@ -62,6 +64,12 @@ class LlamaServer:
                    "--alias", options.alias, "--jinja", "--no-webui"]
         if options.threads:
             command += ["--threads", str(options.threads), "--threads-batch", str(options.threads)]
+        if options.kv_dtype != "auto":
+            if options.kv_dtype not in LLAMA_CPP_KV:
+                raise UserError(f"--kv-dtype {options.kv_dtype}: llama.cpp's caches are "
+                                f"{', '.join(LLAMA_CPP_KV)} (int8 = q8_0, int4 = q4_0)")
+            kv = LLAMA_CPP_KV[options.kv_dtype]  # a quantised V cache needs flash attention
+            command += ["--cache-type-k", kv, "--cache-type-v", kv, "--flash-attn", "on"]
         return command
 
 
@@ -83,6 +91,12 @@ class VLLM:
 
     @staticmethod
     def command(model: Path, options: EngineOptions) -> list[str]:
-        return [*VLLM.launcher(), str(model), "--host", options.host, "--port", str(options.port),
-                "--max-num-seqs", str(options.parallel), "--max-model-len", str(options.context),
-                "--served-model-name", options.alias]
+        command = [*VLLM.launcher(), str(model), "--host", options.host, "--port", str(options.port),
+                   "--max-num-seqs", str(options.parallel), "--max-model-len", str(options.context),
+                   "--served-model-name", options.alias]
+        if options.kv_dtype != "auto":
+            if options.kv_dtype != "fp8":  # vLLM quantises its paged KV cache to FP8 only
+                raise UserError(f"--kv-dtype {options.kv_dtype}: vLLM's KV cache is auto (the model's "
+                                "dtype) or fp8; use one of those with --engine vllm")
+            command += ["--kv-cache-dtype", "fp8"]
+        return command

@@ -35,6 +35,7 @@ from llm4all.serve.detokenize import StopStrings
 from llm4all.serve.sampling import Sampling, new_generator, sample
 
 StopReason = Literal["eos", "stop", "length"]
+KVDtype = Literal["auto", "fp32", "fp16", "bf16", "int8", "int4"]
 
 
 @dataclass
@@ -168,7 +169,7 @@ def generate(lm, prompt: str | Sequence[int], *, on_text: Callable[[str], object
     return text_stream.result
 
 
-def open_for_cli(model: str, engine: Engine, device: str, dtype: str, threads: int):
+def open_for_cli(model: str, engine: Engine, device: str, dtype: str, threads: int, kv_dtype: str = "auto"):
     """``open_lm`` with ``threads`` (0: the cores other processes leave free) for both engines."""
     import torch
 
@@ -176,13 +177,13 @@ def open_for_cli(model: str, engine: Engine, device: str, dtype: str, threads: i
 
     threads = free_cores(threads)
     torch.set_num_threads(threads)
-    return open_lm(model, engine=engine, device=device, dtype=dtype, threads=threads)
+    return open_lm(model, engine=engine, device=device, dtype=dtype, threads=threads, kv_dtype=kv_dtype)
 
 
 def main(model: str, prompt: str, *, max_new_tokens: int = 256, temperature: float = 0.0,
          top_p: float = 1.0, top_k: int = 0, seed: int = 0, stop: list[str] | None = None,
          chat: bool = False, system: str = "", engine: Engine = "auto", device: str = "auto",
-         dtype: str = "auto", threads: int = 0) -> Generation:
+         dtype: str = "auto", threads: int = 0, kv_dtype: KVDtype = "auto") -> Generation:
     """Generate text from a model, streaming it to stdout as it is produced.
 
     Registered names, HF directories and packed checkpoints run through transformers (packed
@@ -204,13 +205,15 @@ def main(model: str, prompt: str, *, max_new_tokens: int = 256, temperature: flo
         device: auto (CUDA when present, else CPU), cpu, cuda or cuda:N.
         dtype: auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16 or float16.
         threads: CPU threads (0: the cores that other processes leave free).
+        kv_dtype: KV cache dtype: auto (the model's), fp32, fp16, bf16, or int8 / int4 (quantised
+            the KIVI way in torch; llama.cpp's q8_0 / q4_0 cache types for a .gguf).
     """
     if prompt == "-":
         prompt = sys.stdin.read()
     sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     if system and not chat:
         raise UserError("--system needs --chat (a system message is part of the chat template)")
-    lm = open_for_cli(model, engine, device, dtype, threads)
+    lm = open_for_cli(model, engine, device, dtype, threads, kv_dtype)
     result = generate(lm, prompt, max_new_tokens=max_new_tokens, sampling=sampling, stop=stop or (),
                       chat=chat, system=system, on_text=lambda t: print(t, end="", flush=True))
     print(flush=True)
