@@ -37,8 +37,8 @@ import numpy as np
 
 from llm4all.curate import curriculum as curricula
 from llm4all.curate import mixture as mixtures
-from llm4all.curate.conversations import chat_columns
 from llm4all.curate.engine import Engine, ShardCache, compute_table, connect_ray
+from llm4all.curate.formats import check_format, column_values, format_columns, record_parser
 from llm4all.curate.reading import Ledger, read_all
 from llm4all.curate.step import Step, build_step, check_decisions
 from llm4all.curate.store import DocStore
@@ -68,7 +68,7 @@ def main(
     ray_address: str | None = None,
     device: str = "auto",
     out_shard_docs: int | None = None,
-    format: Literal["text", "chat"] = "text",  # noqa: A002 - the option's name
+    format: Literal["text", "chat", "summary"] = "text",  # noqa: A002 - the option's name
 ) -> dict:
     """Curate documents: signals, filters, dedup, selection; write kept and removed with reasons.
 
@@ -96,7 +96,9 @@ def main(
         out_shard_docs: write kept, removed and rejects as folders of parts of this many
             documents (kept/part-00000.jsonl.zst, ...) instead of one file each.
         format: text, or chat: conversations (as tokenize --format chat reads them), curated on
-            their transcripts with the columns turns, prompt_words and response_words.
+            their transcripts with the columns turns, prompt_words and response_words; or summary:
+            (document, summary) pairs, curated on their summaries with the factual-consistency
+            columns entity_precision, number_precision, ... (docs/curate.md).
     """
     from llm4all.data.writers import document_writer
     from llm4all.models.device import device_env
@@ -104,9 +106,8 @@ def main(
     # 0. every name and option, checked before any work
     signals = list(DEFAULT_SIGNALS if signals is None else signals)
     steps = list(DEFAULT_STEPS if steps is None else steps)
-    if format not in ("text", "chat"):
-        raise UserError(f"--format must be text or chat, got {format!r}")
-    built, cur, mix = check_config(signals, steps, curriculum, mixture, chat=format == "chat")
+    check_format(format)
+    built, cur, mix = check_config(signals, steps, curriculum, mixture, format=format)
     _check_engine(engine, workers, shard_docs, ray_address, out_shard_docs)
     out = Path(out)
     cache = ShardCache(out.parent / f".{out.name}.cache")
@@ -120,7 +121,7 @@ def main(
         t0 = time.perf_counter()
         rejects = tmp / ("rejects" if out_shard_docs else "rejects.jsonl")
         rejected = read_all(docs, data, text_key, skip_bad, max_docs, ledger, rejects,
-                            lang_id == "model", out_shard_docs, chat=format == "chat")
+                            lang_id == "model", out_shard_docs, record_parser(format))
         read, ids = len(docs) + rejected, docs.ids
         timings["read"] = time.perf_counter() - t0
 
@@ -128,8 +129,7 @@ def main(
         t0 = time.perf_counter()
         table, engine_stats = compute_table(ids, docs.texts(), signals, engine=engine, workers=workers,
                                             shard_docs=shard_docs, cache=cache, ray_address=ray_address)
-        if format == "chat":
-            table.update(chat_columns(docs.metas))
+        table.update(column_values(format, docs.texts(), docs.metas))
         timings["signals"] = time.perf_counter() - t0
         _write_signals(tmp / "signals.parquet", ids, table)
 
@@ -174,14 +174,13 @@ def _write_stage_manifest(tmp: Path, data: list[Path], outputs: dict, summary: d
 
 
 def check_config(signals: list, steps: list[dict], curriculum: dict | None, mixture: dict | None,
-                 chat: bool = False
+                 format: str = "text"  # noqa: A002 - curate's option
                  ) -> tuple[list[tuple[str, Step]], curricula.Curriculum | None, mixtures.Mixture | None]:
     """Signals, steps, curriculum and mixture through their registries: (steps built, curriculum, mixture)."""
-    from llm4all.curate.conversations import COLUMNS
     from llm4all.curate.signals.compute import resolve
 
     columns = [c for _, fn, _ in resolve(signals) for c in fn.columns]  # unknown names fail here
-    columns += list(COLUMNS) if chat else []
+    columns += list(format_columns(format))
     cur = curricula.parse(curriculum) if curriculum else None
     if cur and cur.signal not in columns:
         raise UserError(f"curriculum: no signal column {cur.signal!r}; "
@@ -255,8 +254,9 @@ def _one_step(label: str, step: Step, spec: dict, docs: DocStore, table: dict[st
     judged_ids = [docs.ids[i] for i in judged]
     columns = {c: v[judged] for c, v in table.items()}
     on_ray = getattr(step, "on_ray", None) if ray is not None else None
+    metas = {"metas": docs.metas_of(judged)} if getattr(step, "reads_meta", False) else {}
     decisions = (on_ray(ray, judged_ids, docs.texts(judged), columns) if on_ray else
-                 step(judged_ids, docs.texts(judged), columns))
+                 step(judged_ids, docs.texts(judged), columns, **metas))
     check_decisions(label, decisions, judged_ids)
     dropped = np.zeros(len(judged), bool)
     for k, (d, i) in enumerate(zip(decisions, judged, strict=True)):

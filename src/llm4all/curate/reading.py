@@ -17,6 +17,7 @@ from typing import Any
 
 from llm4all.curate.store import DocStore
 from llm4all.data.document import Document
+from llm4all.data.readers import Parse
 from llm4all.errors import UserError
 
 
@@ -52,10 +53,11 @@ READ_BLOCK = 2048  # documents read (and language-identified) at a time before t
 
 def read_all(docs: DocStore, data: list[Path], text_key: str, skip_bad: bool, max_docs: int | None,
              ledger: Ledger, rejects_file: Path | None = None, lang_id: bool = False,
-             per_shard: int | None = None, chat: bool = False) -> int:
+             per_shard: int | None = None, parse: Parse | None = None) -> int:
     """Read every document into ``docs`` (ids checked unique; with ``lang_id`` their languages
     identified, a block at a time); returns the rejected count. Each rejected record goes to the
-    ledger (removed at step ``read``, with its file, line, reason and text) and to ``rejects_file``."""
+    ledger (removed at step ``read``, with its file, line, reason and text) and to ``rejects_file``.
+    ``parse`` reads a record of another shape (``formats.record_parser``: conversations, pairs)."""
     from llm4all.data.readers import Rejects, read_documents
 
     rejects = Rejects(rejects_file, per_shard)  # a folder of parts with per_shard
@@ -67,9 +69,6 @@ def read_all(docs: DocStore, data: list[Path], text_key: str, skip_bad: bool, ma
             docs.add(doc)
         block.clear()
 
-    from llm4all.data.chat import conversation_record
-
-    parse = conversation_record if chat else None  # conversations: transcript + meta.messages
     for doc in read_documents(data, text_key=text_key, skip_bad=skip_bad, rejects=rejects, parse=parse):
         if doc.id in seen:
             raise UserError(f"{doc.where or 'input'}: duplicate document id {doc.id!r} (an earlier "

@@ -29,7 +29,10 @@ selection judge a document against the others:
   ``curate --engine ray`` calls it (the step's ``on_ray`` attribute) instead. A deduper
   yields its decisions lazily (it may read everything before the first one: near-duplicate
   detection is global), so it also runs on its own over a file. ``build_step`` turns all three
-  into one ``Step``: ``step(ids, texts, table) -> list[Decision]``.
+  into one ``Step``: ``step(ids, texts, table) -> list[Decision]``. A selector whose class sets
+  ``reads_meta = True`` is also given ``metas=``, the documents' meta aligned with ``ids`` (a
+  lazy sequence read from the store): the ``factual`` selector finds a summary's source document
+  there.
 - **Counts come free**: the pipeline, not the step, counts per step the documents in, judged,
   kept and removed, and the removals by reason; writes every removed document with its step
   and reason; and checks ``kept + removed == read`` at the end.
@@ -75,7 +78,8 @@ class Deduper(Protocol):
 
 
 class Selector(Protocol):
-    """An instance of a SELECTORS entry: the whole set in, one decision per document out."""
+    """An instance of a SELECTORS entry: the whole set in, one decision per document out (with
+    ``reads_meta = True`` on its class, called with ``metas=`` too)."""
 
     def __call__(self, ids: list[str], texts: list[str],
                  table: Mapping[str, np.ndarray], /) -> list[Decision]: ...

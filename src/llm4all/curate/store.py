@@ -72,6 +72,10 @@ class DocStore:
         meta, where = json.loads(self._read(self._meta_file, self._meta_offsets, i))
         return meta, where
 
+    def metas_of(self, indices: Sequence[int]) -> MetaView:
+        """The meta of ``indices`` as a lazy sequence."""
+        return MetaView(self, indices)
+
     def texts(self, indices: Sequence[int] | None = None) -> TextView:
         """The texts of ``indices`` (default: all) as a lazy sequence."""
         return TextView(self, range(len(self)) if indices is None else indices)
@@ -111,15 +115,19 @@ class TextView(Sequence[str]):
 
 
 class MetaView(Sequence[dict[str, Any]]):
-    """The meta of every document of a ``DocStore`` by position, read from disk when asked for."""
+    """The meta of every document of a ``DocStore`` (or of ``indices``) by position, read from disk
+    when asked for."""
 
-    def __init__(self, store: DocStore):
-        self.store = store
+    def __init__(self, store: DocStore, indices: Sequence[int] | None = None):
+        self.store, self.indices = store, indices
 
     def __len__(self) -> int:
-        return len(self.store)
+        return len(self.store) if self.indices is None else len(self.indices)
+
+    def _index(self, k: int) -> int:
+        return int(k) if self.indices is None else int(self.indices[k])
 
     def __getitem__(self, k):
         if isinstance(k, slice):
-            return [self.store.meta_and_where(i)[0] for i in range(len(self))[k]]
-        return self.store.meta_and_where(int(k))[0]
+            return [self.store.meta_and_where(self._index(i))[0] for i in range(len(self))[k]]
+        return self.store.meta_and_where(self._index(k))[0]
