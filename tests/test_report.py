@@ -205,7 +205,7 @@ def test_the_page_leads_with_the_answer_and_drops_empty_columns(run_dir):
     assert any(g in row for g in plots.HOLLOW.values()) and not any(g in row for g in plots.GLYPHS.values())
     # no eval speed / eval tasks stage in this run: their columns are absent, the note says how to add them
     assert "<th>ms / token (batch 1)</th>" not in head and "<th>runtime</th>" not in head
-    assert ("add an eval speed stage (ms / token (batch 1), peak RSS (MiB)) "
+    assert ("add an eval speed stage (ms / token (batch 1), mJ / token, peak RSS (MiB)) "
             "and an eval tasks stage (task accuracy)") in head
     pareto = page[page.index('id="pareto"'):page.index('id="training"')]
     for name in ("teacher", "distill", "scratch", "int4"):  # one legend names every model

@@ -120,3 +120,18 @@ def test_ship_commands_for_a_gguf_and_for_a_packed_model():
     assert on_packed["chat"] == "llm4all chat /runs/q/int4"
     assert on_packed["serve"] == "llm4all serve /runs/q/export/model-auto.gguf --port 8080"  # its export
     assert ship_commands(None, both) == {}
+
+
+def test_energy_is_shown_beside_latency_and_marked_when_estimated():
+    from llm4all.report.answer import variant_table
+
+    measured = variant("gguf", "export", 25.9, 88, 5.0)
+    measured.update(joules_per_token=0.0242, energy_source="estimate (Horowitz 2014 per-operation energies)")
+    rapl = variant("int4", "compressed", 25.9, 85, 15.0)
+    rapl.update(joules_per_token=0.41, energy_source="RAPL (2 counters: the whole package)")
+    html, missing = variant_table([measured, rapl])
+    assert "<th>mJ / token</th>" in html and "mJ / token" not in missing
+    assert "24.2 est." in html and ">410<" in html and "410 est." not in html
+    assert html.index("<th>ms / token (batch 1)</th>") < html.index("<th>mJ / token</th>")
+    row = next(v for v in answer_json([measured, rapl], Goal())["variants"] if v["name"] == "gguf")
+    assert row["joules_per_token"] == 0.0242 and row["energy_source"].startswith("estimate")

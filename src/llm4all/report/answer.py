@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from llm4all.report import plots
-from llm4all.report.sections import TEACHER_NOTE, Raw, esc, fmt, table
+from llm4all.report.sections import TEACHER_NOTE, Raw, energy_text, esc, fmt, table
 
 METHOD_NAMES = {"rtn": "RTN", "gptq": "GPTQ", "bitnet": "BitNet", "llm_int8": "LLM.int8()"}
 
@@ -142,6 +142,7 @@ COLUMNS: list[tuple[str, Any, str]] = [
      else None, ""),
     ("ms / token (batch 1)", "latency_ms", ""),
     ("runtime", lambda v: _runtime(v) if v.get("latency_ms") is not None else None, ""),
+    ("mJ / token", lambda v: energy_text(v.get("joules_per_token"), v.get("energy_source")), ""),
     ("peak RSS (MiB)", "peak_mib", ""),
     ("task accuracy", "tasks_acc", ""),
     ("training tokens", "train_tokens", "count"),
@@ -151,6 +152,7 @@ COLUMNS: list[tuple[str, Any, str]] = [
 # table keeps one speed column so it fits a 1,300-pixel window (issue 15)
 #: what a missing column needs, for the note under the table
 NEEDS = {"ms / token (batch 1)": "an eval speed stage", "peak RSS (MiB)": "an eval speed stage",
+         "mJ / token": "an eval speed stage",
          "task accuracy": "an eval tasks stage",
          "perplexity (eval)": "an eval perplexity stage"}
 
@@ -227,8 +229,11 @@ def headline(run: Path, found: list[dict], variants: list[dict], cur: dict | Non
                  'only within its column). Bits / weight = 8 × size on disk / parameters (a compressed '
                  'model counts its dense parameters). ms / token: batch-1 decode latency (p50) of an '
                  '<code>eval speed</code> stage in the runtime named beside it: llama.cpp for a GGUF file,'
-                 " torch with llm4all's int4/int8 kernels for a packed checkpoint. Training FLOPs ≈ 6·N·D "
-                 '(Kaplan et al. 2020).')
+                 " torch with llm4all's int4/int8 kernels for a packed checkpoint. mJ / token: energy per "
+                 "decoded token from the same stage, measured by RAPL where the machine exposes it, else "
+                 "(est.) estimated from the multiply-accumulates and bytes read per token at Horowitz's "
+                 "(2014) 45 nm energies: an order of magnitude for comparing formats, not a measurement. "
+                 "Training FLOPs ≈ 6·N·D (Kaplan et al. 2020).")
         if needs:
             body += " Not measured in this run: add " + " and ".join(esc(n) for n in needs) + "."
         body += "</p>"

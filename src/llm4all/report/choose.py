@@ -147,5 +147,7 @@ def answer_json(variants: list[dict], goal: Goal) -> dict[str, Any]:
                           "ppl": eval_ppl(v), "file_bytes": v.get("size_bytes"), "params": v.get("params"),
                           "decode_ms_per_token": v.get("latency_ms"), "runtime": v.get("runtime"),
                           "peak_rss_bytes": int(v["peak_mib"] * 2**20) if v.get("peak_mib") else None,
+                          "joules_per_token": v.get("joules_per_token"),
+                          "energy_source": v.get("energy_source"),
                           "train_flops": v.get("train_flops"), "path": v.get("path")}
                          for v in variants]}

@@ -27,7 +27,8 @@ DISPLAY_ROLES = {("distill", "student"): "distilled student",
                  "model": "model"}
 #: eval manifests' metrics -> variant fields (the report's column names)
 EVAL_METRICS = {"eval speed": {"decode_tokens_per_s": "decode_tokens_per_s",
-                               "decode_ms_per_token": "latency_ms"},
+                               "decode_ms_per_token": "latency_ms", "joules_per_token": "joules_per_token",
+                               "energy_source": "energy_source"},
                 "eval tasks": {"tasks_acc": "tasks_acc"}}
 
 
@@ -142,7 +143,7 @@ def _new(name: str, role: str, path: Path | None, stage: str | None = None) -> d
             "decode_tokens_per_s": None, "latency_ms": None, "peak_mib": None, "tasks_acc": None,
             "train_flops": None, "train_seconds": None, "train_tokens": None, "val_loss": None,
             "val_ppl": None, "method": None, "source": None, "provenance": {}, "config": {},
-            "kind": "model", "runtime": None}
+            "kind": "model", "runtime": None, "joules_per_token": None, "energy_source": None}
 
 
 class Models:

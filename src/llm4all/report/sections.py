@@ -328,13 +328,36 @@ def evals_section(found: list[dict]) -> str:
             body += f"<h3>{esc(s['name'])}: streaming with attention sinks ({esc(data.get('model'))})</h3>"
             body += table(["cache", "max entries", "perplexity"],
                           [[k, r.get("max_cache"), r.get("ppl")] for k, r in res.items()])
+        elif cmd == "eval kv-cache":
+            res = data.get("results") or {}
+            body += f"<h3>{esc(s['name'])}: KV-cache dtypes ({esc(data.get('model'))})</h3>"
+            body += table(["cache", "perplexity", "change", "bytes / token"],
+                          [[k, r.get("ppl"), f"{100 * (r.get('ppl_change') or 0):+.2f}%",
+                            r.get("bytes_per_token")] for k, r in res.items()])
         elif cmd == "eval speed":
             body += f"<h3>{esc(s['name'])}: speed of {esc(data.get('model'))}</h3>"
-            rows = [[dt, d.get("batch"), d.get("tokens_per_s"), (d.get("latency_ms") or {}).get("p50"),
-                     (d.get("latency_ms") or {}).get("p90")]
-                    for dt, r in (data.get("dtypes") or {}).items() for d in r.get("decode", [])]
-            body += table(["dtype", "batch", "decode tok/s", "p50 ms", "p90 ms"], rows)
+            body += table(["dtype", "batch", "decode tok/s", "p50 ms", "p90 ms", "KV cache",
+                           "KV bytes / token", "mJ / token"], _speed_rows(data))
     return body
+
+
+def energy_text(joules: float | None, source: str | None) -> str | None:
+    """Millijoules per token, marked "est." unless RAPL measured it."""
+    if joules is None:
+        return None
+    return f"{1e3 * joules:.3g}" + ("" if str(source or "").startswith("RAPL") else " est.")
+
+
+def _speed_rows(data: dict) -> list[list[Any]]:
+    rows = []
+    for dtype, r in (data.get("dtypes") or {}).items():
+        e = r.get("energy") or {}
+        mj = energy_text(e.get("joules_per_token"), e.get("source"))  # measured at batch 1
+        for d in r.get("decode", []):
+            latency = d.get("latency_ms") or {}
+            rows.append([dtype, d.get("batch"), d.get("tokens_per_s"), latency.get("p50"), latency.get("p90"),
+                         d.get("kv_dtype"), d.get("kv_bytes_per_token"), mj if d.get("batch") == 1 else None])
+    return rows
 
 
 def timings_section(found: list[dict]) -> str:
