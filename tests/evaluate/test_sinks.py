@@ -6,7 +6,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from llm4all.errors import UserError
-from llm4all.evaluate.sinks import evict_all, main, sink_cache, streaming_generate, streaming_nll
+from llm4all.evaluate.sinks import main, streaming_generate, streaming_nll
+from llm4all.models.window import evict_all, sink_cache
 
 
 def random_llama(seed: int = 0, max_positions: int = 64) -> LlamaForCausalLM:

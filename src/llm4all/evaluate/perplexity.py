@@ -165,6 +165,8 @@ def main(
     text_key: str = "text",
     engine: Literal["auto", "torch", "llama.cpp"] = "auto",
     device: str = "auto",
+    sliding_window: int = 0,
+    attention_sinks: int = 0,
     out: Path | None = None,
 ) -> dict:
     """Strided-window perplexity of MODEL on DATA (token shards or documents).
@@ -183,6 +185,10 @@ def main(
         engine: torch (llm4all's own forward, packed kernels included), llama.cpp (a .gguf file, run by
             llama.cpp itself: what a user of the file gets), or auto (llama.cpp for a .gguf, else torch).
         device: where the torch engine runs: auto (CUDA when present, else CPU), cpu, cuda, cuda:N.
+        sliding_window: score with each token attending to the last N tokens only (Mistral-style;
+            0: the model's own attention).
+        attention_sinks: with --sliding-window, the first K tokens of each window stay visible
+            (StreamingLLM's attention sinks).
         out: directory for perplexity.json (nothing written if not given).
     """
     import torch
@@ -201,8 +207,14 @@ def main(
             raise UserError(f"{data}: conversations are scored on the assistant's tokens by the torch "
                             "engine; use --engine torch (it loads .gguf files too)")
         return _in_llama_cpp(model, Path(data), split, context, stride, max_tokens, out)
+    if (sliding_window or attention_sinks) and engine == "llama.cpp":
+        raise UserError("--sliding-window and --attention-sinks run in the torch engine; use --engine torch")
     where = resolve_device(device)
     net, tokenizer = load(model, dtype=dtype, device=str(where))
+    if sliding_window or attention_sinks:
+        from llm4all.models.window import with_window
+
+        net = with_window(net, sliding_window, attention_sinks)
     limit = getattr(net.config, "max_position_embeddings", None)
     if limit:
         context = min(context, limit)
@@ -224,7 +236,9 @@ def main(
     result = {"model": str(model), "data": source, "dtype": dtype, "context": context,
               "stride": stride, **result, "seconds": round(seconds, 2),
               "tokens_per_second": round(result["tokens"] / seconds), "runtime": "torch",
-              "device": str(where), "torch_threads": torch.get_num_threads()}
+              "device": str(where), "torch_threads": torch.get_num_threads(),
+              "sliding_window": getattr(net.config, "sliding_window", None) or 0,
+              "attention_sinks": getattr(net.config, "attention_sinks", 0) or 0}
     table = Table(title=f"perplexity of {model} on {source}")
     for col in ("dtype", "context/stride", "tokens", "ppl", "bits/token", "tok/s"):
         table.add_column(col, justify="right")

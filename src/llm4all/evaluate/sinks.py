@@ -8,9 +8,10 @@ of fixed size, for texts far past the training length.
 
 Positions are assigned *within the cache* (paper sec. 3.2): a cached token's position is its
 slot, not its place in the text, so positions never exceed ``n_sink + window``. With RoPE that
-means keys must be re-rotated when the cache shifts. ``SinkLayer`` stores keys un-rotated
-(fp32) and rotates them by their current slot every time attention reads them, so no error
-accumulates across evictions (transformers' old ``SinkCache``, removed in v4.53 and moved to a
+means keys must be re-rotated when the cache shifts. ``SinkLayer`` (``models/window.py``, which
+also makes sinks + a sliding window a model option) stores keys un-rotated (fp32) and rotates
+them by their current slot every time attention reads them, so no error accumulates across
+evictions (transformers' old ``SinkCache``, removed in v4.53 and moved to a
 Hub custom-generate repo we cannot fetch offline, instead re-rotated stored keys on each shift).
 Works for models with a Llama-style rotary embedding (``model.model.rotary_emb``: Llama,
 Mistral, Qwen2, SmolLM).
@@ -28,81 +29,7 @@ import time
 from pathlib import Path
 
 from llm4all.errors import UserError
-
-
-def _rotate_half(x):
-    half = x.shape[-1] // 2
-    return __import__("torch").cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def _layer_base():
-    from transformers.cache_utils import DynamicLayer
-
-    return DynamicLayer
-
-
-class SinkLayer(_layer_base()):
-    """One layer's cache: un-rotated fp32 keys and values, rotated by slot on every read."""
-
-    is_croppable = False
-
-    def __init__(self, rotary):
-        super().__init__()
-        self.rotary, self.raw, self.values, self.is_initialized = rotary, None, None, True
-
-    def _cos_sin(self, like, start: int, n: int):
-        import torch
-
-        pos = torch.arange(start, start + n, device=like.device)[None]  # (1, n) slots
-        cos, sin = self.rotary(like.float(), pos)  # (1, n, D), including the attention scaling s
-        return cos[:, None], sin[:, None], float(self.rotary.attention_scaling)
-
-    def update(self, key_states, value_states, *args, **kwargs):
-        """Append keys rotated at slots L..L+n-1; return all keys rotated at slots 0..L+n-1."""
-        import torch
-
-        L, n = self.get_seq_length(), key_states.shape[-2]
-        cos, sin, s = self._cos_sin(key_states, L, n)
-        k = key_states.float()
-        raw = (k * cos - _rotate_half(k) * sin) / (s * s)  # R(-p)/s^2 undoes s*R(p)
-        self.raw = raw if self.raw is None else torch.cat([self.raw, raw], dim=-2)
-        self.values = value_states if self.values is None else torch.cat([self.values, value_states], dim=-2)
-        cos, sin, _ = self._cos_sin(key_states, 0, L + n)
-        keys = self.raw * cos + _rotate_half(self.raw) * sin
-        return keys.to(key_states.dtype), self.values
-
-    def get_seq_length(self) -> int:
-        return 0 if self.raw is None else self.raw.shape[-2]
-
-    def evict(self, n_sink: int, window: int) -> None:
-        """Keep the first ``n_sink`` and the last ``window`` entries."""
-        import torch
-
-        if self.get_seq_length() > n_sink + window:
-            keep = lambda t: torch.cat([t[..., :n_sink, :], t[..., t.shape[-2] - window:, :]], dim=-2)  # noqa: E731
-            self.raw, self.values = keep(self.raw), keep(self.values)
-
-
-def sink_cache(model, n_sink: int, window: int):
-    """A transformers ``Cache`` of ``SinkLayer``s for ``model`` (evict with ``evict_all``)."""
-    from transformers.cache_utils import Cache
-
-    rotary = getattr(getattr(model, "model", None), "rotary_emb", None)
-    if rotary is None or not hasattr(rotary, "attention_scaling"):
-        raise UserError("attention sinks need a Llama-style rotary embedding; "
-                        f"{type(model).__name__} has none")
-    if "dynamic" in str(getattr(rotary, "rope_type", "")):
-        raise UserError("attention sinks need a fixed RoPE; dynamic NTK scaling changes it with the length")
-    if n_sink < 0 or window < 1:
-        raise UserError(f"--sinks must be >= 0 and --window >= 1, got {n_sink} and {window}")
-    cache = Cache(layers=[SinkLayer(rotary) for _ in range(model.config.num_hidden_layers)])
-    cache.n_sink, cache.window = n_sink, window
-    return cache
-
-
-def evict_all(cache) -> None:
-    for layer in cache.layers:
-        layer.evict(cache.n_sink, cache.window)
+from llm4all.models.window import evict_all, sink_cache
 
 
 def streaming_nll(model, tokens: list[int], n_sink: int, window: int, chunk: int = 1) -> dict:

@@ -48,6 +48,7 @@ def main(
 
     if calib is not None and not (format == "gguf" and type in KQUANTS):
         raise UserError(f"--calib needs --format gguf with a K-quant --type ({', '.join(KQUANTS)})")
+    _refuse_sinks(model)
     if format == "hf":
         from llm4all.export.hf import export_hf
 
@@ -58,6 +59,19 @@ def main(
         raise UserError(f"--format {format!r} is not supported; valid: hf, gguf")
     show(result)
     return result
+
+
+def _refuse_sinks(model: str) -> None:
+    """Attention sinks are llm4all's own mask (models/window.py): transformers, vLLM and llama.cpp
+    would run the exported model without them, so every number measured here would not hold."""
+    import json
+
+    config = Path(model) / "config.json"  # registered names and GGUF files have no sinks
+    sinks = json.loads(config.read_text()).get("attention_sinks", 0) if config.is_file() else 0
+    if sinks:
+        raise UserError(f"{model}: it was trained with {sinks} attention sinks, a mask only llm4all "
+                        "applies; other engines would run it without them. Train without "
+                        "--attention-sinks to export, or run it with llm4all (generate, serve through chat)")
 
 
 def _gguf(model: str, out: Path, type: str, calib: Path | None, calib_tokens: int) -> dict:

@@ -87,8 +87,11 @@ def check_llama(config) -> None:
     """Raise a UserError unless ``config`` is a plain Llama that llama.cpp's ``llama`` arch runs."""
     arch = (getattr(config, "architectures", None) or [config.__class__.__name__])[0]
     if getattr(config, "model_type", None) != "llama" or arch != "LlamaForCausalLM":
+        window = (f"; it attends through a {config.sliding_window}-token sliding window, which "
+                  "llama.cpp's llama architecture would replace by full attention"
+                  if getattr(config, "sliding_window", None) else "")
         raise UserError(f"GGUF export supports LlamaForCausalLM (model_type 'llama'); this model is "
-                        f"{arch} (model_type {getattr(config, 'model_type', None)!r}); "
+                        f"{arch} (model_type {getattr(config, 'model_type', None)!r}){window}; "
                         "use --format hf for other architectures")
     for flag in ("attention_bias", "mlp_bias"):
         if getattr(config, flag, False):

@@ -153,11 +153,14 @@ def build_model(model: str, vocab_size: int, seq_len: int, seed: int, init_from:
         net = student_of(init_from, init, calibration_ids, device)
         return net, "student", f"student of {init_from} ({init.describe()}: layers {net.teacher_layers})"
     if not Path(model).exists() and model not in catalog.MODELS.names():
-        from transformers import LlamaForCausalLM
+        from transformers import AutoModelForCausalLM
+
+        from llm4all.models.load import windowed
 
         config = catalog.PRESETS.build({"name": model, "vocab_size": vocab_size,
                                         "max_position_embeddings": max(seq_len, 256)})
         config._attn_implementation = "sdpa"
-        return LlamaForCausalLM(config), "scratch", f"preset {model} (random init, seed {seed})"
+        net = windowed(AutoModelForCausalLM.from_config(config))  # Llama, or Mistral with a window
+        return net, "scratch", f"preset {model} (random init, seed {seed})"
     net, _ = load(model, device=device)
     return net, "adapted", f"checkpoint {model}"

@@ -173,8 +173,11 @@ def kv_cache(model, kv_dtype: str = "auto", *, group_size: int = GROUP_SIZE, res
     ``DynamicCache``, bounded by the model's sliding window if it has one)."""
     from transformers import DynamicCache
 
+    from llm4all.models.window import windowed_cache
+
     if kv_dtype in ("", "auto"):
-        return DynamicCache(config=model.config)
+        sinks = windowed_cache(model)  # StreamingLLM's cache for a model with attention sinks
+        return sinks if sinks is not None else DynamicCache(config=model.config)
     if kv_dtype not in KV_DTYPES:
         raise UserError(f"--kv-dtype {kv_dtype!r}; valid: {', '.join(KV_DTYPES)}")
     if getattr(model.config, "sliding_window", None):
@@ -187,12 +190,33 @@ def kv_cache(model, kv_dtype: str = "auto", *, group_size: int = GROUP_SIZE, res
 
 
 def keep_first(cache, n: int) -> None:
-    """Forget every cached token after the first ``n``, layer by layer (see ``TorchLM.crop``)."""
+    """Forget every cached token after the first ``n``, layer by layer (see ``TorchLM.crop``).
+
+    A sliding-window or sink cache that has already dropped tokens can only be emptied (n = 0):
+    its first n entries are no longer the text's first n tokens (``dropped`` tells).
+    """
     for layer in cache.layers:
-        if isinstance(layer, KiviLayer):
+        if hasattr(layer, "keep_first"):  # KIVI and sink layers
             layer.keep_first(n)
+        elif n == 0:
+            if layer.is_initialized:
+                layer.reset()
         elif getattr(layer, "keys", None) is not None and layer.keys.numel():
+            if getattr(layer, "is_sliding", False):
+                if layer.cumulative_length >= layer.sliding_window and n < layer.cumulative_length:
+                    raise RuntimeError("cannot cut a sliding-window cache back once it has dropped tokens")
+                layer.cumulative_length = min(n, layer.cumulative_length)
             layer.keys, layer.values = layer.keys[..., :n, :], layer.values[..., :n, :]
+
+
+def dropped(cache) -> bool:
+    """Whether a bounded cache (sliding window, attention sinks) has forgotten any token."""
+    for layer in cache.layers:
+        if getattr(layer, "evicted", 0):
+            return True
+        if getattr(layer, "is_sliding", False) and layer.cumulative_length >= layer.sliding_window:
+            return True
+    return False
 
 
 def cache_bytes(cache) -> int:

@@ -161,7 +161,7 @@ def load(model: str | Path, dtype: str = "float32", device: str = "cpu"):
         except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:  # edited or damaged files
             raise UserError(f"{path}: damaged packed checkpoint "
                             f"({type(e).__name__}: {_first_line(e)})") from None
-        return net.to(device).eval(), tokenizer
+        return windowed(net).to(device).eval(), tokenizer
     try:
         with quiet_transformers():
             net, info = AutoModelForCausalLM.from_pretrained(
@@ -169,7 +169,16 @@ def load(model: str | Path, dtype: str = "float32", device: str = "cpu"):
     except (OSError, ValueError, RuntimeError, SafetensorError) as e:  # no or damaged weights, a bad config
         raise UserError(f"{path}: cannot load the model ({_first_line(e)})") from None
     check_loaded(path, info)
-    return net.to(device).eval(), load_tokenizer(path)
+    return windowed(net).to(device).eval(), load_tokenizer(path)
+
+
+def windowed(net):
+    """A model saved with attention sinks gets their mask back (transformers knows only the window)."""
+    if getattr(net.config, "attention_sinks", 0):
+        from llm4all.models.window import install_sinks
+
+        install_sinks(net)
+    return net
 
 
 def _first_line(e: BaseException) -> str:

@@ -23,7 +23,8 @@ from llm4all.errors import UserError, did_you_mean
 #: SmolLM2's tokenizer (Allal et al. 2025): the default, so students share the teacher's vocab
 SMOLLM2_VOCAB = 49152
 #: keyword options every preset accepts (anything else is a user error naming these)
-OPTIONS = ("vocab_size", "max_position_embeddings", "tie_word_embeddings", "rope_theta")
+OPTIONS = ("vocab_size", "max_position_embeddings", "tie_word_embeddings", "rope_theta", "sliding_window",
+           "attention_sinks")
 #: SmolLM2-135M's width / depth, 576 / 30 (Allal et al. 2025, Table 1; HF model card)
 SMOLLM2_ASPECT = 576 / 30
 HEAD_DIM = 64  # SmolLM2-135M/360M and Llama-3.2-1B all use 64-dim heads
@@ -32,19 +33,27 @@ HEAD_DIM = 64  # SmolLM2-135M/360M and Llama-3.2-1B all use 64-dim heads
 def llama_config(hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int, *,
                  vocab_size: int = SMOLLM2_VOCAB, max_position_embeddings: int = 8192,
                  tie_word_embeddings: bool = True, rope_theta: float = 100000.0,
-                 head_dim: int = HEAD_DIM, rope_parameters: dict | None = None, **options: Any):
-    """A ``LlamaConfig``; ``options`` beyond :data:`OPTIONS` are rejected with a clear error."""
-    from transformers import LlamaConfig
+                 head_dim: int = HEAD_DIM, rope_parameters: dict | None = None, sliding_window: int = 0,
+                 attention_sinks: int = 0, **options: Any):
+    """A ``LlamaConfig`` — a ``MistralConfig`` (the same decoder with a sliding window, Jiang et al.
+    2023) when ``sliding_window`` is set, ``attention_sinks`` kept beside it (``models/window.py``);
+    ``options`` beyond :data:`OPTIONS` are rejected with a clear error."""
+    from transformers import LlamaConfig, MistralConfig
 
     for key in options:
         raise UserError(f"preset option {key!r} is not supported; {did_you_mean(key, list(OPTIONS))}")
+    if attention_sinks and not sliding_window:
+        raise UserError("preset option attention_sinks needs sliding_window (sinks are kept beside a window)")
     rope = dict(rope_parameters or {"rope_type": "default"}, rope_theta=float(rope_theta))
-    return LlamaConfig(
+    fields = dict(
         vocab_size=int(vocab_size), hidden_size=hidden, num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=kv_heads, intermediate_size=intermediate,
         head_dim=head_dim, max_position_embeddings=int(max_position_embeddings),
         tie_word_embeddings=bool(tie_word_embeddings), rope_parameters=rope, rms_norm_eps=1e-5,
         hidden_act="silu", bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    if not sliding_window:
+        return LlamaConfig(**fields)
+    return MistralConfig(**fields, sliding_window=int(sliding_window), attention_sinks=int(attention_sinks))
 
 
 def family_shape(hidden: int, layers: int) -> dict[str, int]:
@@ -125,6 +134,18 @@ def llama_60m(**options: Any):
     return _from_shape(shape_for(60e6), **options)
 
 
+@PRESETS.register("llama-10m-swa")
+def llama_10m_swa(**options: Any):
+    """llama-10m with a 256-token sliding window and 4 attention sinks (Mistral-style, StreamingLLM)."""
+    return _from_shape(shape_for(10e6), **{"sliding_window": 256, "attention_sinks": 4, **options})
+
+
+@PRESETS.register("llama-30m-swa")
+def llama_30m_swa(**options: Any):
+    """llama-30m with a 512-token sliding window and 4 attention sinks (Mistral-style, StreamingLLM)."""
+    return _from_shape(shape_for(30e6), **{"sliding_window": 512, "attention_sinks": 4, **options})
+
+
 @PRESETS.register("smollm2-135m")
 def smollm2_135m(**options: Any):
     """SmolLM2-135M (Allal et al. 2025; HF model card config.json): 576 × 30, 9/3 heads, tied."""
@@ -201,23 +222,24 @@ def from_plan(plan: dict, **options: Any):
 
 
 def build_model(config, seed: int = 0, dtype: str = "float32"):
-    """A randomly initialised ``LlamaForCausalLM`` (SDPA attention) from ``config``.
+    """A randomly initialised ``LlamaForCausalLM`` (``MistralForCausalLM`` with a window; SDPA
+    attention) from ``config``.
 
     The seed is applied inside a forked RNG, so building a model leaves the global torch RNG
     untouched; the same seed gives the same weights.
     """
     import torch
-    from transformers import LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    from llm4all.models.load import DTYPES
+    from llm4all.models.load import DTYPES, windowed
 
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r}; valid: float32, bfloat16, float16")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = LlamaForCausalLM._from_config(config, attn_implementation="sdpa",
-                                              dtype=getattr(torch, DTYPES[dtype]))
-    return model.eval()
+        model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa",
+                                                 dtype=getattr(torch, DTYPES[dtype]))
+    return windowed(model).eval()
 
 
 def presets(vocab_size: int = 0) -> list[dict]:

@@ -46,6 +46,8 @@ class TorchLM:
         self.cache = kv_cache(model, kv_dtype)
         self.cached: list[int] = []  # the token ids whose keys and values are in the cache
         self.context_length = getattr(model.config, "max_position_embeddings", None)
+        if getattr(self.cache, "n_sink", None) is not None:  # positions within the cache: no limit
+            self.context_length = None
         self.eos_ids = _eos_ids(model, tokenizer)
 
     def encode(self, text: str) -> list[int]:
@@ -73,7 +75,19 @@ class TorchLM:
             self.crop(len(self.cached))
             raise
         self.cached += ids
+        self._bound()
         return out.logits[0, -1].float()
+
+    def _bound(self) -> None:
+        """A model with attention sinks evicts past its sinks + window; once a bounded cache has
+        forgotten tokens no prefix of ``cached`` is reusable (the next prompt is fed whole)."""
+        from llm4all.models.kvcache import dropped
+        from llm4all.models.window import evict_all
+
+        if getattr(self.cache, "n_sink", None) is not None:
+            evict_all(self.cache)
+        if dropped(self.cache):
+            self.cached = [-1] * len(self.cached)
 
     def close(self) -> None:
         """Nothing to free beyond what Python's garbage collection does (llama.cpp's has one)."""
@@ -87,7 +101,11 @@ class TorchLM:
         """
         from llm4all.models.kvcache import keep_first
 
-        keep_first(self.cache, n)
+        try:
+            keep_first(self.cache, n)
+        except RuntimeError:  # a bounded cache that forgot tokens: start again from nothing
+            keep_first(self.cache, 0)
+            n = 0
         del self.cached[n:]
 
 

@@ -85,6 +85,13 @@ class TrainingConfig:
     pack: bool = True
     """conversations (shards of tokenize --format chat): pack several into each window, kept
     apart by their position ids; --no-pack: one conversation per window, padded."""
+    sliding_window: int = 0
+    """attend to the last N tokens only (Mistral-style sliding window; the model becomes a Mistral
+    sharing its weights, and generation keeps an N-token KV cache); 0: full attention or the
+    model's own window."""
+    attention_sinks: int = 0
+    """with --sliding-window: the first K tokens of each sequence stay visible to every query
+    (StreamingLLM's attention sinks; 4 in the paper)."""
     threads: int = 0
     """CPU compute threads (0: the cores other processes leave free, checked again every 50
     steps; the environment variable LLM4ALL_THREADS sets one count for every command)."""
@@ -94,7 +101,8 @@ class TrainingConfig:
         object.__setattr__(self, "log_to", tuple(self.log_to or ()))
         for name in ("seq_len", "micro_batch", "grad_accum", "steps", "keep_last", "eval_tokens"):
             _at_least(name, getattr(self, name), 1)
-        for name in ("warmup", "eval_every", "save_every", "lora_rank", "threads"):
+        for name in ("warmup", "eval_every", "save_every", "lora_rank", "threads", "sliding_window",
+                     "attention_sinks"):
             _at_least(name, getattr(self, name), 0)
         if self.stop_after is not None:
             _at_least("stop_after", self.stop_after, 1)
@@ -108,6 +116,8 @@ class TrainingConfig:
             raise UserError(f"--lora-base {self.lora_base!r}: valid is int4 (QLoRA), with --lora-rank > 0")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise UserError(f"--betas: two numbers in [0, 1), got {list(self.betas)}")
+        if self.attention_sinks and not self.sliding_window:
+            raise UserError("--attention-sinks needs --sliding-window (sinks are kept beside a window)")
         if self.schedule not in SCHEDULES:
             raise UserError(f"--schedule: {self.schedule!r} is not valid; valid: {', '.join(SCHEDULES)}")
         unknown = [name for name in self.log_to if name not in LOGGERS]

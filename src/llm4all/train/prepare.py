@@ -12,7 +12,12 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 
 def prepare(net, cfg: TrainingConfig):
-    """Apply activation checkpointing and LoRA (if configured) to ``net``; returns the model to train."""
+    """Apply a sliding window, activation checkpointing and LoRA (if configured) to ``net``;
+    returns the model to train."""
+    if cfg.sliding_window:
+        from llm4all.models.window import with_window
+
+        net = with_window(net, cfg.sliding_window, cfg.attention_sinks)
     limit = getattr(net.config, "max_position_embeddings", None)
     if limit and cfg.seq_len > limit:  # RoPE would run on positions the model never saw
         raise UserError(f"--seq-len {cfg.seq_len} is beyond the model's {limit} positions "
