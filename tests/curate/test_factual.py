@@ -147,7 +147,7 @@ def test_missing_summary_is_a_one_line_error_naming_file_line_and_field(tmp_path
     assert not (tmp_path / "out").exists()
     with pytest.raises(UserError, match="line 1: field 'summary' must be a string"):
         list(read_pairs(_write(tmp_path / "plain.jsonl", [{"text": "a plain document"}])))
-    with pytest.raises(UserError, match="--format must be one of text, chat, summary"):
+    with pytest.raises(UserError, match="--format must be text or chat or summary, got 'pairs'"):
         curate([path], out=tmp_path / "o2", format="pairs")
 
 

@@ -23,7 +23,7 @@ FORMATS = ("text", "chat", "summary")
 
 def check_format(format: str) -> None:  # noqa: A002 - curate's option
     if format not in FORMATS:
-        raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
+        raise UserError(f"--format must be {' or '.join(FORMATS)}, got {format!r}")
 
 
 def record_parser(format: str) -> Parse | None:  # noqa: A002
