@@ -44,11 +44,12 @@ def pair_of(obj: dict) -> tuple[str, str, tuple[str, ...]]:
         document = _string(meta[DOCUMENT_KEY], f"meta.{DOCUMENT_KEY}")
         return document, _string(obj.get("text"), "text"), ("text",)
     for doc_field, sum_field in SHAPES:
-        if doc_field == "text" and sum_field not in obj:
-            continue  # a plain {text} document is not a pair
-        if doc_field in obj or sum_field in obj:
-            return (_string(obj.get(doc_field), doc_field), _string(obj.get(sum_field), sum_field),
+        if doc_field in obj and (doc_field != "text" or sum_field in obj):  # {text} alone: no pair
+            return (_string(obj[doc_field], doc_field), _string(obj.get(sum_field), sum_field),
                     (doc_field, sum_field))
+    for doc_field, sum_field in SHAPES[:2]:
+        if sum_field in obj:
+            raise ValueError(f"field {doc_field!r} must be a string (missing)")
     raise ValueError("field 'summary' must be a string (missing): a summarisation pair is "
                      "{document, summary}, {article, highlights}, {text, summary} or "
                      "{text: summary, meta: {document}}")
