@@ -85,7 +85,7 @@ def test_question_aware_coarse_step_keeps_the_sentence_that_predicts_the_questio
     q_ids = tok(" " + q + " " + pc.RESTRICT, add_special_tokens=False)["input_ids"]
     seen = []
 
-    def fake(model, rows, starts, batch_size=16):  # the question is likely only after sentence 3
+    def fake(model, rows, starts, batch_tokens=2048):  # the question is likely only after sentence 3
         seen.append((rows, starts))
         return [1.0 if marker in r[: len(r) - len(q_ids)] else 5.0 for r in rows]
 
@@ -104,7 +104,7 @@ def test_mean_nll_is_the_mean_surprisal_of_the_scored_tokens(tiny):
     texts = zip(tiny_texts(3), (12, 30, 7), strict=True)
     rows = [[tok.bos_token_id, *tok(t, add_special_tokens=False)["input_ids"][:n]] for t, n in texts]
     starts = [5, 1, 3]
-    got = mean_nll(model, rows, starts, batch_size=2)
+    got = mean_nll(model, rows, starts, batch_tokens=40)
     want = [float(direct_nll(model, r)[s - 1 :].mean()) for r, s in zip(rows, starts, strict=True)]
     assert got == pytest.approx(want, abs=1e-5)
 

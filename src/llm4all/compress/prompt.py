@@ -322,7 +322,7 @@ def _lingua(model, tokenizer, ids, ranges, target, method, question, instruction
 def main(context: Path, *, question: str = "", instruction: str = "", ratio: float | None = None,
          target_tokens: int | None = None, method: Method = "auto", model: str = "smollm2-135m",
          segment_tokens: int = 0, reorder: bool = False, seed: int = 0, device: str = "auto",
-         out: Path | None = None) -> dict:
+         threads: int = 0, out: Path | None = None) -> dict:
     """Compress a long prompt: keep the context tokens a small model finds informative (LLMLingua).
 
     Prints the compressed prompt (instruction, context, question) on stdout and a summary on
@@ -342,11 +342,15 @@ def main(context: Path, *, question: str = "", instruction: str = "", ratio: flo
         reorder: put the kept sentences in rank order, most relevant first (LongLLMLingua Eq. 4).
         seed: seed of --method random.
         device: auto (CUDA when present, else CPU), cpu, cuda or cuda:N.
+        threads: CPU threads (0: the cores that other processes leave free).
         out: directory for compressed.json (nothing written if not given).
     """
+    import torch
+
     from llm4all.models.device import resolve_device
     from llm4all.models.load import load, load_tokenizer
     from llm4all.runs import write_json, write_manifest
+    from llm4all.threads import free_cores
 
     check_budget(ratio, target_tokens)
     chosen = resolve_method(method, question)
@@ -359,6 +363,7 @@ def main(context: Path, *, question: str = "", instruction: str = "", ratio: flo
             raise UserError(f"{context}: cannot read the context ({type(e).__name__}: {e})") from None
     if not text.strip():
         raise UserError(f"{context}: the context is empty: nothing to compress")
+    torch.set_num_threads(free_cores(threads))
     if chosen == "random":  # no model needed: its tokenizer counts the tokens
         net, tokenizer = None, load_tokenizer(model)
     else:

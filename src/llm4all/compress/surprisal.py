@@ -32,11 +32,13 @@ def max_length(model) -> int:
     return int(getattr(model.config, "max_position_embeddings", 2048))
 
 
-def mean_nll(model, rows: list[list[int]], starts: list[int], batch_size: int = 16) -> list[float]:
+def mean_nll(model, rows: list[list[int]], starts: list[int], batch_tokens: int = 512) -> list[float]:
     """Mean NLL (nats) of ``row[start:]`` for each row, each token given every token before it.
 
-    A row longer than the model's positions loses its oldest tokens (``start`` moves with them,
-    at least to 1: the first token has nothing to be predicted from).
+    Rows go in batches of similar length (longest first, none under half the longest) of at
+    most ``batch_tokens`` padded tokens, so one long sentence does not pad a whole batch. A row
+    longer than the model's positions loses its oldest tokens (``start`` moves with them, at
+    least to 1: the first token has nothing to be predicted from).
     """
     import torch
 
@@ -54,9 +56,15 @@ def mean_nll(model, rows: list[list[int]], starts: list[int], batch_size: int = 
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
     out = [0.0] * len(rows)
     with torch.inference_mode():
-        for b in range(0, len(order), batch_size):
-            idx = order[b : b + batch_size]
-            x = torch.zeros(len(idx), len(rows[idx[0]]), dtype=torch.long)
+        b = 0
+        while b < len(order):
+            width = len(rows[order[b]])  # the longest row of the batch: the others are padded to it
+            idx = [order[b]]
+            while (b + len(idx) < len(order) and (len(idx) + 1) * width <= batch_tokens
+                   and 2 * len(rows[order[b + len(idx)]]) >= width):  # at most half of a row is padding
+                idx.append(order[b + len(idx)])
+            b += len(idx)
+            x = torch.zeros(len(idx), width, dtype=torch.long)
             for j, i in enumerate(idx):
                 x[j, : len(rows[i])] = torch.tensor(rows[i])
             x = x.to(device)
@@ -66,8 +74,7 @@ def mean_nll(model, rows: list[list[int]], starts: list[int], batch_size: int = 
                 pos = slice(starts[i] - 1, len(rows[i]) - 1)  # positions whose next token is scored
                 logits = head(hidden[j, pos]) if decoder is not None else logits_all[j, pos]
                 target = x[j, starts[i] : len(rows[i])]
-                nll = torch.nn.functional.cross_entropy(logits.float(), target, reduction="mean")
-                out[i] = float(nll)
+                out[i] = float(torch.nn.functional.cross_entropy(logits.float(), target, reduction="mean"))
     return out
 
 
