@@ -265,8 +265,8 @@ def compress_prompt(model, tokenizer, context: str, *, question: str = "", instr
     segments = [{"text": context[a:b], "tokens": r[1] - r[0], "score": s,
                  "kept": i in kept_segments and any(t in kept_set for t in range(*r))}
                 for i, ((a, b), r, s) in enumerate(zip(spans, ranges, seg_scores, strict=True))]
-    full = "\n\n".join(p for p in (instruction, context, question) if p.strip())
-    short = "\n\n".join(p for p in (instruction, text, question) if p.strip())
+    full = "\n\n".join(p.strip() for p in (instruction, context, question) if p.strip())
+    short = "\n\n".join(p.strip() for p in (instruction, text, question) if p.strip())
     count = lambda s: len(tokenizer(s, add_special_tokens=False)["input_ids"])  # noqa: E731
     return Compressed(prompt=short, context=text, method=method, tokens_before=len(ids), tokens_after=n_after,
                       ratio=len(ids) / max(1, n_after), prompt_tokens_before=count(full),
