@@ -84,16 +84,18 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=8192)
     parser.add_argument("--memory", type=int, nargs=2, metavar=("WINDOW", "SINKS"),
                         help="(internal) decode in this process and print the marks as JSON")
+    parser.add_argument("--no-perplexity", action="store_true", help="the memory part only")
     args = parser.parse_args()
     if args.memory:
         print(json.dumps(memory(*args.memory)))
         return
     load_before, start = os.getloadavg(), time.perf_counter()
-    rows = perplexities(args.tokens)
-    full = rows[0][1]
-    print(f"\nperplexity of SmolLM2-135M on {args.tokens} held-out KJV tokens (windows of 1,024)")
-    for name, ppl in rows:
-        print(f"  {name:<24} {ppl:>9.3f}  {100 * (ppl / full - 1):+8.1f}%")
+    if not args.no_perplexity:
+        rows = perplexities(args.tokens)
+        full = rows[0][1]
+        print(f"\nperplexity of SmolLM2-135M on {args.tokens} held-out KJV tokens (windows of 1,024)")
+        for name, ppl in rows:
+            print(f"  {name:<24} {ppl:>9.3f}  {100 * (ppl / full - 1):+8.1f}%")
     caches = {name: in_child(w, k) for name, w, k in (("full attention", 0, 0), ("window 256", 256, 0),
                                                     ("window 256 + 4 sinks", 256, 4))}
     print("\nKV cache while decoding (bytes the cache holds / process RSS)")

@@ -76,6 +76,8 @@ def test_generation_memory_is_flat_and_equals_recomputing_without_a_cache(tiny_m
         generate(lm, [3, 4, 5], max_new_tokens=n, stop=())
         sizes.append(cache_bytes(lm.cache))
     assert sizes[0] == sizes[1] > 0  # bounded by the window (+ sinks), not the length
+    entries = sinks + 8 - 1  # the sinks and the last W - 1 tokens (the next query brings itself)
+    assert sizes[0] == entries * 2 * 2 * 8 * 4 * 2  # (k, v) · layers · kv heads · head dim · fp32
     lm.crop(0)
     out = generate(lm, [3, 4, 5], max_new_tokens=40 if sinks == 0 else 6).token_ids
     x = [3, 4, 5]

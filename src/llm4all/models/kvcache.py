@@ -222,8 +222,8 @@ def dropped(cache) -> bool:
 def cache_bytes(cache) -> int:
     """Bytes of the tensors ``cache`` holds (codes, scales, minima and full-precision tokens)."""
     total = 0
-    for layer in cache.layers:
-        for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+    for layer in cache.layers:  # a sink layer keeps its keys un-rotated, as ``raw``
+        for t in (getattr(layer, "keys", None), getattr(layer, "values", None), getattr(layer, "raw", None)):
             total += t.numel() * t.element_size() if isinstance(t, torch.Tensor) else 0
         for block in getattr(layer, "quantized", []):
             total += sum(t.numel() * t.element_size() for t in block)
