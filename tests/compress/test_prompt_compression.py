@@ -183,6 +183,7 @@ def test_sentence_spans_cover_the_text_and_lead_with_their_whitespace():
     ([], "give exactly one of --ratio"),
     (["--ratio", "1"], "--ratio must be above 1"),
     (["--target-tokens", "0"], "--target-tokens must be at least 1"),
+    (["--ratio", "2", "--segment-tokens", "-1"], "--segment-tokens must be 0"),
     (["--ratio", "2", "--method", "longlingua"], "give --question"),
     (["--ratio", "2", "EMPTY"], "the context is empty"),
 ])

@@ -88,8 +88,11 @@ class Compressed:
         return asdict(self)
 
 
-def check_budget(ratio: float | None, target_tokens: int | None) -> None:
-    """Exactly one of ``ratio`` (> 1) and ``target_tokens`` (>= 1); a UserError otherwise."""
+def check_options(ratio: float | None, target_tokens: int | None, segment_tokens: int = 0) -> None:
+    """Exactly one of ``ratio`` (> 1) and ``target_tokens`` (>= 1), ``segment_tokens`` >= 0; a
+    one-line UserError naming the flag otherwise."""
+    if segment_tokens < 0:
+        raise UserError(f"--segment-tokens must be 0 (the papers' sizes) or positive, got {segment_tokens}")
     if (ratio is None) == (target_tokens is None):
         raise UserError("give exactly one of --ratio (e.g. 4: keep a quarter of the context's tokens) "
                         "and --target-tokens (the context's token budget)")
@@ -242,7 +245,7 @@ def compress_prompt(model, tokenizer, context: str, *, question: str = "", instr
     """
     start = time.perf_counter()
     method = resolve_method(method, question)
-    check_budget(ratio, target_tokens)
+    check_options(ratio, target_tokens, segment_tokens)
     if not context.strip():
         raise UserError("the context is empty: nothing to compress")
     if not getattr(tokenizer, "is_fast", False):
@@ -295,8 +298,8 @@ def _lingua(model, tokenizer, ids, ranges, target, method, question, instruction
     seg_scores: list[float | None] = [None] * len(ranges)
     for i, v in zip(live, nll, strict=True):
         seg_scores[i] = v
-    rank_order, kept = budget_controller([seg_scores[i] for i in live], [lengths[i] for i in live],
-                                         granular_k * target, highest_first=method == "lingua")
+    _, kept = budget_controller([seg_scores[i] for i in live], [lengths[i] for i in live],
+                                granular_k * target, highest_first=method == "lingua")
     kept = [live[i] for i in kept]
     rank = {s: r for r, s in enumerate(kept)}  # I(r_k) among the kept sentences
     sequence = kept if reorder else sorted(kept)
@@ -352,7 +355,7 @@ def main(context: Path, *, question: str = "", instruction: str = "", ratio: flo
     from llm4all.runs import write_json, write_manifest
     from llm4all.threads import free_cores
 
-    check_budget(ratio, target_tokens)
+    check_options(ratio, target_tokens, segment_tokens)
     chosen = resolve_method(method, question)
     if str(context) == "-":
         text = sys.stdin.read()
