@@ -24,7 +24,6 @@ tokens) -- a looser setting, reported as such.
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
@@ -34,22 +33,9 @@ from llm4all.models.window import evict_all, sink_cache
 
 def streaming_nll(model, tokens: list[int], n_sink: int, window: int, chunk: int = 1) -> dict:
     """Mean NLL (nats) of tokens[1:] decoded through a sink + window cache (``n_sink=0``: window only)."""
-    import torch
+    from llm4all.evaluate.kvcache import cache_nll
 
-    from llm4all.models.device import model_device
-
-    cache, total, sizes = sink_cache(model, n_sink, window), 0.0, set()
-    ids = torch.tensor(tokens, device=model_device(model))
-    with torch.inference_mode():
-        for s in range(0, len(tokens) - 1, chunk):
-            x = ids[s : min(s + chunk, len(tokens) - 1)]
-            logits = model(input_ids=x[None], past_key_values=cache, use_cache=True).logits[0].float()
-            target = ids[s + 1 : s + 1 + len(x)]
-            total += torch.nn.functional.cross_entropy(logits, target, reduction="sum").double().item()
-            evict_all(cache)
-            sizes.add(cache.get_seq_length())
-    n = len(tokens) - 1
-    return {"nll": total / n, "ppl": math.exp(total / n), "tokens": n, "max_cache": max(sizes)}
+    return cache_nll(model, tokens, sink_cache(model, n_sink, window), chunk, after_step=evict_all)
 
 
 def streaming_generate(model, prompt: list[int], max_new_tokens: int, n_sink: int, window: int) -> list[int]:
@@ -102,7 +88,7 @@ def main(
     from rich.console import Console
     from rich.table import Table
 
-    from llm4all.data.readers import read_documents
+    from llm4all.evaluate.kvcache import long_text
     from llm4all.evaluate.perplexity import perplexity
     from llm4all.models.device import resolve_device
     from llm4all.models.load import load
@@ -112,23 +98,7 @@ def main(
         raise UserError("--max-tokens must be at least 2 and --chunk at least 1")
     net, tokenizer = load(model, device=str(resolve_device(device)))
     sink_cache(net, sinks, window)  # validate before the slow part
-    if data is None:
-        from llm4all.data.demo import demo_corpus_path
-        from llm4all.data.tokenize import split_of
-
-        docs = (d for d in read_documents(demo_corpus_path() / "en" / "kjv.jsonl.zst")
-                if split_of(d.id, 0.02) == "validation")
-        source = "held-out KJV chapters (data/demo)"
-    else:
-        docs, source = read_documents(data, text_key=text_key), str(data)
-    tokens: list[int] = []
-    for doc in docs:
-        tokens += tokenizer(doc.text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        if len(tokens) >= max_tokens:
-            break
-    tokens = tokens[:max_tokens]
-    if len(tokens) < 2:
-        raise UserError(f"{source}: fewer than 2 tokens of text")
+    tokens, source = long_text(tokenizer, data, text_key, max_tokens)
     limit = getattr(net.config, "max_position_embeddings", len(tokens))
     rows, start = {}, time.perf_counter()
     context = min(len(tokens), limit)
