@@ -24,7 +24,7 @@ def test_equals_full_attention_when_text_fits():
     with torch.no_grad():
         full = model(torch.tensor([tokens])).logits[0]
         cache = sink_cache(model, 4, 40)
-        steps = [model(input_ids=torch.tensor([[t]]), past_key_values=cache, use_cache=True).logits[0]
+        steps = [model(input_ids=torch.tensor([[t]]), cache=cache, use_cache=True).logits[0]
                  for t in tokens]
     torch.testing.assert_close(torch.cat(steps), full, atol=1e-4, rtol=1e-4)
     direct = torch.nn.functional.cross_entropy(full[:-1], torch.tensor(tokens[1:])).item()
@@ -38,7 +38,7 @@ def test_cache_keeps_exactly_sinks_plus_window(sinks, window):
     cache = sink_cache(model, sinks, window)
     with torch.no_grad():
         for t in range(30):
-            model(input_ids=torch.tensor([[t % 64]]), past_key_values=cache, use_cache=True)
+            model(input_ids=torch.tensor([[t % 64]]), cache=cache, use_cache=True)
             evict_all(cache)
             assert cache.get_seq_length() == min(t + 1, sinks + window)
             assert all(layer.values.shape[-2] == min(t + 1, sinks + window) for layer in cache.layers)
@@ -52,7 +52,7 @@ def test_keys_are_rerotated_to_their_slots():
     cache = sink_cache(model, 2, 6)
     with torch.no_grad():
         for t in tokens:
-            model(input_ids=torch.tensor([[t]]), past_key_values=cache, use_cache=True)
+            model(input_ids=torch.tensor([[t]]), cache=cache, use_cache=True)
             evict_all(cache)
         kept = tokens[:2] + tokens[-6:]
         attn = model.model.layers[0].self_attn

@@ -50,7 +50,7 @@ def streaming_generate(model, prompt: list[int], max_new_tokens: int, n_sink: in
         while len(out) < max_new_tokens:
             for s in range(0, len(feed), window):  # a long prompt goes in window-sized pieces
                 piece = torch.tensor([feed[s : s + window]], device=device)
-                logits = model(input_ids=piece, past_key_values=cache, use_cache=True).logits[0, -1]
+                logits = model(input_ids=piece, cache=cache, use_cache=True).logits[0, -1]
                 evict_all(cache)
             out.append(int(logits.argmax()))
             feed = out[-1:]

@@ -38,7 +38,7 @@ def _forward(model, cache, ids: list[int]):
 
     from llm4all.models.device import model_device
 
-    out = model(input_ids=torch.tensor([ids], device=model_device(model)), past_key_values=cache,
+    out = model(input_ids=torch.tensor([ids], device=model_device(model)), cache=cache,
                 use_cache=True)
     return out.logits[0]
 
