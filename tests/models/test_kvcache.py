@@ -108,8 +108,16 @@ def test_int8_cache_tracks_the_fp32_cache_and_crops(net):
     cache = kv_cache(model, "int8", group_size=32, residual=32)
     with torch.no_grad():
         model(input_ids=ids[:, :100], cache=cache, use_cache=True)
-    kvcache.keep_first(cache, 70)  # into the quantised part: re-quantised from the dequantised values
-    assert cache.get_seq_length() == 70 and cache.layers[0].n_quantized == 64
+    blocks = list(cache.layers[0].quantized)
+    kvcache.keep_first(cache, 70)  # into the third block: two kept as they are, 6 tokens de-quantised
+    layer = cache.layers[0]
+    assert cache.get_seq_length() == 70 and layer.n_quantized == 64 and layer.keys.shape[-2] == 6
+    assert layer.quantized[0] is blocks[0] and layer.quantized[1] is blocks[1]
+    kvcache.keep_first(cache, 20)  # into the first block: nothing quantised is left
+    assert layer.n_quantized == 0 and layer.keys.shape[-2] == 20 and not layer.quantized
+    with torch.no_grad():  # and it goes on: 30 more tokens make a full residual, flushed as a block
+        model(input_ids=ids[:, 20:50], cache=cache, use_cache=True)
+    assert layer.n_quantized == 32 and layer.keys.shape[-2] == 18
 
 
 def test_kv_dtype_errors(net):

@@ -147,17 +147,23 @@ class KiviLayer(DynamicLayer):
         return self.n_quantized + self.keys.shape[-2]
 
     def keep_first(self, n: int) -> None:
-        """Forget every token after the first ``n`` (whole quantised blocks stay as they are)."""
+        """Forget every token after the first ``n``. Whole quantised blocks before ``n`` stay as
+        they are; the first tokens of the block ``n`` falls in are de-quantised into the residual
+        (fewer than ``residual``), to be quantised again when it fills: the one place a value is
+        rounded twice (a chat whose template rewrote an already quantised turn)."""
         if not self.is_initialized or n >= self.get_seq_length():
             return
         if n >= self.n_quantized:
             m = n - self.n_quantized
             self.keys, self.values = self.keys[..., :m, :], self.values[..., :m, :]
             return
-        keys, values = self._dequantized(self.keys.dtype)
-        self.quantized, self.n_quantized = [], 0
-        self.keys, self.values = keys[..., :n, :], values[..., :n, :]
-        self._flush()
+        whole, part = divmod(n, self.residual)
+        dtype = self.keys.dtype
+        block = self.quantized[whole]
+        keys = dequantize(*block[:3], self.bits, -2, dtype)[..., :part, :]
+        values = dequantize(*block[3:], self.bits, -1, dtype)[..., :part, :]
+        self.quantized, self.n_quantized = self.quantized[:whole], whole * self.residual
+        self.keys, self.values = keys, values
 
     def crop(self, tokens_to_remove: int) -> None:
         n = self.get_seq_length()
