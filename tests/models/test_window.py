@@ -128,3 +128,15 @@ def test_train_with_a_window_and_sinks_saves_a_mistral_that_reloads_with_them(tm
         from llm4all.export.gguf import export_gguf
 
         export_gguf(saved, tmp_path / "x.gguf")
+
+
+def test_padded_batches_score_as_their_rows_alone(tiny_model):
+    """eval tasks pads rows to one length: the sinks mask keeps the 2-D padding mask's meaning."""
+    net = with_window(load(str(tiny_model))[0], 6, 2)
+    x = ids_(2, 20)
+    padding = torch.ones(2, 20, dtype=torch.long)
+    padding[1, 12:] = 0  # the second row is 12 tokens, right-padded
+    with torch.no_grad():
+        both = net(input_ids=x, attention_mask=padding, use_cache=False).logits
+        alone = net(input_ids=x[1:, :12], use_cache=False).logits
+    assert torch.allclose(both[1, :12], alone[0], atol=1e-5) and torch.isfinite(both).all()
