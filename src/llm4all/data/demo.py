@@ -48,6 +48,23 @@ def outside_corpus_path() -> Path:
     return demo_corpus_path(OUTSIDE)
 
 
+def shipped_file(relative: Path) -> Path:
+    """A data file the repository ships (``data/...``): beside the package source, or under the
+    cwd; the first candidate when neither exists (so an error names where it belongs)."""
+    candidates = [Path(__file__).resolve().parents[3] / relative, Path.cwd() / relative]
+    return next((p for p in candidates if p.is_file()), candidates[0])
+
+
+def write_records(path: Path, records: list[dict]) -> Path:
+    """Write ``records`` as a zstd JSONL file (atomically, through ``DocumentWriter``)."""
+    from llm4all.data.writers import DocumentWriter
+
+    with DocumentWriter(path) as writer:
+        for r in records:
+            writer.write(r)
+    return path
+
+
 def demo_corpus_path(snapshot: Path | None = None) -> Path:
     """The committed demo snapshot: ``data/demo`` beside the package source, or under the cwd."""
     snapshot = snapshot or SNAPSHOT

@@ -139,19 +139,18 @@ SHIPPED = Path("data") / "sft" / "docs-qa.jsonl.zst"
 
 def shipped_path() -> Path:
     """The shipped set, data/sft/docs-qa.jsonl.zst beside the package source (or under the cwd)."""
-    candidates = [Path(__file__).resolve().parents[3] / SHIPPED, Path.cwd() / SHIPPED]
-    return next((p for p in candidates if p.is_file()), candidates[0])
+    from llm4all.data.demo import shipped_file
+
+    return shipped_file(SHIPPED)
 
 
 def main(out: Path | None = None) -> Path:
     """Rebuild the instruction set from the demo corpus and write it (zstd JSONL)."""
-    from llm4all.data.writers import DocumentWriter
+    from llm4all.data.demo import write_records
 
     out = Path(out or shipped_path())
     records = build()
-    with DocumentWriter(out) as writer:
-        for r in records:
-            writer.write(r)
+    write_records(out, records)
     print(f"{out}: {len(records):,} conversations")
     return out
 
