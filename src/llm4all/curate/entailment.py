@@ -127,12 +127,9 @@ def prompt_pieces(tokenizer) -> tuple[list[int], list[int], list[int], bool]:
     """Token ids before the document, between it and the summary, and after the summary; and
     whether the prompt ends in whitespace (chat-formatted when the tokenizer has a template)."""
     doc_mark, sum_mark = "\x00DOC\x00", "\x00SUM\x00"
-    prompt = FACT_PROMPT.format(document=doc_mark, summary=sum_mark)
-    if getattr(tokenizer, "chat_template", None):
-        rendered = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                                 tokenize=False, add_generation_prompt=True)
-    else:
-        rendered = prompt + "\nAnswer:"
+    from llm4all.curate.signals.model import as_user_turn
+
+    rendered = as_user_turn(tokenizer, FACT_PROMPT.format(document=doc_mark, summary=sum_mark), "\nAnswer:")
     head, rest = rendered.split(doc_mark)
     middle, tail = rest.split(sum_mark)
     head_ids, middle_ids, tail_ids = _encode(tokenizer, [head, middle, tail])

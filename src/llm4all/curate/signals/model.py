@@ -168,6 +168,15 @@ def perplexity(texts: list[str], model: str = "smollm2-135m", dtype: str = "bflo
     return {"ppl": np.exp(nll), "nll": nll, "ppl_tokens": n}
 
 
+def as_user_turn(tokenizer, prompt: str, plain_suffix: str) -> str:
+    """``prompt`` as one user turn of the tokenizer's chat template, ending with the assistant's
+    header (``add_generation_prompt``); without a template, ``prompt + plain_suffix``."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                             tokenize=False, add_generation_prompt=True)
+    return prompt + plain_suffix
+
+
 def ask_llm_pieces(tokenizer) -> tuple[list[int], list[int], bool]:
     """Token ids before and after the document, and whether the prompt ends in whitespace.
 
@@ -176,12 +185,7 @@ def ask_llm_pieces(tokenizer) -> tuple[list[int], list[int], bool]:
     SmolLM2 ``<|im_start|>assistant\\n``). Without one: the plain prompt plus a newline.
     """
     sentinel = "\x00DOC\x00"
-    prompt = ASK_LLM_PROMPT.format(text=sentinel)
-    if getattr(tokenizer, "chat_template", None):
-        rendered = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                                 tokenize=False, add_generation_prompt=True)
-    else:
-        rendered = prompt + "\n"
+    rendered = as_user_turn(tokenizer, ASK_LLM_PROMPT.format(text=sentinel), "\n")
     head, tail = rendered.split(sentinel)
     head_ids, tail_ids = _encode(tokenizer, [head, tail])
     return head_ids, tail_ids, rendered[-1:].isspace()
