@@ -122,11 +122,17 @@ def weight_bytes(model) -> int:
     return total
 
 
-def decode_energy(model, dtype: str, new_tokens: int, kv_dtype: str = "auto", prompt: int = 32) -> dict:
-    """Joules per decoded token at batch 1: RAPL around a decode run where readable, else an estimate."""
+def decode_energy(model, dtype: str, new_tokens: int, kv_dtype: str = "auto", prompt: int = 32,
+                  decoded: dict | None = None) -> dict:
+    """Joules per decoded token at batch 1: RAPL around a decode run where readable, else an
+    estimate. ``decoded``: a batch-1 ``decode_speed`` result of the same run, whose cache size
+    the estimate reuses instead of decoding again."""
     from llm4all.evaluate.energy import Rapl, compute_type, estimate
 
     rapl = Rapl.find()
+    if rapl is None and decoded is not None:
+        return estimate(model.config, weight_bytes=weight_bytes(model), context=prompt + new_tokens // 2,
+                        kv_bytes_per_token=decoded["kv_bytes_per_token"], compute=compute_type(dtype))
     before = rapl.read() if rapl is not None else None
     start = _clock(model)
     run = decode_speed(model, new_tokens, 1, prompt, repeats=1, kv_dtype=kv_dtype)
@@ -250,7 +256,8 @@ def main(
                 r["decode"].append(decode_speed(net, new_tokens, b, repeats=repeats, kv_dtype=kv_dtype))
                 advance()
             if energy:
-                r["energy"] = decode_energy(net, dtype, new_tokens, kv_dtype)
+                b1 = next((d for d in r["decode"] if d["batch"] == 1), None)  # the estimate needs no rerun
+                r["energy"] = decode_energy(net, dtype, new_tokens, kv_dtype, decoded=b1)
             if memory:
                 r["memory"] = peak_memory(model, dtype, max(lengths), max(batch_sizes), new_tokens, where)
                 advance()
