@@ -3,22 +3,28 @@ driver's memory stays flat, and its MinHash catches at least as many planted cop
 datatrove's MinHash pipeline on the same input.
 
 Inputs (built once in --work): **1×** the demo corpus (4,252 documents) plus `llm4all plant`
-documents (5% per original: exact and near copies, junk), and **4×**: four variants of the
-corpus (the original and three with 35% of their words edited, so no variant is a near copy of
-another) each with its own planted documents. The pipeline is the quickstart's (eight signals,
-the published Gopher/C4 filter on English, exact dedup, MinHash at Jaccard 0.8), run as a
-fresh `llm4all curate` process with the local engine (2 worker processes) and with Ray (1 and
-2 workers). Reported per run: documents/s (read ÷ wall time of the command), the driver's
-peak RSS (summary.json: VmHWM of the curate process; Ray's own workers are other processes),
-and recall: the fraction of planted (copy, original) pairs of which one was removed. A last
-llm4all row runs MinHash at Jaccard 0.72, the middle of the S-curve of datatrove's 14 × 8 bands,
-for recall at the same threshold.
+documents (5% per original: exact and near copies, junk); **2×** and **4×**: two and four
+variants of the corpus (the original and others with 35% of their words edited, so no variant
+is a near copy of another) each with its own planted documents. The pipeline is the
+quickstart's (eight signals, the published Gopher/C4 filter on English, exact dedup, MinHash at
+Jaccard 0.8), run as a fresh `llm4all curate` process (its signal cache removed first: every
+run computes everything) with the local engine (2 worker processes) and with Ray (a local
+instance of 1 and of 2 CPUs, started and stopped by the command). Reported per run:
+documents/s over the command's wall time and over the pipeline's own time (summary.json
+``seconds.total``: without the interpreter's and Ray's start and stop), the driver's peak RSS
+(VmHWM of the curate process; Ray's workers are other processes) and, sampled every 20 ms, its
+peak private memory (RssAnon + RssFile) and the Ray object-store pages it touched (RssShmem:
+shared memory owned by Ray's object store, bounded by its capacity, not by the corpus), and
+recall: the fraction of planted (copy, original) pairs of which one was removed. A last
+llm4all row runs MinHash at Jaccard 0.72, the middle of the S-curve of datatrove's 14 × 8
+bands, for recall at the same threshold.
 
 Peer: datatrove's MinHash deduplication (signatures → buckets → clusters → filter, its
 defaults: word 5-grams, 14 buckets × 8 hashes, 64-bit SHA-1 shingle hashes as its xxhash path
 fails with the installed xxhash; LocalPipelineExecutor with 2 workers; spacy's tokenizer) on the
 same documents; its docs/s covers the four stages, its recall the planted copies it removed.
-Prints one row per run and last the ratio of Ray 2 workers to Ray 1 worker on 4×.
+Prints one row per run, the driver's memory growth per doubling of the input, and last the
+ratio of Ray 2 workers to Ray 1 worker on 4× (documents/s over the command's wall time).
 
     .venv/bin/pip install -e ".[bench]"     # datatrove and what its MinHash needs
     flock /tmp/llm4all-bench.lock .venv/bin/python benchmarks/curate_scale.py [--work DIR]
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import subprocess
 import sys
@@ -49,7 +56,7 @@ def build(work: Path) -> dict[str, list[Path]]:
     from llm4all.data.readers import read_documents
     from llm4all.data.writers import write_documents
 
-    inputs: dict[str, list[Path]] = {"1x": [], "4x": []}
+    inputs: dict[str, list[Path]] = {"1x": [], "2x": [], "4x": []}
     docs = list(read_documents(ROOT / "data/demo"))
     vocab = sorted({w for d in docs[:500] for w in d.text.split()})
     for k in range(4):
@@ -64,6 +71,8 @@ def build(work: Path) -> dict[str, list[Path]]:
             write_documents(planted, [Document(f"{d.id}/v{k}", d.text, d.meta)  # ids unique per variant
                                       for d in read_documents(raw)])
         inputs["4x"] += [variant, planted]
+        if k < 2:
+            inputs["2x"] += [variant, planted]
         if k == 0:
             inputs["1x"] = [variant, planted]
     return inputs
@@ -80,8 +89,21 @@ def run_llm4all(files: list[Path], out: Path, engine: str, workers: int, thresho
     pipeline = [x.replace("threshold: 0.8", f"threshold: {threshold}") for x in PIPELINE]
     cmd = [sys.executable, "-m", "llm4all", "-q", "curate", *map(str, files), "--out", str(out),
            "--engine", engine, "--workers", str(workers), *pipeline]
+    subprocess.run(["rm", "-rf", str(out.parent / f".{out.name}.cache")], check=True)  # no cached signals
     start = time.perf_counter()
-    subprocess.run(cmd, check=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    peak = {"private": 0, "shared": 0}
+    while proc.poll() is None:  # the driver's private and shared (object-store) pages, every 20 ms
+        try:
+            status = dict(x.split(":", 1) for x in Path(f"/proc/{proc.pid}/status").read_text().splitlines())
+            kib = {k: int(status[k].split()[0]) for k in ("RssAnon", "RssFile", "RssShmem")}
+        except (OSError, KeyError, ValueError):  # exiting
+            break
+        peak["private"] = max(peak["private"], kib["RssAnon"] + kib["RssFile"])
+        peak["shared"] = max(peak["shared"], kib["RssShmem"])
+        time.sleep(0.02)
+    if proc.wait():
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode})")
     seconds = time.perf_counter() - start
     summary = json.loads((out / "summary.json").read_text())
     import zstandard
@@ -89,7 +111,9 @@ def run_llm4all(files: list[Path], out: Path, engine: str, workers: int, thresho
     removed = zstandard.ZstdDecompressor().stream_reader((out / "removed.jsonl.zst").read_bytes()).read()
     removed_ids = {json.loads(x)["id"] for x in removed.decode().splitlines()}
     return {"docs_per_s": summary["read"] / seconds, "seconds": seconds, "read": summary["read"],
-            "driver_mib": summary.get("driver_peak_rss_mib"), "removed": removed_ids}
+            "pipeline_docs_per_s": summary["read"] / summary["seconds"]["total"],
+            "driver_mib": summary.get("driver_peak_rss_mib"), "private_mib": peak["private"] / 1024,
+            "shared_mib": peak["shared"] / 1024, "removed": removed_ids}
 
 
 def run_datatrove(files: list[Path], out: Path, workers: int = 2) -> dict:
@@ -135,16 +159,17 @@ def run_datatrove(files: list[Path], out: Path, workers: int = 2) -> dict:
     removed = {d.id for d in read_documents(out / "removed")} if (out / "removed").exists() else set()
     kept = sum(1 for _ in read_documents(out / "kept"))
     return {"docs_per_s": (kept + len(removed)) / seconds, "seconds": seconds, "read": kept + len(removed),
-            "driver_mib": None, "removed": removed}
+            "pipeline_docs_per_s": None, "driver_mib": None, "removed": removed}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/llm4all-curate-scale"))
-    parser.add_argument("--sizes", default="1x,4x")
+    parser.add_argument("--sizes", default="1x,2x,4x")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     inputs = build(args.work)
+    print(f"load average before: {os.getloadavg()[0]:.2f}", flush=True)
     rows = {}
     for size in args.sizes.split(","):
         files = inputs[size]
@@ -162,12 +187,26 @@ def main() -> None:
             # keeps the later document of a cluster, llm4all the first)
             recall = sum(c in removed or o in removed for c, o in copies.items()) / max(len(copies), 1)
             rows[(size, name)] = {**r, "recall": recall}
-            mib = f"{r['driver_mib']:.0f} MiB" if r["driver_mib"] else "-"
-            print(f"{size:<3} {name:<30} {r['read']:>7,} docs  {r['docs_per_s']:>8,.0f} docs/s  "
-                  f"driver {mib:>8}  planted-copy recall {recall:.3f} ({len(copies)} copies)", flush=True)
+            memory = (f"driver {r['driver_mib']:.0f} MiB (private {r['private_mib']:.0f}, "
+                      f"object store {r['shared_mib']:.0f})" if r["driver_mib"] else "")
+            inner = r["pipeline_docs_per_s"]
+            pipeline = f" ({inner:,.0f} in the pipeline)" if inner else ""
+            print(f"{size:<3} {name:<29} {r['read']:>7,} docs {r['docs_per_s']:>6,.0f} docs/s{pipeline:<24} "
+                  f"recall {recall:.3f} ({len(copies)} copies)  {memory}", flush=True)
+    sizes = [s for s in ("1x", "2x", "4x") if (s, "ray, 2 workers") in rows]
+    for name in ("local, 2 processes", "ray, 1 worker", "ray, 2 workers"):
+        steps = []
+        for a, b in zip(sizes, sizes[1:], strict=False):
+            rss, private = (rows[(b, name)][k] / rows[(a, name)][k] - 1
+                            for k in ("driver_mib", "private_mib"))
+            steps.append(f"{a}->{b} peak RSS {rss:+.1%}, private {private:+.1%}")
+        print(f"driver memory per doubling, {name}: " + ", ".join(steps))
     if ("4x", "ray, 1 worker") in rows and ("4x", "ray, 2 workers") in rows:
-        ratio = rows[("4x", "ray, 2 workers")]["docs_per_s"] / rows[("4x", "ray, 1 worker")]["docs_per_s"]
-        print(f"ratio (4x, ray 2 workers / 1 worker docs/s): {ratio:.2f}")
+        one, two = rows[("4x", "ray, 1 worker")], rows[("4x", "ray, 2 workers")]
+        inner = two["pipeline_docs_per_s"] / one["pipeline_docs_per_s"]
+        print(f"4x, ray 2 workers / 1 worker docs/s, pipeline time: {inner:.2f}")
+        print(f"ratio (4x, ray 2 workers / 1 worker docs/s, command wall time): "
+              f"{two['docs_per_s'] / one['docs_per_s']:.2f}")
 
 
 if __name__ == "__main__":

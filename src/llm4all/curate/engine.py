@@ -12,9 +12,11 @@ loaded once and uses all the threads torch gives it.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Literal
@@ -65,20 +67,64 @@ class ShardCache:
             np.savez(f, **columns)
 
 
-WINDOW_PER_WORKER = 2  # shards per worker sent at a time: bounds the texts in flight
+WINDOW_PER_WORKER = 2  # tasks per worker in flight at a time: bounds the texts in flight
 
 
-def compute_table(ids: list[str], texts: Sequence[str], specs: list, *, engine: Engine = "local",
-                  workers: int = 2, shard_docs: int = 1000, cache: ShardCache | None = None,
-                  progress: Callable[[int], None] | None = None,
-                  ray_address: str | None = None) -> tuple[dict[str, np.ndarray], dict]:
+class Workers:
+    """Where per-document work runs: a pool of ``workers`` processes (engine local, started on
+    first use and shared by every stage of the run) or Ray (a local instance of ``workers`` CPUs,
+    or the cluster at ``ray_address``). ``map`` streams: at most ``WINDOW_PER_WORKER`` items per
+    worker are out at once, so the driver holds a window's arguments, whatever the input size."""
+
+    def __init__(self, engine: Engine = "local", workers: int = 2, ray_address: str | None = None):
+        self.engine, self.workers, self.address = engine, workers, ray_address
+        self._pool = None
+
+    def ray(self):
+        """The connected ``ray`` module (engine ray)."""
+        return connect_ray(self.workers, self.address)
+
+    def map(self, fn: Callable, items: Iterable, inline: bool = False) -> Iterator:
+        """``fn(item)`` for each item, in order; ``fn`` must be importable by the workers (a
+        module-level function). ``inline``: run here (a single item is not worth a process)."""
+        if self.engine == "ray" and not inline:
+            ray = self.ray()
+            task = ray.remote(fn)
+            yield from ray_stream(ray, task.remote, items, WINDOW_PER_WORKER * ray_parallelism(ray))
+        elif self.workers > 1 and not inline:
+            if self._pool is None:
+                self._pool = get_context("spawn").Pool(self.workers)
+            items = iter(items)
+            while part := list(itertools.islice(items, WINDOW_PER_WORKER * self.workers)):
+                yield from self._pool.map(fn, part)
+        else:
+            yield from map(fn, items)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool.join()
+            self._pool = None
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def compute_table(ids: list[str], texts: Sequence[str], specs: list, executor: Workers,
+                  shard_docs: int = 1000, cache: ShardCache | None = None, *,
+                  progress: Callable[[int], None] | None = None) -> tuple[dict[str, np.ndarray], dict]:
     """Signal columns for all documents, computed shard by shard; returns (table, stats).
 
     ``texts`` may be lazy (``store.TextView``): a shard's texts are read when the shard is
-    hashed for the cache and again when it is computed, and shards go to the workers a window
-    of ``WINDOW_PER_WORKER × workers`` at a time, so the texts in memory (and in the pool's or
-    Ray's queue) are a window's, whatever the corpus size. ``ray_address`` (engine ray): join
-    that cluster (``auto``, or ``HOST:PORT`` of its head) instead of starting a local instance."""
+    hashed for the cache and again when it goes to a worker (``Workers.map``: a window in
+    flight), so the texts in memory (and in the pool's or Ray's queue) are a window's, whatever
+    the corpus size. On Ray the window slides (a shard goes out as soon as one comes back:
+    ``ray_stream``); per-document signals run in Ray tasks, model signals in a pool of actors that
+    load the model once for the whole run; locally, model signals run here, batched, with all
+    of torch's threads."""
     from llm4all.curate.signals.compute import resolve
 
     plan = resolve(specs)
@@ -87,49 +133,34 @@ def compute_table(ids: list[str], texts: Sequence[str], specs: list, *, engine: 
     bounds = [(i, min(i + shard_docs, len(ids))) for i in range(0, len(ids), shard_docs)]
     stats = {"shards": len(bounds), "cached": 0, "computed": 0, "seconds": {}}
     parts: list[dict[str, np.ndarray]] = [{} for _ in bounds]
-    pool = None
-    try:
-        for group, runner in ((per_doc, "per_doc"), (batched, "batched")):
-            if not group:
-                continue
-            start = time.perf_counter()
-            todo = []
-            for n, (a, b) in enumerate(bounds):
-                key = _key(group, ids[a:b], texts[a:b])
-                hit = cache.get(key) if cache else None
-                if hit is not None:
-                    parts[n].update(hit)
-                    stats["cached"] += 1
-                else:
-                    todo.append((n, key, a, b))
-            # model signals (batched) run in Ray actors that load the model once, else in the driver
-            parallel = engine == "ray" or (runner == "per_doc" and workers > 1 and len(todo) > 1)
-            if parallel and engine == "local" and pool is None:
-                pool = get_context("spawn").Pool(min(workers, len(todo)))
-            window = WINDOW_PER_WORKER * workers if parallel else 1
-            for w in range(0, len(todo), window):
-                part = todo[w:w + window]
-                payload = [(texts[a:b], group) for _, _, a, b in part]
-                if not parallel:
-                    results = [_shard_signals(x) for x in payload]
-                elif engine == "ray":
-                    results = _ray_map([t for t, _ in payload], group, workers, ray_address,
-                                       actors=runner == "batched")
-                    stats["ray"] = ray_cluster(ray_address)
-                else:
-                    results = pool.map(_shard_signals, payload)
-                for (n, key, a, b), columns in zip(part, results, strict=True):
-                    parts[n].update(columns)
-                    if cache:
-                        cache.put(key, columns)
-                    stats["computed"] += 1
-                    if progress:
-                        progress(b - a)
-            stats["seconds"][runner] = round(time.perf_counter() - start, 2)
-    finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
+    for group, runner in ((per_doc, "per_doc"), (batched, "batched")):
+        if not group:
+            continue
+        start = time.perf_counter()
+        todo = []
+        for n, (a, b) in enumerate(bounds):
+            key = _key(group, ids[a:b], texts[a:b])
+            hit = cache.get(key) if cache else None
+            if hit is not None:
+                parts[n].update(hit)
+                stats["cached"] += 1
+            else:
+                todo.append((n, key, a, b))
+        shards = ((texts[a:b], group) for _, _, a, b in todo)  # read one at a time, as they go out
+        if executor.engine == "ray" and runner == "batched" and todo:
+            results = _ray_actor_signals(executor.ray(), shards)
+        else:
+            results = executor.map(_shard_signals, shards, inline=runner == "batched" or len(todo) < 2)
+        for (n, key, a, b), columns in zip(todo, results, strict=True):
+            parts[n].update(columns)
+            if cache:
+                cache.put(key, columns)
+            stats["computed"] += 1
+            if progress:
+                progress(b - a)
+        if executor.engine == "ray" and todo:
+            stats["ray"] = ray_cluster(executor.address)
+        stats["seconds"][runner] = round(time.perf_counter() - start, 2)
     columns = [c for _, fn, _ in plan for c in fn.columns]
     table = {c: np.concatenate([p[c] for p in parts]) if parts else np.zeros(0) for c in columns}
     return table, stats
@@ -173,11 +204,16 @@ def connect_ray(workers: int, address: str | None = None):
             raise UserError(f"--ray-address {address}: cannot join a Ray cluster there ({first}); "
                             f"{hint}") from None
         _RAY["connected"] = want
+    context = ray.data.DataContext.get_current()  # imports ray.data, which sets up its logger
+    # sort-based shuffles run in tasks (warm worker processes); the hash shuffle starts actors per
+    # operation: 1-3 s each at 20k rows, and half the speed at 2M rows on 2 CPUs (docs/curate.md)
+    context.shuffle_strategy = ray.data.context.ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
     if not os.environ.get("LLM4ALL_VERBOSE"):  # Ray Data's progress lines and INFO logs: with -v only
         import logging
 
+        context.enable_progress_bars = False
         logging.getLogger("ray").setLevel(logging.WARNING)
-        ray.data.DataContext.get_current().enable_progress_bars = False
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # not even "progress bars disabled"
     return ray
 
 
@@ -191,31 +227,86 @@ def ray_cluster(address: str | None) -> dict:
             "cpus": int(ray.cluster_resources().get("CPU", 0))}
 
 
-class ShardSignals:
-    """A Ray Data actor computing one shard's signals per row; model signals (perplexity,
-    Ask-LLM) load their model once per actor and keep it (``signals.model.cached_model``)."""
-
-    def __init__(self, specs: list):
-        self.specs = specs
-
-    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        columns = _shard_signals((list(row["texts"]), self.specs))
-        return {"shard": row["shard"], "columns": {k: v.tolist() for k, v in columns.items()}}
+_END = object()
 
 
-def _ray_map(shards: list[list[str]], specs: list, workers: int, address: str | None = None,
-             actors: bool = False) -> list[dict[str, np.ndarray]]:
-    """Compute shards with Ray Data (one row per shard), results in shard order: in tasks, or
-    with ``actors`` in a pool of ``workers`` actors (model signals: one model load per actor)."""
-    if not shards:
-        return []
-    ray = connect_ray(workers, address)
-    rows = [{"shard": i, "texts": texts} for i, texts in enumerate(shards)]
-    ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-    if actors:
-        out = ds.map(ShardSignals, fn_constructor_args=(specs,),
-                     concurrency=min(workers, len(rows))).take_all()
-    else:
-        out = ds.map(ShardSignals(specs)).take_all()
-    out.sort(key=lambda r: r["shard"])
-    return [{k: np.asarray(v, dtype=np.float64) for k, v in r["columns"].items()} for r in out]
+def ray_parallelism(ray) -> int:
+    """The CPUs of the cluster the driver is connected to (at least 1)."""
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def ray_stream(ray, submit: Callable[[Any], Any], items: Iterable, in_flight: int,
+               done: Callable[[Any], Any] | None = None) -> Iterator:
+    """``done(submit(item))`` for each item, in order, with at most ``in_flight`` tasks out.
+
+    ``submit`` starts a Ray task and returns its reference(s); ``done`` (default ``ray.get``)
+    turns them into the result. An item is taken from ``items`` (e.g. a shard's texts read
+    from the store) only when a slot is free, so the driver and the object store hold the
+    arguments of ``in_flight`` tasks, whatever the number of items, and the workers never wait
+    for a window's slowest task (the window slides; Ray's "pipelining with ray.wait" pattern).
+    """
+    finish = done or ray.get
+    pending: deque = deque()
+    items = iter(items)
+    while True:
+        if len(pending) >= in_flight:  # a slot first, then the next item
+            yield finish(pending.popleft())
+        item = next(items, _END)
+        if item is _END:
+            break
+        pending.append(submit(item))
+    while pending:
+        yield finish(pending.popleft())
+
+
+def shuffle_partitions(ray, rows: int, per_partition: int = 1_000_000) -> int:
+    """Partitions for a Ray Data hash shuffle of ``rows`` rows: two per CPU of the cluster, or
+    more when that would put over ``per_partition`` rows in one (Ray's default, 200, costs
+    seconds of start-up at the sizes one machine curates)."""
+    return max(2 * ray_parallelism(ray), -(-rows // per_partition))
+
+
+FILTER_BLOCK = 8192  # documents (their ids and signal rows) per Ray task
+
+
+def _filter_block(fn: Callable[..., list], options: dict[str, Any], ids: list[str],
+                  table: dict[str, np.ndarray]) -> list:
+    """Ray task: one block's decisions."""
+    return fn(ids, table, **options)
+
+
+def filter_on_ray(ray, fn: Callable[..., list], options: dict[str, Any], ids: list[str],
+                  table: Mapping[str, np.ndarray]) -> list:
+    """The filter ``fn(ids, table, **options)`` in Ray tasks over blocks of ``FILTER_BLOCK``
+    documents (their ids and signal rows; a sliding window of blocks in flight): the same
+    decisions as one call over all of them, as a filter judges each row by itself."""
+    table = dict(table)
+    fn(ids[:0], {c: v[:0] for c, v in table.items()}, **options)  # a wrong column or option: a
+    task = ray.remote(_filter_block)  # UserError here, not a Ray task's traceback
+    blocks = ray_stream(ray, lambda a: task.remote(fn, options, ids[a:a + FILTER_BLOCK],
+                                                   {c: v[a:a + FILTER_BLOCK] for c, v in table.items()}),
+                        range(0, len(ids), FILTER_BLOCK), WINDOW_PER_WORKER * ray_parallelism(ray))
+    return [d for block in blocks for d in block]
+
+
+class ShardSignalsActor:
+    """A Ray actor computing shards' signals; model signals (perplexity, Ask-LLM) load their
+    model once per actor and keep it (``signals.model.cached_model``)."""
+
+    def signals(self, item: tuple[list[str], list]) -> dict[str, np.ndarray]:
+        return _shard_signals(item)
+
+
+def _ray_actor_signals(ray, shards: Iterator[tuple[list[str], list]]) -> Iterator[dict]:
+    """Each (texts, specs) shard's signal columns, in order, from a pool of one Ray actor per
+    CPU (at most one shard each in flight), each loading the model once for the whole run."""
+    from ray.util import ActorPool
+
+    actor = ray.remote(ShardSignalsActor)
+    pool = ActorPool([actor.remote() for _ in range(ray_parallelism(ray))])
+    for shard in shards:
+        if not pool.has_free():
+            yield pool.get_next()
+        pool.submit(lambda a, x: a.signals.remote(x), shard)
+    while pool.has_next():
+        yield pool.get_next()

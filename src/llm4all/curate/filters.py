@@ -3,7 +3,8 @@
 ``published`` applies the cut-offs that production pipelines published (Gopher, Rae et al.
 2021 app. A.1.1 and table A1; C4, Raffel et al. 2020 sec. 2.2), as collected in
 ``llm4all.curate.signals.heuristics.THRESHOLDS``, to whichever of those columns the pipeline
-computed. ``bounds`` applies the user's own ``{column: [min, max]}``.
+computed. ``bounds`` applies the user's own ``{column: [min, max]}``. A filter judges each
+document by its own signals, so on Ray it runs in blocks of documents (``engine.filter_on_ray``).
 """
 
 from __future__ import annotations
@@ -69,3 +70,4 @@ def user_bounds(ids: list[str], table: Mapping[str, np.ndarray],
             raise UserError(f"filter 'bounds': {col}: expected [min, max], got {pair!r}")
         parsed[col] = (pair[0], pair[1], "user")
     return bound_decisions(ids, table, parsed, "bounds")
+

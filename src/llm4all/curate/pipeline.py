@@ -37,7 +37,7 @@ import numpy as np
 
 from llm4all.curate import curriculum as curricula
 from llm4all.curate import mixture as mixtures
-from llm4all.curate.engine import Engine, ShardCache, compute_table, connect_ray
+from llm4all.curate.engine import Engine, ShardCache, Workers, compute_table
 from llm4all.curate.formats import check_format, column_values, format_columns, record_parser
 from llm4all.curate.reading import Ledger, read_all
 from llm4all.curate.step import Step, build_step, check_decisions
@@ -115,27 +115,27 @@ def main(
     start = time.perf_counter()
 
     with (device_env(device), atomic_dir(out) as tmp, DocStore(out.parent) as docs,
+          Workers(engine, workers, ray_address) as executor,
           document_writer(tmp / "removed.jsonl.zst", out_shard_docs) as removed_writer):
         ledger = Ledger(removed_writer)
-        # 1. read (texts go to the store's file: the driver keeps ids, meta and lengths)
+        # 1. read (texts go to the store's file: the driver keeps ids and offsets)
         t0 = time.perf_counter()
         rejects = tmp / ("rejects" if out_shard_docs else "rejects.jsonl")
         rejected = read_all(docs, data, text_key, skip_bad, max_docs, ledger, rejects,
-                            lang_id == "model", out_shard_docs, record_parser(format))
+                            lang_id == "model", out_shard_docs, record_parser(format), executor)
         read, ids = len(docs) + rejected, docs.ids
         timings["read"] = time.perf_counter() - t0
 
         # 2. signals
         t0 = time.perf_counter()
-        table, engine_stats = compute_table(ids, docs.texts(), signals, engine=engine, workers=workers,
-                                            shard_docs=shard_docs, cache=cache, ray_address=ray_address)
+        table, engine_stats = compute_table(ids, docs.texts(), signals, executor, shard_docs, cache)
         table.update(column_values(format, docs.texts(), docs.metas))
         timings["signals"] = time.perf_counter() - t0
         _write_signals(tmp / "signals.parquet", ids, table)
 
         # 3. steps
-        ray = connect_ray(workers, ray_address) if engine == "ray" else None
-        keep, step_rows = run_steps(built, steps, docs, table, ledger, ray)
+        keep, step_rows = run_steps(built, steps, docs, table, ledger,
+                                    executor.ray() if engine == "ray" else None)
         timings.update({row["step"]: row["seconds"] for row in step_rows})
 
         # 4. outputs

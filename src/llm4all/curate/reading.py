@@ -1,7 +1,8 @@
 """Reading a curate run's input into its document store, every rejected record in the ledger.
 
 ``read_all`` streams the documents (or conversations) of every input file into the on-disk
-``DocStore``, a block at a time, identifying their languages on the way; a malformed record is
+``DocStore``, identifying their languages on the way (blocks of documents on the run's
+workers while the next ones are read); a malformed record is
 an error, or with ``--skip-bad`` a removal at step ``read`` written to the ledger with its file,
 line and reason. ``Ledger`` counts and writes every removal of the run so that kept + removed ==
 read can be checked at the end.
@@ -10,11 +11,12 @@ read can be checked at the end.
 from __future__ import annotations
 
 import json
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from llm4all.curate.engine import Workers
 from llm4all.curate.store import DocStore
 from llm4all.data.document import Document
 from llm4all.data.readers import Parse
@@ -35,12 +37,11 @@ class Ledger:
         self.writer.write({**doc, "step": step, "reason": reason})
 
 
-def identify_languages(docs: list[Document]) -> list[Document]:
-    """Set each document's meta.lang (and lang_score) to what lid.176 identifies (data/langid.py);
-    a different language the input declared stays in meta.lang_declared."""
-    from llm4all.data.langid import identify
-
-    for doc, (lang, score) in zip(docs, identify([d.text for d in docs]), strict=True):
+def set_languages(docs: list[Document], found: list[tuple[str, float]]) -> list[Document]:
+    """Set each document's meta.lang (and lang_score) to the (language, score) ``found`` for it
+    (``data.langid.identify``); a different language the input declared stays in
+    meta.lang_declared."""
+    for doc, (lang, score) in zip(docs, found, strict=True):
         declared = doc.meta.get("lang")
         doc.meta = {**doc.meta, "lang": lang, "lang_score": score}
         if declared is not None and declared != lang:
@@ -48,38 +49,50 @@ def identify_languages(docs: list[Document]) -> list[Document]:
     return docs
 
 
-READ_BLOCK = 2048  # documents read (and language-identified) at a time before they go to the store
+LANG_BLOCK = 512  # documents language-identified per task
 
 
 def read_all(docs: DocStore, data: list[Path], text_key: str, skip_bad: bool, max_docs: int | None,
              ledger: Ledger, rejects_file: Path | None = None, lang_id: bool = False,
-             per_shard: int | None = None, parse: Parse | None = None) -> int:
+             per_shard: int | None = None, parse: Parse | None = None,
+             executor: Workers | None = None) -> int:
     """Read every document into ``docs`` (ids checked unique; with ``lang_id`` their languages
-    identified, a block at a time); returns the rejected count. Each rejected record goes to the
-    ledger (removed at step ``read``, with its file, line, reason and text) and to ``rejects_file``.
-    ``parse`` reads a record of another shape (``formats.record_parser``: conversations, pairs)."""
+    identified, ``LANG_BLOCK`` documents per task on the ``executor``'s workers while the next
+    ones are read); returns the rejected count. Each rejected record goes to the ledger (removed
+    at step ``read``, with its file, line, reason and text) and to ``rejects_file``. ``parse``
+    reads a record of another shape (``formats.record_parser``: conversations, pairs)."""
+    from llm4all.data.langid import identify
     from llm4all.data.readers import Rejects, read_documents
 
     rejects = Rejects(rejects_file, per_shard)  # a folder of parts with per_shard
     seen: set[str] = set()
-    block: list[Document] = []
+    waiting: deque[list[Document]] = deque()  # blocks whose languages are being identified
 
-    def flush() -> None:
-        for doc in identify_languages(block) if lang_id else block:
+    def blocks() -> Iterator[list[str]]:
+        block: list[Document] = []
+        for doc in read_documents(data, text_key=text_key, skip_bad=skip_bad, rejects=rejects, parse=parse):
+            if doc.id in seen:
+                raise UserError(f"{doc.where or 'input'}: duplicate document id {doc.id!r} (an earlier "
+                                "document has it); ids must be unique")
+            seen.add(doc.id)
+            block.append(doc)
+            full = max_docs is not None and len(seen) >= max_docs
+            if len(block) >= LANG_BLOCK or full:
+                waiting.append(block)
+                yield [d.text for d in block]
+                block = []
+            if full:
+                return
+        if block:
+            waiting.append(block)
+            yield [d.text for d in block]
+
+    texts = blocks()
+    found = (executor or Workers("local", 1)).map(identify, texts) if lang_id else texts
+    for result in found:
+        block = waiting.popleft()
+        for doc in set_languages(block, result) if lang_id else block:
             docs.add(doc)
-        block.clear()
-
-    for doc in read_documents(data, text_key=text_key, skip_bad=skip_bad, rejects=rejects, parse=parse):
-        if doc.id in seen:
-            raise UserError(f"{doc.where or 'input'}: duplicate document id {doc.id!r} (an earlier "
-                            "document has it); ids must be unique")
-        seen.add(doc.id)
-        block.append(doc)
-        if len(block) >= READ_BLOCK:
-            flush()
-        if max_docs is not None and len(docs) + len(block) >= max_docs:
-            break
-    flush()
     rejects.close()
     for n, row in enumerate(_rejected_rows(rejects.files, rejects.count)):
         where = f"{row['source']}:{row['line']}" if row else str(n)

@@ -65,7 +65,8 @@ class Decision(NamedTuple):
 
 
 class Filter(Protocol):
-    """A FILTERS entry: decisions from signal columns alone."""
+    """A FILTERS entry: decisions from signal columns alone, each document judged by its own row
+    (so a filter runs in blocks of documents, on Ray too: ``engine.filter_on_ray``)."""
 
     def __call__(self, ids: list[str], table: Mapping[str, np.ndarray], /,
                  **options: Any) -> list[Decision]: ...
@@ -109,7 +110,16 @@ def build_step(spec: dict[str, Any], where: str) -> tuple[str, Step]:
     if kind == "filter":
         filter_fn: Filter = catalog.FILTERS.get(name)
         check_options(filter_fn, options, where=f"{where} (filter {name!r})")
-        return label, lambda ids, texts, table: filter_fn(ids, table, **options)
+        def run_filter(ids: list[str], texts, table) -> list[Decision]:
+            return filter_fn(ids, table, **options)
+
+        def filter_on_ray(ray, ids: list[str], texts, table) -> list[Decision]:
+            from llm4all.curate.engine import filter_on_ray
+
+            return filter_on_ray(ray, filter_fn, options, ids, table)
+
+        run_filter.on_ray = filter_on_ray  # type: ignore[attr-defined]
+        return label, run_filter
     registry = catalog.DEDUPERS if kind == "dedup" else catalog.SELECTORS
     check_options(registry.get(name), options, where=f"{where} ({kind} {name!r})")
     instance = registry.build({"name": name, **options})

@@ -40,7 +40,9 @@ class DocumentWriter:
             import zstandard
 
             raw = open(self._tmp, "wb")  # noqa: SIM115
-            self._fh = zstandard.ZstdCompressor(level=10).stream_writer(raw, closefd=True)
+            # zstd's default level: 5.7x faster than level 10 on curate's kept documents (0.26 vs
+            # 1.48 s for 54 MB of JSONL) for files 17% larger
+            self._fh = zstandard.ZstdCompressor(level=3).stream_writer(raw, closefd=True)
         else:
             self._fh = open(self._tmp, "w", encoding="utf-8")  # noqa: SIM115
         return self

@@ -1,13 +1,13 @@
 """Exact deduplication on Ray Data: hashes in tasks, duplicates found by a hash shuffle.
 
 The distributed form of ``exact.ExactDedup`` (the way datatrove and NeMo Curator run it):
-each window of shards is hashed in Ray tasks (``shingles.text_digest``: BLAKE2b-128 of the
-normalised text, kept as two uint64), then the (digest, position) rows are grouped by digest
-with Ray Data's shuffle and each group keeps its first position in input order, so the
-decisions equal the local engine's: the first occurrence survives, every later copy names it.
-Only digests seen more than once go through the shuffle (a digest seen once is its own
-survivor). The driver holds 16 bytes and a position per document, never the texts of more
-than one window.
+each shard is hashed in a Ray task (``shingles.text_digest``: BLAKE2b-128 of the normalised
+text, kept as two uint64; a sliding window of shards in flight, ``engine.ray_stream``), then
+the (digest, position) rows are grouped by digest with Ray Data's shuffle and each group keeps
+its first position in input order, so the decisions equal the local engine's: the first
+occurrence survives, every later copy names it. Only digests seen more than once go through
+the shuffle (a digest seen once is its own survivor). The driver holds 16 bytes and a
+position per document, never the texts of more than one window of shards.
 """
 
 from __future__ import annotations
@@ -18,16 +18,13 @@ import numpy as np
 
 from llm4all.curate.step import Decision
 
-WINDOW = 8  # shards of texts in flight at once (their texts and digests: bounded driver memory)
 
-
-def hash_shard(batch: dict, normalise: bool = True) -> dict:
-    """Ray task: the 128-bit digests of one shard's texts as (n, 2) uint64, with their positions."""
+def hash_shard(texts: list[str], normalise: bool = True) -> np.ndarray:
+    """Ray task: the 128-bit digests of one shard's texts as (n, 2) uint64."""
     from llm4all.curate.dedup.shingles import text_digest
 
-    raw = b"".join(text_digest(t, normalise) for t in batch["text"])
-    return {"pos": np.asarray(batch["pos"], np.int64),
-            "digest": np.frombuffer(raw, np.uint64).reshape(-1, 2)}
+    raw = b"".join(text_digest(t, normalise) for t in texts)
+    return np.frombuffer(raw, np.uint64).reshape(-1, 2)
 
 
 def first_of_group(group: dict) -> dict:
@@ -41,16 +38,18 @@ def exact_on_ray(ray, ids: list[str], texts: Sequence[str], normalise: bool = Tr
     """One decision per document, equal to ``ExactDedup(normalise)`` run locally."""
     import pyarrow as pa
 
+    from llm4all.curate.engine import WINDOW_PER_WORKER, ray_parallelism, ray_stream, shuffle_partitions
+
     n = len(ids)
     if n == 0:
         return []
     digest = np.zeros((n, 2), np.uint64)  # 16 bytes per document, the driver's only state here
-    bounds = [(a, min(a + shard_docs, n)) for a in range(0, n, shard_docs)]
-    for w in range(0, len(bounds), WINDOW):
-        part = [{"pos": list(range(a, b)), "text": texts[a:b]} for a, b in bounds[w:w + WINDOW]]
-        ds = ray.data.from_items(part, override_num_blocks=len(part))
-        for row in ds.map(lambda r: hash_shard(r, normalise)).take_all():
-            digest[np.asarray(row["pos"], np.int64)] = np.asarray(row["digest"], np.uint64).reshape(-1, 2)
+    starts = range(0, n, shard_docs)
+    task = ray.remote(hash_shard)
+    shards = ray_stream(ray, lambda a: task.remote(texts[a:a + shard_docs], normalise), starts,
+                        WINDOW_PER_WORKER * ray_parallelism(ray))
+    for a, part in zip(starts, shards, strict=True):
+        digest[a:a + len(part)] = part
     survivor = np.arange(n, dtype=np.int64)
     order = np.lexsort((digest[:, 1], digest[:, 0]))
     same = (digest[order[1:]] == digest[order[:-1]]).all(axis=1)
@@ -58,7 +57,8 @@ def exact_on_ray(ray, ids: list[str], texts: Sequence[str], normalise: bool = Tr
     if len(repeated):
         rows = {"hi": digest[repeated, 0].view(np.int64), "lo": digest[repeated, 1].view(np.int64),
                 "pos": repeated.astype(np.int64)}
-        groups = ray.data.from_arrow(pa.table(rows)).groupby(["hi", "lo"])
+        groups = ray.data.from_arrow(pa.table(rows)).groupby(
+            ["hi", "lo"], num_partitions=shuffle_partitions(ray, len(repeated)))
         firsts = groups.map_groups(first_of_group, batch_format="numpy")
         for batch in firsts.iter_batches(batch_format="numpy"):
             survivor[np.asarray(batch["pos"], np.int64)] = np.asarray(batch["first"], np.int64)

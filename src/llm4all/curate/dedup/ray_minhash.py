@@ -5,7 +5,8 @@ The distributed form of ``minhash.MinHashDedup`` (as datatrove and NeMo Curator 
 1. **signatures** of each shard of documents in a Ray task, which returns two objects: the
    shard's band keys (bands × 8 bytes per document, to the driver) and its payload (signatures
    and, for exact verification, shingle hashes), which stays in Ray's object store
-   (``ShardPayloads``); the driver sends a window of shards' texts at a time;
+   (``ShardPayloads``); the driver keeps a sliding window of shards' texts in flight
+   (``engine.ray_stream``);
 2. **candidate pairs**: band keys as rows (band, key, position), grouped by (band, key) with
    Ray Data's shuffle (only rows whose (band, key) occurs more than once: a bucket of one has
    no pair); each bucket emits its pairs by the rule ``candidate_pairs`` applies (all pairs of a
@@ -28,8 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from llm4all.curate.dedup.shingles import signatures_and_shingles
-
-WINDOW = 8  # shards of texts in flight at once (bounded driver memory)
+from llm4all.curate.engine import WINDOW_PER_WORKER, ray_parallelism, ray_stream, shuffle_partitions
 
 
 def _shard(texts: list[str], num_perm: int, ngram: int, seed: int, bands: int, rows: int,
@@ -71,16 +71,16 @@ class ShardPayloads:
 def signatures_on_ray(ray, texts, num_perm: int, ngram: int, seed: int, shard: int, bands: int,
                       rows: int, shingles: bool) -> tuple[np.ndarray, ShardPayloads]:
     """The (n, bands) band keys of every document, and its shards' payloads left in Ray's object
-    store; a window of shards' texts in flight at a time."""
+    store; a sliding window of shards' texts in flight."""
     task = ray.remote(num_returns=2)(_shard)
     n = len(texts)
     starts = np.arange(0, n, shard, dtype=np.int64)
     keys, refs = [np.zeros((0, bands), np.uint64)], []
-    for w in range(0, len(starts), WINDOW):
-        pending = [task.remote(texts[a:a + shard], num_perm, ngram, seed, bands, rows, shingles)
-                   for a in starts[w:w + WINDOW]]
-        keys += ray.get([k for k, _ in pending])
-        refs += [payload for _, payload in pending]
+    for k, payload in ray_stream(
+            ray, lambda a: task.remote(texts[a:a + shard], num_perm, ngram, seed, bands, rows, shingles),
+            starts, WINDOW_PER_WORKER * ray_parallelism(ray), done=lambda r: (ray.get(r[0]), r[1])):
+        keys.append(k)
+        refs.append(payload)
     return np.concatenate(keys), ShardPayloads(np.r_[starts, n], refs)
 
 
@@ -121,9 +121,10 @@ def candidate_pairs_on_ray(ray, keys: np.ndarray, all_pairs_max: int):
     table = shared_band_rows(keys)
     if not len(table["pos"]):
         return None
-    buckets = ray.data.from_arrow(pa.table(table)).groupby(["band", "key"])
+    partitions = shuffle_partitions(ray, len(table["pos"]))
+    buckets = ray.data.from_arrow(pa.table(table)).groupby(["band", "key"], num_partitions=partitions)
     pairs = buckets.map_groups(lambda g: bucket_pairs(g, all_pairs_max), batch_format="numpy")
-    return pairs.groupby(["a", "b"]).count().select_columns(["a", "b"])
+    return pairs.groupby(["a", "b"], num_partitions=partitions).count().select_columns(["a", "b"])
 
 
 def _local(pairs: np.ndarray, payloads: ShardPayloads):
@@ -172,10 +173,11 @@ def components_on_ray(ray, edges, position: np.ndarray) -> np.ndarray:
     """
     parent = np.arange(len(position), dtype=np.int64)
     position_ref = ray.put(np.asarray(position, np.int64))
+    partitions = shuffle_partitions(ray, edges.count())
     while True:
         parent_ref = ray.put(parent)
-        offers = edges.map_batches(lambda b, p=parent_ref: _hooks(b, p, position_ref),
-                                   batch_format="numpy").groupby("node").min("cand")
+        hooks = edges.map_batches(lambda b, p=parent_ref: _hooks(b, p, position_ref), batch_format="numpy")
+        offers = hooks.groupby("node", num_partitions=partitions).min("cand")
         hooked = 0
         for batch in offers.iter_batches(batch_format="numpy"):
             node, cand = np.asarray(batch["node"], np.int64), np.asarray(batch["min(cand)"], np.int64)
