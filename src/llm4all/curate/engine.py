@@ -1,12 +1,18 @@
-"""Where per-document work runs: local processes (default) or Ray Data.
+"""Where per-document work runs: local processes (default) or Ray.
 
-Both engines run the same pure function on the same shards of documents, so they give the
-same signal table; only the executor differs. Each finished shard is cached on disk under a
-key made of the signal specification and the shard's content (ids and texts), so a rerun --
-after a crash, or with other steps -- skips every shard already computed.
+``Workers`` is the run's executor: a pool of processes started on first use (engine local) or
+Ray (a local instance, or a cluster joined with ``--ray-address``), whose ``map`` streams items
+through a bounded window, so the driver holds a few items' arguments whatever the corpus size;
+on Ray the window slides (``ray_stream``). Reading (language identification), the signals and,
+on Ray, the filters (``filter_on_ray``) go through it. Both engines run the same pure functions
+on the same shards of documents, so they give the same signal table; only the executor differs.
+Each finished shard is cached on disk under a key made of the signal specification and the
+shard's content (ids and texts), so a rerun -- after a crash, or with other steps -- skips every
+shard already computed.
 
 Batched (model-based) signals run in the calling process, shard by shard, so the model is
-loaded once and uses all the threads torch gives it.
+loaded once and uses all the threads torch gives it; on Ray, in a pool of actors that each load
+it once for the run.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ read can be checked at the end.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import Counter, deque
 from collections.abc import Iterator
@@ -88,7 +89,12 @@ def read_all(docs: DocStore, data: list[Path], text_key: str, skip_bad: bool, ma
             yield [d.text for d in block]
 
     texts = blocks()
-    found = (executor or Workers("local", 1)).map(identify, texts) if lang_id else texts
+    if lang_id:  # one block is not worth starting worker processes for
+        head = list(itertools.islice(texts, 2))
+        found = (executor or Workers("local", 1)).map(identify, itertools.chain(head, texts),
+                                                      inline=len(head) < 2)
+    else:
+        found = texts
     for result in found:
         block = waiting.popleft()
         for doc in set_languages(block, result) if lang_id else block:

@@ -15,11 +15,11 @@ SIGMAS = 3.0  # exact verification pre-screens the estimate at threshold − 3σ
 
 def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
     """(n_docs, bands) uint64: a 64-bit hash of each band's ``rows`` signature entries."""
-    sig = signatures.astype(np.uint64)
-    keys = np.zeros((len(sig), bands), np.uint64)
+    keys = np.zeros((len(signatures), bands), np.uint64)
     with np.errstate(over="ignore"):
         for j in range(rows):  # FNV-style: key = (key ^ value) · prime, column by column
-            keys ^= sig[:, j : bands * rows : rows]
+            # (a column at a time as uint64: no uint64 copy of all the signatures, 1 KiB/document)
+            keys ^= signatures[:, j : bands * rows : rows].astype(np.uint64)
             keys *= np.uint64(0x100000001B3)
             keys ^= keys >> np.uint64(29)
     return keys
