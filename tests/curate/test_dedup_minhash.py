@@ -257,3 +257,21 @@ def test_connected_components_on_ray_equal_scipy_on_chains_stars_and_random_grap
     np.minimum.at(smallest, label, np.arange(n))
     np.testing.assert_array_equal(got, smallest[label])
     assert len(np.unique(got)) == label.max() + 1
+
+
+def test_signature_spill_maps_back_the_signatures_and_keeps_their_band_keys():
+    """The local MinHash spills signatures to disk batch by batch and keeps only band keys:
+    what it maps back and the keys equal the in-memory signatures' (and their pairs)."""
+    from llm4all.curate.dedup.minhash import candidate_pairs, pairs_from_keys
+    from llm4all.curate.dedup.pairs import SignatureSpill, band_keys
+
+    rng = np.random.default_rng(3)
+    sig = rng.integers(0, 5, (40, 12), dtype=np.uint32)  # few values: many shared bands
+    with SignatureSpill(12, 4, 3) as spill:
+        assert spill.array().shape == (0, 12) and spill.keys().shape == (0, 4)
+        for part in np.array_split(sig, [7, 7, 25]):  # an empty batch too
+            spill.add(part)
+        np.testing.assert_array_equal(spill.array(), sig)
+        np.testing.assert_array_equal(spill.keys(), band_keys(sig, 4, 3))
+        pairs = pairs_from_keys(spill.keys())
+    assert len(pairs) and np.array_equal(pairs, candidate_pairs(sig, 4, 3))

@@ -27,8 +27,9 @@ The whole method, in the order this file runs it (``MinHashDedup`` at the bottom
 On Ray (``on_ray``, ``ray_minhash.py``) the same steps run in tasks, the clusters by a distributed
 connected-components pass; the decisions are equal.
 
-Memory: the clustering needs every signature at once — ``num_perm × 4`` bytes per document
-(uint32) plus its id and length; texts are never held beyond one batch. Exact verification
+Memory: the signatures go to a temporary file batch by batch (``pairs.SignatureSpill``, mapped
+back for the candidate pairs' rows) and only their band keys stay in RAM — ``bands × 8`` bytes
+per document plus its id and length; texts are never held beyond one batch. Exact verification
 adds the shingle hashes on disk, 4 bytes per shingle.
 """
 
@@ -45,7 +46,13 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from llm4all.catalog import DEDUPERS
-from llm4all.curate.dedup.pairs import band_keys, number_clusters, survivor_order, verify_pairs
+from llm4all.curate.dedup.pairs import (
+    SignatureSpill,
+    band_keys,
+    number_clusters,
+    survivor_order,
+    verify_pairs,
+)
 from llm4all.curate.dedup.shingles import ShingleStore, set_jaccard, signatures_and_shingles
 from llm4all.curate.step import Decision
 from llm4all.errors import UserError, did_you_mean
@@ -115,7 +122,12 @@ def candidate_pairs(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray
     if bands * rows > signatures.shape[1]:
         raise UserError(f"minhash: bands·rows = {bands}·{rows} exceeds num_perm = "
                         f"{signatures.shape[1]}")
-    keys = band_keys(signatures, bands, rows)
+    return pairs_from_keys(band_keys(signatures, bands, rows))
+
+
+def pairs_from_keys(keys: np.ndarray) -> np.ndarray:
+    """``candidate_pairs`` from the (n_docs, bands) band keys."""
+    bands = keys.shape[1]
     found = [np.empty((0, 2), np.int64)]
     for band in range(bands):
         order = np.argsort(keys[:, band], kind="stable")  # documents by bucket, input order
@@ -284,11 +296,13 @@ class MinHashDedup:
         self.batch_size = batch_size
 
     def signatures(
-        self, docs: Iterable[tuple[str, str]], store: ShingleStore | None = None
+        self, docs: Iterable[tuple[str, str]], store: ShingleStore | None = None,
+        spill: SignatureSpill | None = None,
     ) -> tuple[list[str], np.ndarray, np.ndarray]:
         """(ids, (n_docs, num_perm) uint32 signatures, (n_docs,) lengths in characters).
 
-        With a ``store``, every batch's shingle hashes are appended to it.
+        With a ``store``, every batch's shingle hashes are appended to it; with a ``spill``, its
+        signatures (and band keys) go there and the signatures returned are its memory map.
         """
         ids: list[str] = []
         lengths: list[int] = []
@@ -297,7 +311,7 @@ class MinHashDedup:
 
         def flush() -> None:
             sig, hashes, counts = signatures_and_shingles(batch, self.num_perm, self.ngram, self.seed)
-            parts.append(sig)
+            (spill.add if spill is not None else parts.append)(sig)
             if store is not None:
                 store.add(hashes, counts)
             batch.clear()
@@ -309,15 +323,18 @@ class MinHashDedup:
             if len(batch) == self.batch_size:
                 flush()
         flush()
-        return ids, np.concatenate(parts), np.array(lengths, np.int64)
+        sig = spill.array() if spill is not None else np.concatenate(parts)
+        return ids, sig, np.array(lengths, np.int64)
 
     def __call__(self, docs: Iterable[tuple[str, str]]) -> Iterator[Decision]:
-        with ShingleStore() if self.verify == "exact" else nullcontext() as store:
-            ids, sig, lengths = self.signatures(docs, store)
+        bands, rows = band_params(self.threshold, self.num_perm, self.bands, self.rows, self.verify)
+        with (ShingleStore() if self.verify == "exact" else nullcontext() as store,
+              SignatureSpill(self.num_perm, bands, rows) as spill):  # in RAM: the band keys only
+            ids, sig, lengths = self.signatures(docs, store, spill)
             cluster, survivor, jaccard = near_duplicates(
-                sig, self.threshold, self.bands, self.rows, self.verify,
+                sig, self.threshold, bands, rows, self.verify,
                 lengths if self.survivor == "longest" else None,
-                store.arrays() if store is not None else None,
+                store.arrays() if store is not None else None, pairs_from_keys(spill.keys()),
             )
         yield from self.decisions(ids, cluster, survivor, jaccard)
 

@@ -6,6 +6,8 @@ The parts of ``minhash.near_duplicates`` that the local engine and the Ray one
 
 from __future__ import annotations
 
+import tempfile
+
 import numpy as np
 
 from llm4all.curate.dedup.shingles import set_jaccard
@@ -64,3 +66,41 @@ def number_clusters(survivor: np.ndarray) -> np.ndarray:
     size = np.bincount(survivor, minlength=n)[survivor]
     multi = np.unique(first[survivor][size > 1])
     return np.where(size > 1, np.searchsorted(multi, first[survivor]), -1)
+
+
+class SignatureSpill:
+    """Signatures appended batch by batch to an unnamed temporary file, their band keys kept in
+    memory: the local MinHash then holds ``bands × 8`` bytes per document (what LSH buckets by)
+    instead of ``num_perm × 4`` (the signatures, mapped back for the candidate pairs' rows)."""
+
+    def __init__(self, num_perm: int, bands: int, rows: int):
+        self.num_perm, self.bands, self.rows = num_perm, bands, rows
+        self._file = tempfile.TemporaryFile()  # noqa: SIM115 -- closed by close() / __exit__
+        self._keys = [np.zeros((0, bands), np.uint64)]
+        self.n = 0
+
+    def add(self, sig: np.ndarray) -> None:
+        """Append a batch of (n_docs, num_perm) uint32 signatures."""
+        self._file.write(np.ascontiguousarray(sig, np.uint32).tobytes())
+        self._keys.append(band_keys(sig, self.bands, self.rows))
+        self.n += len(sig)
+
+    def keys(self) -> np.ndarray:
+        """(n_docs, bands) uint64 band keys of every document, in order."""
+        return np.concatenate(self._keys)
+
+    def array(self) -> np.ndarray:
+        """(n_docs, num_perm) uint32 signatures as a read-only memory map."""
+        self._file.flush()
+        if not self.n:
+            return np.zeros((0, self.num_perm), np.uint32)
+        return np.memmap(self._file, np.uint32, mode="r", shape=(self.n, self.num_perm))
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> SignatureSpill:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
