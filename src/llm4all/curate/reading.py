@@ -62,7 +62,7 @@ def read_all(docs: DocStore, data: list[Path], text_key: str, skip_bad: bool, ma
     ones are read); returns the rejected count. Each rejected record goes to the ledger (removed
     at step ``read``, with its file, line, reason and text) and to ``rejects_file``. ``parse``
     reads a record of another shape (``formats.record_parser``: conversations, pairs)."""
-    from llm4all.data.langid import identify
+    from llm4all.data.langid import MAX_CHARS, identify
     from llm4all.data.readers import Rejects, read_documents
 
     rejects = Rejects(rejects_file, per_shard)  # a folder of parts with per_shard
@@ -80,13 +80,13 @@ def read_all(docs: DocStore, data: list[Path], text_key: str, skip_bad: bool, ma
             full = max_docs is not None and len(seen) >= max_docs
             if len(block) >= LANG_BLOCK or full:
                 waiting.append(block)
-                yield [d.text for d in block]
+                yield [d.text[:MAX_CHARS] for d in block]  # all the model reads
                 block = []
             if full:
                 return
         if block:
             waiting.append(block)
-            yield [d.text for d in block]
+            yield [d.text[:MAX_CHARS] for d in block]  # all the model reads
 
     texts = blocks()
     if lang_id:  # one block is not worth starting worker processes for
