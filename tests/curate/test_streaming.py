@@ -58,3 +58,18 @@ def test_driver_memory_is_flat_when_the_corpus_doubles(tmp_path):
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert summary["read"] == summary["kept"] == 24_000
     assert double < 1.10 * single, (single, double)
+
+
+def test_store_takes_texts_first_and_their_meta_later_in_order(tmp_path):
+    """Reading puts a block's texts in the store at once and its meta when the languages come
+    back: the driver holds meta in flight, not texts."""
+    with DocStore(tmp_path) as store:
+        a, b = Document("a", "first text", {"k": 1}, where="f:1"), Document("b", "second", {"k": 2})
+        assert store.add_text(a) == 0 and store.add_text(b) == 1
+        assert store.text(1) == "second" and len(store) == 2
+        store.add_meta(a)
+        store.add_meta(b)
+        assert store.document(0) == Document("a", "first text", {"k": 1}, where="f:1")
+        assert store.metas[1] == {"k": 2}
+        with pytest.raises(RuntimeError, match="meta of 'c' before its text"):
+            store.add_meta(Document("c", "", {}))

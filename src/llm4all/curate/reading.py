@@ -70,23 +70,26 @@ def read_all(docs: DocStore, data: list[Path], text_key: str, skip_bad: bool, ma
     waiting: deque[list[Document]] = deque()  # blocks whose languages are being identified
 
     def blocks() -> Iterator[list[str]]:
+        """Each block's texts for the model, their documents' texts already in the store: only
+        their meta waits (in ``waiting``) for the languages, not the texts."""
         block: list[Document] = []
         for doc in read_documents(data, text_key=text_key, skip_bad=skip_bad, rejects=rejects, parse=parse):
             if doc.id in seen:
                 raise UserError(f"{doc.where or 'input'}: duplicate document id {doc.id!r} (an earlier "
                                 "document has it); ids must be unique")
             seen.add(doc.id)
-            block.append(doc)
+            docs.add_text(doc)
+            block.append(Document(doc.id, doc.text[:MAX_CHARS], doc.meta, where=doc.where))
             full = max_docs is not None and len(seen) >= max_docs
             if len(block) >= LANG_BLOCK or full:
                 waiting.append(block)
-                yield [d.text[:MAX_CHARS] for d in block]  # all the model reads
+                yield [d.text for d in block]  # all the model reads
                 block = []
             if full:
                 return
         if block:
             waiting.append(block)
-            yield [d.text[:MAX_CHARS] for d in block]  # all the model reads
+            yield [d.text for d in block]
 
     texts = blocks()
     if lang_id:  # one block is not worth starting worker processes for
@@ -98,7 +101,7 @@ def read_all(docs: DocStore, data: list[Path], text_key: str, skip_bad: bool, ma
     for result in found:
         block = waiting.popleft()
         for doc in set_languages(block, result) if lang_id else block:
-            docs.add(doc)
+            docs.add_meta(doc)
     rejects.close()
     for n, row in enumerate(_rejected_rows(rejects.files, rejects.count)):
         where = f"{row['source']}:{row['line']}" if row else str(n)

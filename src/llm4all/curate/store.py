@@ -40,19 +40,33 @@ class DocStore:
 
     def add(self, doc: Document) -> int:
         """Append ``doc``; returns its index."""
+        self.add_text(doc)
+        self.add_meta(doc)
+        return len(self.ids) - 1
+
+    def add_text(self, doc: Document) -> int:
+        """Append ``doc``'s id and text; its meta follows with ``add_meta`` (documents' metas
+        are added in the same order as their texts). Returns its index."""
+        data = doc.text.encode("utf-8")
+        self._file.write(data)
+        self._offsets.append(self._offsets[-1] + len(data))
+        self.ids.append(doc.id)
+        self.lengths.append(len(doc.text))
+        self._unflushed = True
+        return len(self.ids) - 1
+
+    def add_meta(self, doc: Document) -> None:
+        """Append the meta and source location of the next document whose text came first."""
+        if len(self._meta_offsets) > len(self.ids):
+            raise RuntimeError(f"DocStore: meta of {doc.id!r} before its text")
         try:
             record = json.dumps([doc.meta, doc.where], ensure_ascii=False).encode("utf-8")
         except (TypeError, ValueError) as e:  # the outputs are JSON: say so before any work
             raise UserError(f"{doc.where or doc.id}: meta is not JSON-serialisable ({e}); curate "
                             "writes meta as JSON: keep strings, numbers, lists and objects") from None
-        for file, offsets, data in ((self._file, self._offsets, doc.text.encode("utf-8")),
-                                    (self._meta_file, self._meta_offsets, record)):
-            file.write(data)
-            offsets.append(offsets[-1] + len(data))
-        self.ids.append(doc.id)
-        self.lengths.append(len(doc.text))
+        self._meta_file.write(record)
+        self._meta_offsets.append(self._meta_offsets[-1] + len(record))
         self._unflushed = True
-        return len(self.ids) - 1
 
     def __len__(self) -> int:
         return len(self.ids)
