@@ -165,7 +165,9 @@ def test_shingle_store_round_trips_batches_through_its_file():
         store.add(np.array([], np.uint32), np.array([], np.int64))
         store.add(np.array([9], np.uint32), np.array([1]))
         values, counts = store.arrays()
-        assert values.tolist() == [5, 1, 5, 9] and counts.tolist() == [1, 2, 1]
+        assert values.runs(np.array([0]), np.array([4])).tolist() == [5, 1, 5, 9]
+        assert values.runs(np.array([3, 1]), np.array([1, 2])).tolist() == [9, 1, 5]
+        assert counts.tolist() == [1, 2, 1]
         assert sh.set_jaccard(np.array([[0, 1]]), values, counts).tolist() == [0.5]
     with sh.ShingleStore() as store:
         values, counts = store.arrays()

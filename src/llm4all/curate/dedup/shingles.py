@@ -60,6 +60,7 @@ the signatures; only candidate documents' pages are read back.
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 import unicodedata
@@ -308,6 +309,28 @@ def jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
     return np.mean(sig_a == sig_b, axis=-1)
 
 
+class ShingleFile:
+    """The (T,) uint32 shingle hashes of a ``ShingleStore``, read with ``os.pread`` one document's
+    run at a time, not mapped: verification holds its chunk's shingles (``_PAIR_CHUNK``), and
+    the pages of the pairs verified so far do not pile up in the process, whatever the corpus."""
+
+    def __init__(self, fd: int, total: int):
+        self.fd, self.total = fd, total
+
+    def __len__(self) -> int:
+        return self.total
+
+    def runs(self, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """hashes[starts[k] : starts[k] + lengths[k]] for every k, back to back, as uint64."""
+        out = np.empty(int(np.sum(lengths)), np.uint32)
+        at = 0
+        for start, n in zip(np.asarray(starts).tolist(), np.asarray(lengths).tolist(), strict=True):
+            if n:
+                out[at:at + n] = np.frombuffer(os.pread(self.fd, 4 * n, 4 * start), np.uint32)
+                at += n
+        return out.astype(np.uint64)
+
+
 class ShingleStore:
     """Shingle hashes of every document in input order, on disk; ``close`` maps them back."""
 
@@ -320,14 +343,12 @@ class ShingleStore:
         self._file.write(np.ascontiguousarray(hashes, np.uint32).tobytes())
         self._counts.append(np.asarray(counts, np.int64))
 
-    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """((T,) uint32 hashes, read-only memory map; (n_docs,) int64 shingles per document)."""
+    def arrays(self) -> tuple[ShingleFile, np.ndarray]:
+        """((T,) uint32 hashes, read from the file a run at a time; (n_docs,) int64 shingles per
+        document)."""
         self._file.flush()
         counts = np.concatenate(self._counts)
-        total = int(counts.sum())
-        if total == 0:
-            return np.zeros(0, np.uint32), counts
-        return np.memmap(self._file, np.uint32, mode="r", shape=(total,)), counts
+        return ShingleFile(self._file.fileno(), int(counts.sum())), counts
 
     def close(self) -> None:
         self._file.close()  # the OS removes an unnamed temporary file when it is closed
@@ -339,14 +360,16 @@ class ShingleStore:
         self.close()
 
 
-def _gather(values: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+def _gather(values: np.ndarray | ShingleFile, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """values[starts[k] : starts[k] + lengths[k]] for every k, back to back."""
+    if isinstance(values, ShingleFile):
+        return values.runs(starts, lengths)
     offset = np.cumsum(lengths) - lengths
     index = np.repeat(starts - offset, lengths) + np.arange(int(lengths.sum()))
     return np.asarray(values[index], np.uint64)
 
 
-def set_jaccard(pairs: np.ndarray, values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+def set_jaccard(pairs: np.ndarray, values: np.ndarray | ShingleFile, counts: np.ndarray) -> np.ndarray:
     """(m,) exact Jaccard |A ∩ B| / |A ∪ B| of the shingle sets of each pair (i, j).
 
     ``values`` holds every document's (T,) shingle hashes back to back (repeats allowed:
