@@ -11,6 +11,7 @@ import pytest
 
 from llm4all.curate.dedup import shingles as sh
 from llm4all.curate.dedup.shingles import normalize, normalize_unicode
+from llm4all.curate.dedup.spill import ShingleStore
 from llm4all.errors import UserError
 
 M64 = 2**64
@@ -160,7 +161,7 @@ def test_set_jaccard_matches_python_sets(monkeypatch, chunk):
 
 
 def test_shingle_store_round_trips_batches_through_its_file():
-    with sh.ShingleStore() as store:
+    with ShingleStore() as store:
         store.add(np.array([5, 1, 5], np.uint32), np.array([1, 2]))
         store.add(np.array([], np.uint32), np.array([], np.int64))
         store.add(np.array([9], np.uint32), np.array([1]))
@@ -169,7 +170,7 @@ def test_shingle_store_round_trips_batches_through_its_file():
         assert values.runs(np.array([3, 1]), np.array([1, 2])).tolist() == [9, 1, 5]
         assert counts.tolist() == [1, 2, 1]
         assert sh.set_jaccard(np.array([[0, 1]]), values, counts).tolist() == [0.5]
-    with sh.ShingleStore() as store:
+    with ShingleStore() as store:
         values, counts = store.arrays()
         assert len(values) == 0 and len(counts) == 0
 

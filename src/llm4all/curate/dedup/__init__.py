@@ -19,13 +19,13 @@ from llm4all.curate.dedup.minhash import (
     recall_params,
 )
 from llm4all.curate.dedup.shingles import (
-    ShingleStore,
     jaccard,
     minhash_signatures,
     normalize,
     set_jaccard,
     signatures_and_shingles,
 )
+from llm4all.curate.dedup.spill import ShingleStore
 
 __all__ = [
     "ExactDedup", "MinHashDedup", "ShingleStore", "candidate_pairs", "exact_duplicates", "jaccard",

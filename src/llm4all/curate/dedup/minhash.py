@@ -53,7 +53,8 @@ from llm4all.curate.dedup.pairs import (
     survivor_order,
     verify_pairs,
 )
-from llm4all.curate.dedup.shingles import ShingleStore, set_jaccard, signatures_and_shingles
+from llm4all.curate.dedup.shingles import set_jaccard, signatures_and_shingles
+from llm4all.curate.dedup.spill import ShingleStore
 from llm4all.curate.step import Decision
 from llm4all.errors import UserError, did_you_mean
 

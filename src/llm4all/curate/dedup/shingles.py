@@ -60,14 +60,13 @@ the signatures; only candidate documents' pages are read back.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 import unicodedata
 from collections.abc import Sequence
 
 import numpy as np
 
+from llm4all.curate.dedup.spill import ShingleFile
 from llm4all.errors import UserError
 
 NON_WORD = re.compile(r"[^\w\s]+")
@@ -307,57 +306,6 @@ def _signatures(
 def jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
     """Estimated Jaccard similarity: fraction of equal signature entries (last axis)."""
     return np.mean(sig_a == sig_b, axis=-1)
-
-
-class ShingleFile:
-    """The (T,) uint32 shingle hashes of a ``ShingleStore``, read with ``os.pread`` one document's
-    run at a time, not mapped: verification holds its chunk's shingles (``_PAIR_CHUNK``), and
-    the pages of the pairs verified so far do not pile up in the process, whatever the corpus."""
-
-    def __init__(self, fd: int, total: int):
-        self.fd, self.total = fd, total
-
-    def __len__(self) -> int:
-        return self.total
-
-    def runs(self, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """hashes[starts[k] : starts[k] + lengths[k]] for every k, back to back, as uint64."""
-        out = np.empty(int(np.sum(lengths)), np.uint32)
-        at = 0
-        for start, n in zip(np.asarray(starts).tolist(), np.asarray(lengths).tolist(), strict=True):
-            if n:
-                out[at:at + n] = np.frombuffer(os.pread(self.fd, 4 * n, 4 * start), np.uint32)
-                at += n
-        return out.astype(np.uint64)
-
-
-class ShingleStore:
-    """Shingle hashes of every document in input order, on disk; ``close`` maps them back."""
-
-    def __init__(self):
-        self._file = tempfile.TemporaryFile()  # noqa: SIM115 -- closed by close() / __exit__
-        self._counts: list[np.ndarray] = [np.zeros(0, np.int64)]
-
-    def add(self, hashes: np.ndarray, counts: np.ndarray) -> None:
-        """Append a batch: (T,) uint32 hashes back to back, (n_docs,) shingles per document."""
-        self._file.write(np.ascontiguousarray(hashes, np.uint32).tobytes())
-        self._counts.append(np.asarray(counts, np.int64))
-
-    def arrays(self) -> tuple[ShingleFile, np.ndarray]:
-        """((T,) uint32 hashes, read from the file a run at a time; (n_docs,) int64 shingles per
-        document)."""
-        self._file.flush()
-        counts = np.concatenate(self._counts)
-        return ShingleFile(self._file.fileno(), int(counts.sum())), counts
-
-    def close(self) -> None:
-        self._file.close()  # the OS removes an unnamed temporary file when it is closed
-
-    def __enter__(self) -> ShingleStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _gather(values: np.ndarray | ShingleFile, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
