@@ -96,7 +96,7 @@ class Workers:
         if self.engine == "ray" and not inline:
             ray = self.ray()
             task = ray.remote(fn)
-            yield from ray_stream(ray, task.remote, items, WINDOW_PER_WORKER * ray_parallelism(ray))
+            yield from ray_stream(ray, task.remote, items)
         elif self.workers > 1 and not inline:
             if self._pool is None:
                 self._pool = get_context("spawn").Pool(self.workers)
@@ -241,9 +241,10 @@ def ray_parallelism(ray) -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
-def ray_stream(ray, submit: Callable[[Any], Any], items: Iterable, in_flight: int,
+def ray_stream(ray, submit: Callable[[Any], Any], items: Iterable, in_flight: int | None = None,
                done: Callable[[Any], Any] | None = None) -> Iterator:
-    """``done(submit(item))`` for each item, in order, with at most ``in_flight`` tasks out.
+    """``done(submit(item))`` for each item, in order, with at most ``in_flight`` tasks out
+    (default ``WINDOW_PER_WORKER`` per CPU of the cluster).
 
     ``submit`` starts a Ray task and returns its reference(s); ``done`` (default ``ray.get``)
     turns them into the result. An item is taken from ``items`` (e.g. a shard's texts read
@@ -252,6 +253,7 @@ def ray_stream(ray, submit: Callable[[Any], Any], items: Iterable, in_flight: in
     for a window's slowest task (the window slides; Ray's "pipelining with ray.wait" pattern).
     """
     finish = done or ray.get
+    in_flight = in_flight or WINDOW_PER_WORKER * ray_parallelism(ray)
     pending: deque = deque()
     items = iter(items)
     while True:
@@ -291,7 +293,7 @@ def filter_on_ray(ray, fn: Callable[..., list], options: dict[str, Any], ids: li
     task = ray.remote(_filter_block)  # UserError here, not a Ray task's traceback
     blocks = ray_stream(ray, lambda a: task.remote(fn, options, ids[a:a + FILTER_BLOCK],
                                                    {c: v[a:a + FILTER_BLOCK] for c, v in table.items()}),
-                        range(0, len(ids), FILTER_BLOCK), WINDOW_PER_WORKER * ray_parallelism(ray))
+                        range(0, len(ids), FILTER_BLOCK))
     return [d for block in blocks for d in block]
 
 

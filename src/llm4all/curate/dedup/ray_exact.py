@@ -38,7 +38,7 @@ def exact_on_ray(ray, ids: list[str], texts: Sequence[str], normalise: bool = Tr
     """One decision per document, equal to ``ExactDedup(normalise)`` run locally."""
     import pyarrow as pa
 
-    from llm4all.curate.engine import WINDOW_PER_WORKER, ray_parallelism, ray_stream, shuffle_partitions
+    from llm4all.curate.engine import ray_stream, shuffle_partitions
 
     n = len(ids)
     if n == 0:
@@ -46,8 +46,7 @@ def exact_on_ray(ray, ids: list[str], texts: Sequence[str], normalise: bool = Tr
     digest = np.zeros((n, 2), np.uint64)  # 16 bytes per document, the driver's only state here
     starts = range(0, n, shard_docs)
     task = ray.remote(hash_shard)
-    shards = ray_stream(ray, lambda a: task.remote(texts[a:a + shard_docs], normalise), starts,
-                        WINDOW_PER_WORKER * ray_parallelism(ray))
+    shards = ray_stream(ray, lambda a: task.remote(texts[a:a + shard_docs], normalise), starts)
     for a, part in zip(starts, shards, strict=True):
         digest[a:a + len(part)] = part
     survivor = np.arange(n, dtype=np.int64)

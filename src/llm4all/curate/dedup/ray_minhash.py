@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from llm4all.curate.dedup.shingles import signatures_and_shingles
-from llm4all.curate.engine import WINDOW_PER_WORKER, ray_parallelism, ray_stream, shuffle_partitions
+from llm4all.curate.engine import ray_stream, shuffle_partitions
 
 
 def _shard(texts: list[str], num_perm: int, ngram: int, seed: int, bands: int, rows: int,
@@ -78,7 +78,7 @@ def signatures_on_ray(ray, texts, num_perm: int, ngram: int, seed: int, shard: i
     keys, refs = [np.zeros((0, bands), np.uint64)], []
     for k, payload in ray_stream(
             ray, lambda a: task.remote(texts[a:a + shard], num_perm, ngram, seed, bands, rows, shingles),
-            starts, WINDOW_PER_WORKER * ray_parallelism(ray), done=lambda r: (ray.get(r[0]), r[1])):
+            starts, done=lambda r: (ray.get(r[0]), r[1])):
         keys.append(k)
         refs.append(payload)
     return np.concatenate(keys), ShardPayloads(np.r_[starts, n], refs)
