@@ -6,11 +6,10 @@ The parts of ``minhash.near_duplicates`` that the local engine and the Ray one
 
 from __future__ import annotations
 
-import tempfile
-
 import numpy as np
 
 from llm4all.curate.dedup.shingles import set_jaccard
+from llm4all.curate.dedup.spill import TempSpill
 
 SIGMAS = 3.0  # exact verification pre-screens the estimate at threshold − 3σ (loses ≤ 0.13% more)
 
@@ -68,14 +67,14 @@ def number_clusters(survivor: np.ndarray) -> np.ndarray:
     return np.where(size > 1, np.searchsorted(multi, first[survivor]), -1)
 
 
-class SignatureSpill:
+class SignatureSpill(TempSpill):
     """Signatures appended batch by batch to an unnamed temporary file, their band keys kept in
     memory: the local MinHash then holds ``bands × 8`` bytes per document (what LSH buckets by)
     instead of ``num_perm × 4`` (the signatures, mapped back for the candidate pairs' rows)."""
 
     def __init__(self, num_perm: int, bands: int, rows: int):
+        super().__init__()
         self.num_perm, self.bands, self.rows = num_perm, bands, rows
-        self._file = tempfile.TemporaryFile()  # noqa: SIM115 -- closed by close() / __exit__
         self._keys = [np.zeros((0, bands), np.uint64)]
         self.n = 0
 
@@ -95,12 +94,3 @@ class SignatureSpill:
         if not self.n:
             return np.zeros((0, self.num_perm), np.uint32)
         return np.memmap(self._file, np.uint32, mode="r", shape=(self.n, self.num_perm))
-
-    def close(self) -> None:
-        self._file.close()
-
-    def __enter__(self) -> SignatureSpill:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -15,6 +15,23 @@ import tempfile
 import numpy as np
 
 
+class TempSpill:
+    """An unnamed temporary file that batches are appended to (the OS removes it when it is
+    closed, or when the process ends)."""
+
+    def __init__(self):
+        self._file = tempfile.TemporaryFile()  # noqa: SIM115 -- closed by close() / __exit__
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class ShingleFile:
     """The (T,) uint32 shingle hashes of a ``ShingleStore``, read with ``os.pread`` one document's
     run at a time, not mapped: verification holds its chunk's shingles (``_PAIR_CHUNK``), and
@@ -37,11 +54,11 @@ class ShingleFile:
         return out.astype(np.uint64)
 
 
-class ShingleStore:
-    """Shingle hashes of every document in input order, on disk; ``close`` maps them back."""
+class ShingleStore(TempSpill):
+    """Shingle hashes of every document in input order, on disk; ``arrays`` reads them back."""
 
     def __init__(self):
-        self._file = tempfile.TemporaryFile()  # noqa: SIM115 -- closed by close() / __exit__
+        super().__init__()
         self._counts: list[np.ndarray] = [np.zeros(0, np.int64)]
 
     def add(self, hashes: np.ndarray, counts: np.ndarray) -> None:
@@ -55,12 +72,3 @@ class ShingleStore:
         self._file.flush()
         counts = np.concatenate(self._counts)
         return ShingleFile(self._file.fileno(), int(counts.sum())), counts
-
-    def close(self) -> None:
-        self._file.close()  # the OS removes an unnamed temporary file when it is closed
-
-    def __enter__(self) -> ShingleStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
