@@ -259,7 +259,7 @@ def test_connected_components_on_ray_equal_scipy_on_chains_stars_and_random_grap
     assert len(np.unique(got)) == label.max() + 1
 
 
-def test_signature_spill_maps_back_the_signatures_and_keeps_their_band_keys():
+def test_signature_spill_reads_back_the_signatures_and_keeps_their_band_keys():
     """The local MinHash spills signatures to disk batch by batch and keeps only band keys:
     what it maps back and the keys equal the in-memory signatures' (and their pairs)."""
     from llm4all.curate.dedup.minhash import candidate_pairs, pairs_from_keys
@@ -271,7 +271,14 @@ def test_signature_spill_maps_back_the_signatures_and_keeps_their_band_keys():
         assert spill.array().shape == (0, 12) and spill.keys().shape == (0, 4)
         for part in np.array_split(sig, [7, 7, 25]):  # an empty batch too
             spill.add(part)
-        np.testing.assert_array_equal(spill.array(), sig)
+        rows = spill.array()
+        np.testing.assert_array_equal(rows, sig)
+        index = np.array([39, 0, 7, 7, 21])  # rows read back by index, repeated, any order
+        np.testing.assert_array_equal(rows[index], sig[index])
+        np.testing.assert_array_equal(rows[5], sig[5])
+        with pytest.raises(IndexError):
+            rows[np.array([40])]
+        np.testing.assert_array_equal(rows[3:9], sig[3:9])  # a bad index left no map behind
         np.testing.assert_array_equal(spill.keys(), band_keys(sig, 4, 3))
         pairs = pairs_from_keys(spill.keys())
     assert len(pairs) and np.array_equal(pairs, candidate_pairs(sig, 4, 3))

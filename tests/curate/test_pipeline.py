@@ -38,7 +38,10 @@ def corpus(tmp_path, n=30):
     return path, docs
 
 
-def test_every_document_is_kept_or_removed_with_a_reason(tmp_path):
+def test_every_document_is_kept_or_removed_with_a_reason(tmp_path, monkeypatch):
+    import llm4all.curate.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "SIGNAL_ROWS", 7)  # signals.parquet written in parts of 7 rows
     path, docs = corpus(tmp_path)
     summary = curate([path], out=tmp_path / "out", workers=1, shard_docs=7,
                      signals=["word_entropy", "gopher_quality", "gopher_repetition"])
@@ -55,6 +58,8 @@ def test_every_document_is_kept_or_removed_with_a_reason(tmp_path):
 
     table = pq.read_table(tmp_path / "out" / "signals.parquet")
     assert table.num_rows == len(docs) and "word_entropy" in table.column_names
+    assert table.column("id").to_pylist() == [d.id for d in docs]
+    assert pq.ParquetFile(tmp_path / "out" / "signals.parquet").num_row_groups == -(-len(docs) // 7) > 1
 
 
 def test_rerun_reuses_cached_shards_and_engine_results_match(tmp_path):

@@ -73,3 +73,53 @@ def test_store_takes_texts_first_and_their_meta_later_in_order(tmp_path):
         assert store.metas[1] == {"k": 2}
         with pytest.raises(RuntimeError, match="meta of 'c' before its text"):
             store.add_meta(Document("c", "", {}))
+
+
+def test_a_step_sees_its_rows_of_the_columns_it_reads_copied_once():
+    """The pipeline gives each step ``TableRows``: the judged rows of a column, copied when the
+    step first reads it (not the whole table at every step)."""
+    import numpy as np
+
+    from llm4all.curate.step import TableRows
+
+    table = {"a": np.arange(10.0), "b": np.arange(10.0) * 2}
+    rows = TableRows(table, np.array([7, 2, 5]))
+    assert list(rows) == ["a", "b"] and len(rows) == 2 and "a" in rows and "c" not in rows
+    assert rows._rows == {}  # nothing copied yet
+    np.testing.assert_array_equal(rows["b"], [14, 4, 10])
+    assert list(rows._rows) == ["b"] and rows["b"] is rows["b"]  # copied once, kept
+    assert {c: list(v) for c, v in rows.items()} == {"a": [7, 2, 5], "b": [14, 4, 10]}
+    with pytest.raises(KeyError):
+        rows["c"]
+
+
+def test_signal_columns_are_filled_in_place_shard_by_shard():
+    """compute_table allocates each column once: shards fill their rows, a wider type widens the
+    column, and a column a shard did not give is an error, never zeros."""
+    from collections import Counter
+
+    import numpy as np
+
+    from llm4all.curate.engine import _fill
+
+    table, rows = {}, Counter()
+    _fill(table, rows, {"n": np.array([1, 2], np.int64)}, 0, 2, 5)
+    _fill(table, rows, {"n": np.array([0.5, 1.5, 2.5])}, 2, 5, 5)
+    assert table["n"].dtype == np.float64 and list(table["n"]) == [1, 2, 0.5, 1.5, 2.5]
+    assert rows["n"] == 5
+
+
+def test_a_signal_missing_from_a_shard_fails_instead_of_filling_zeros(monkeypatch):
+    from llm4all.curate import engine
+
+    real = engine._shard_signals
+    calls = iter(range(100))
+
+    def flaky(args):
+        columns = real(args)
+        return {c: v for c, v in columns.items() if c != "ttr"} if next(calls) == 1 else columns
+
+    monkeypatch.setattr(engine, "_shard_signals", flaky)
+    texts = [f"text number {i} with some words" for i in range(9)]
+    with engine.Workers("local", 1) as executor, pytest.raises(RuntimeError, match="ttr"):  # in-process
+        engine.compute_table([f"d{i}" for i in range(9)], texts, ["ttr"], executor, shard_docs=3)

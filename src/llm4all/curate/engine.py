@@ -21,7 +21,7 @@ import hashlib
 import itertools
 import json
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from multiprocessing import get_context
 from pathlib import Path
@@ -138,27 +138,28 @@ def compute_table(ids: list[str], texts: Sequence[str], specs: list, executor: W
     batched = [s for s, (_, fn, _) in zip(specs, plan, strict=True) if fn.batched]
     bounds = [(i, min(i + shard_docs, len(ids))) for i in range(0, len(ids), shard_docs)]
     stats = {"shards": len(bounds), "cached": 0, "computed": 0, "seconds": {}}
-    parts: list[dict[str, np.ndarray]] = [{} for _ in bounds]
+    filled: dict[str, np.ndarray] = {}  # each column allocated once and filled shard by shard
+    rows: Counter[str] = Counter()  # rows filled per column
     for group, runner in ((per_doc, "per_doc"), (batched, "batched")):
         if not group:
             continue
         start = time.perf_counter()
         todo = []
-        for n, (a, b) in enumerate(bounds):
+        for a, b in bounds:
             key = _key(group, ids[a:b], texts[a:b])
             hit = cache.get(key) if cache else None
             if hit is not None:
-                parts[n].update(hit)
+                _fill(filled, rows, hit, a, b, len(ids))
                 stats["cached"] += 1
             else:
-                todo.append((n, key, a, b))
-        shards = ((texts[a:b], group) for _, _, a, b in todo)  # read one at a time, as they go out
+                todo.append((key, a, b))
+        shards = ((texts[a:b], group) for _, a, b in todo)  # read one at a time, as they go out
         if executor.engine == "ray" and runner == "batched" and todo:
             results = _ray_actor_signals(executor.ray(), shards)
         else:
             results = executor.map(_shard_signals, shards, inline=runner == "batched" or len(todo) < 2)
-        for (n, key, a, b), columns in zip(todo, results, strict=True):
-            parts[n].update(columns)
+        for (key, a, b), columns in zip(todo, results, strict=True):
+            _fill(filled, rows, columns, a, b, len(ids))
             if cache:
                 cache.put(key, columns)
             stats["computed"] += 1
@@ -168,8 +169,25 @@ def compute_table(ids: list[str], texts: Sequence[str], specs: list, executor: W
             stats["ray"] = ray_cluster(executor.address)
         stats["seconds"][runner] = round(time.perf_counter() - start, 2)
     columns = [c for _, fn, _ in plan for c in fn.columns]
-    table = {c: np.concatenate([p[c] for p in parts]) if parts else np.zeros(0) for c in columns}
-    return table, stats
+    missing = [c for c in columns if rows[c] != len(ids)]
+    if missing:  # a signal that did not give its column for every shard: never a zero filler
+        raise RuntimeError(f"signal columns {missing} filled for {[rows[c] for c in missing]} of "
+                           f"{len(ids)} documents")
+    return {c: filled.get(c, np.zeros(0)) for c in columns}, stats
+
+
+def _fill(table: dict[str, np.ndarray], rows: Counter, columns: dict, a: int, b: int, n: int) -> None:
+    """Rows a:b of every column of ``table`` (n rows each, allocated on the first shard: no list
+    of per-shard arrays concatenated at the end, which held the table twice and scattered it in
+    small pieces through the heap); a later shard of a wider type widens the column."""
+    for c, v in columns.items():
+        v = np.asarray(v)
+        if c not in table:
+            table[c] = np.zeros(n, v.dtype)
+        elif np.result_type(table[c], v) != table[c].dtype:
+            table[c] = table[c].astype(np.result_type(table[c], v))
+        table[c][a:b] = v
+        rows[c] += b - a
 
 
 #: what the driver is connected to: None (not yet), "local" or a cluster address

@@ -40,13 +40,14 @@ from llm4all.curate import mixture as mixtures
 from llm4all.curate.engine import Engine, ShardCache, Workers, compute_table
 from llm4all.curate.formats import check_format, column_values, format_columns, record_parser
 from llm4all.curate.reading import Ledger, read_all
-from llm4all.curate.step import Step, build_step, check_decisions
+from llm4all.curate.step import Step, TableRows, build_step, check_decisions
 from llm4all.curate.store import DocStore
 from llm4all.errors import UserError
 from llm4all.runs import atomic_dir, write_json, write_manifest
 
 DEFAULT_SIGNALS = ["char_entropy", "word_entropy", "zlib_ratio", "ttr", "mtld", "flesch",
                    "gopher_quality", "gopher_repetition"]
+SIGNAL_ROWS = 16384  # rows of signals.parquet converted and written at once (a row group)
 DEFAULT_STEPS = [{"filter": "published"}, {"dedup": "exact"}, {"dedup": "minhash"}]
 
 
@@ -252,7 +253,7 @@ def _one_step(label: str, step: Step, spec: dict, docs: DocStore, table: dict[st
     judged = (np.asarray([i for i in keep if _matches(docs.metas[int(i)], when)], dtype=np.int64)
               if when else np.asarray(keep, np.int64))
     judged_ids = [docs.ids[i] for i in judged]
-    columns = {c: v[judged] for c, v in table.items()}
+    columns = TableRows(table, judged)
     on_ray = getattr(step, "on_ray", None) if ray is not None else None
     metas = {"metas": docs.metas_of(judged)} if getattr(step, "reads_meta", False) else {}
     decisions = (on_ray(ray, judged_ids, docs.texts(judged), columns) if on_ray else
@@ -293,14 +294,24 @@ def _matches(meta: dict[str, Any], when: dict[str, Any]) -> bool:
 
 
 def _write_signals(path: Path, ids: list[str], table: dict[str, np.ndarray]) -> None:
+    """signals.parquet: the id and every signal column, written SIGNAL_ROWS rows (one row group)
+    at a time: converting the whole table at once held every column twice more in Arrow's
+    buffers and the Parquet encoder's (+22 MiB per 18k documents on the benchmark corpus)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from llm4all.runs import atomic_path
 
-    columns = {"id": pa.array(ids, pa.string()), **{c: pa.array(v) for c, v in table.items()}}
-    with atomic_path(path) as tmp:
-        pq.write_table(pa.table(columns), tmp, compression="zstd")
+    def part(start: int):
+        end = start + SIGNAL_ROWS
+        return pa.table({"id": pa.array(ids[start:end], pa.string()),
+                         **{c: pa.array(v[start:end]) for c, v in table.items()}})
+
+    first = part(0)
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, first.schema, compression="zstd") as writer:
+        writer.write_table(first)
+        for start in range(SIGNAL_ROWS, len(ids), SIGNAL_ROWS):
+            writer.write_table(part(start))
 
 
 def _print_summary(out: Path, summary: dict) -> None:

@@ -52,6 +52,29 @@ from llm4all.registry import check_options
 STEP_KINDS = ("filter", "dedup", "select")
 
 
+class TableRows(Mapping[str, np.ndarray]):
+    """The rows ``index`` of every column of ``table``, each column copied on first use only:
+    a step is given the columns of the documents it judges, but most steps (dedup) read none
+    and a filter a few, so the driver no longer copies the whole signal table at every step."""
+
+    def __init__(self, table: Mapping[str, np.ndarray], index: np.ndarray):
+        self._table, self._index, self._rows = table, index, {}
+
+    def __getitem__(self, column: str) -> np.ndarray:
+        if column not in self._rows:
+            self._rows[column] = np.asarray(self._table[column])[self._index]
+        return self._rows[column]
+
+    def __contains__(self, column: object) -> bool:  # without copying it
+        return column in self._table
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table)
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+
 class Decision(NamedTuple):
     """What a step says about one document: keep it, or drop it with a reason.
 

@@ -303,7 +303,8 @@ class MinHashDedup:
         """(ids, (n_docs, num_perm) uint32 signatures, (n_docs,) lengths in characters).
 
         With a ``store``, every batch's shingle hashes are appended to it; with a ``spill``, its
-        signatures (and band keys) go there and the signatures returned are its memory map.
+        signatures (and band keys) go there and the signatures returned read its rows back
+        (``pairs.SignatureRows``).
         """
         ids: list[str] = []
         lengths: list[int] = []

@@ -6,6 +6,8 @@ The parts of ``minhash.near_duplicates`` that the local engine and the Ray one
 
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 
 from llm4all.curate.dedup.shingles import set_jaccard
@@ -88,9 +90,33 @@ class SignatureSpill(TempSpill):
         """(n_docs, bands) uint64 band keys of every document, in order."""
         return np.concatenate(self._keys)
 
-    def array(self) -> np.ndarray:
-        """(n_docs, num_perm) uint32 signatures as a read-only memory map."""
+    def array(self) -> SignatureRows:
+        """(n_docs, num_perm) uint32 signatures, read back by rows (``SignatureRows``)."""
         self._file.flush()
-        if not self.n:
-            return np.zeros((0, self.num_perm), np.uint32)
-        return np.memmap(self._file, np.uint32, mode="r", shape=(self.n, self.num_perm))
+        return SignatureRows(self._file.fileno(), self.n, self.num_perm)
+
+
+class SignatureRows:
+    """Spilled signatures indexed like an (n_docs, num_perm) array by rows (``rows[index]``):
+    each lookup maps the file, copies the rows asked for and unmaps it, so the pages touched
+    by the candidate pairs verified so far do not stay in the process (they did when the
+    whole file stayed mapped: +14 MiB on the 8x benchmark corpus)."""
+
+    def __init__(self, fd: int, n: int, num_perm: int):
+        self.fd, self.shape = fd, (n, num_perm)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index) -> np.ndarray:
+        if not self.shape[0]:
+            return np.zeros(self.shape, np.uint32)[index]
+        with mmap.mmap(self.fd, 0, access=mmap.ACCESS_READ) as mapped:
+            view = np.frombuffer(mapped, np.uint32).reshape(self.shape)
+            try:
+                return np.array(view[index])  # a copy: the map closes on return
+            finally:
+                del view  # even on a bad index, or the map could not close
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return self[:].astype(dtype or np.uint32, copy=False)
