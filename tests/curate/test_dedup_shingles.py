@@ -75,6 +75,24 @@ def test_ascii_fast_path_equals_general_path_for_every_ascii_character():
             assert normalize(text) == normalize_unicode(text), repr(text)
 
 
+def test_general_path_equals_its_definition_on_any_unicode():
+    """``normalize_unicode`` (the non-ASCII runs through the Unicode pattern, the rest as bytes)
+    against its definition: NFKC, lowercase, ``[^\\w\\s]+`` to a space, a split on Unicode
+    whitespace; text from every plane, lone surrogates included."""
+    import unicodedata
+
+    from llm4all.curate.dedup.shingles import NON_WORD
+
+    rng = random.Random(1)
+    pool = [chr(c) for c in range(0x110000)]
+    mixed = "ab XY_,.!\t\n\x1c\x85\xa0\u1680\u2028\u3000é\u0301ﬁ—’Kİß！"
+    for _ in range(300):
+        text = "".join(rng.choice(pool) if rng.random() < 0.3 else rng.choice(mixed)
+                       for _ in range(rng.randint(0, 60)))
+        expected = " ".join(NON_WORD.sub(" ", unicodedata.normalize("NFKC", text).lower()).split())
+        assert normalize_unicode(text) == expected, repr(text)
+
+
 @pytest.mark.parametrize("n", [1, 3, 5])
 def test_shingle_hashes_match_reference(n):
     with np.errstate(over="ignore"):

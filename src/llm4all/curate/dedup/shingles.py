@@ -70,6 +70,8 @@ from llm4all.curate.dedup.spill import ShingleFile
 from llm4all.errors import UserError
 
 NON_WORD = re.compile(r"[^\w\s]+")
+_NON_ASCII_RUN = re.compile(r"[^\x00-\x7f]+")
+_UNICODE_NON_WORD = re.compile(r"\W+")  # within a non-ASCII run: punctuation, symbols, spaces
 #: byte -> byte for ASCII text: lowercase word characters, everything else (punctuation,
 #: symbols, control characters, whitespace) a space; bytes >= 128 never occur in ASCII text
 ASCII_TABLE = bytes(
@@ -104,9 +106,21 @@ def text_digest(text: str, normalise: bool = True) -> bytes:
 
 
 def normalize_unicode(text: str) -> str:
-    """The general path of ``normalize``, for any text (``normalize`` uses it for non-ASCII)."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    return " ".join(NON_WORD.sub(" ", text).split())
+    """The general path of ``normalize``, for any text (``normalize`` uses it for non-ASCII).
+
+    After NFKC and lowercasing, only the runs of non-ASCII characters go through the Unicode
+    regular expression (their non-word characters, whitespace included, become spaces); the
+    ASCII characters, most of them even in non-ASCII text, then go through ``ASCII_TABLE`` as
+    bytes: the same result as one ``[^\\w\\s]+`` substitution and a split on Unicode whitespace
+    (tested), 1.46x faster on the benchmark corpus's non-ASCII documents (2.05 -> 1.40 s).
+    """
+    text = _NON_ASCII_RUN.sub(_space_out, unicodedata.normalize("NFKC", text).lower())
+    return b" ".join(text.encode("utf-8", "surrogatepass").translate(ASCII_TABLE).split()).decode(
+        "utf-8", "surrogatepass")
+
+
+def _space_out(run: re.Match) -> str:
+    return _UNICODE_NON_WORD.sub(" ", run.group())
 
 
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
