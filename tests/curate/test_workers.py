@@ -128,3 +128,22 @@ def test_filter_in_ray_blocks_equals_the_local_filter(ray, monkeypatch):
 def test_ray_workers_map_in_order(ray):
     workers = Workers("ray", 2)  # the function goes by reference: one the workers can import
     assert list(workers.map(json.dumps, ([i] for i in range(9)))) == [f"[{i}]" for i in range(9)]
+
+
+def test_only_rays_token_auth_enabled_notice_is_quieted():
+    """Without -v, Ray's notice that its local instance uses token authentication (every run) is
+    dropped; its warning that authentication is disabled is not."""
+    import logging
+
+    from llm4all.curate.engine import _quiet_token_auth_notice
+
+    _quiet_token_auth_notice()
+    _quiet_token_auth_notice()  # once is enough
+    log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    assert len(log.filters) == 1
+
+    def passes(msg: str) -> bool:
+        return log.filter(logging.LogRecord(log.name, logging.WARNING, __file__, 1, msg, None, None))
+
+    assert not passes("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=...")
+    assert passes("Token authentication is disabled for this Ray cluster. Anyone with network access ...")

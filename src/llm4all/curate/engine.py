@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -211,6 +212,8 @@ def connect_ray(workers: int, address: str | None = None):
     if ray.is_initialized() and _RAY["connected"] != want:
         ray.shutdown()
     if not ray.is_initialized():
+        if not os.environ.get("LLM4ALL_VERBOSE"):
+            _quiet_token_auth_notice()
         env = {"env_vars": {k: os.environ[k] for k in RAY_ENV if k in os.environ}}
         try:
             if address:  # a cluster's CPUs are its own; llm4all must be installed on every node
@@ -233,12 +236,25 @@ def connect_ray(workers: int, address: str | None = None):
     # operation: 1-3 s each at 20k rows, and half the speed at 2M rows on 2 CPUs (docs/curate.md)
     context.shuffle_strategy = ray.data.context.ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
     if not os.environ.get("LLM4ALL_VERBOSE"):  # Ray Data's progress lines and INFO logs: with -v only
-        import logging
-
         context.enable_progress_bars = False
         logging.getLogger("ray").setLevel(logging.WARNING)
         logging.getLogger("ray.data").setLevel(logging.ERROR)  # not even "progress bars disabled"
     return ray
+
+
+def _quiet_token_auth_notice() -> None:
+    """Drop Ray's notice that the local instance it starts uses token authentication (its secure
+    default, printed on every run); its warning that authentication is *disabled* still shows."""
+    import logging
+
+    log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not any(isinstance(f, _TokenAuthNotice) for f in log.filters):
+        log.addFilter(_TokenAuthNotice())
+
+
+class _TokenAuthNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Token authentication is enabled for this Ray cluster")
 
 
 def ray_cluster(address: str | None) -> dict:
