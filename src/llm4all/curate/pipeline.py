@@ -43,6 +43,7 @@ from llm4all.curate.reading import Ledger, read_all
 from llm4all.curate.step import Step, TableRows, build_step, check_decisions
 from llm4all.curate.store import DocStore
 from llm4all.errors import UserError
+from llm4all.malloc import release_freed_memory
 from llm4all.runs import atomic_dir, write_json, write_manifest
 
 DEFAULT_SIGNALS = ["char_entropy", "word_entropy", "zlib_ratio", "ttr", "mtld", "flesch",
@@ -126,13 +127,16 @@ def main(
                             lang_id == "model", out_shard_docs, record_parser(format), executor)
         read, ids = len(docs) + rejected, docs.ids
         timings["read"] = time.perf_counter() - t0
+        release_freed_memory()  # each phase's freed temporaries back to the OS (malloc.py)
 
         # 2. signals
         t0 = time.perf_counter()
         table, engine_stats = compute_table(ids, docs.texts(), signals, executor, shard_docs, cache)
         table.update(column_values(format, docs.texts(), docs.metas))
         timings["signals"] = time.perf_counter() - t0
+        release_freed_memory()
         _write_signals(tmp / "signals.parquet", ids, table)
+        release_freed_memory()
 
         # 3. steps
         keep, step_rows = run_steps(built, steps, docs, table, ledger,
@@ -241,6 +245,7 @@ def run_steps(built: list[tuple[str, Step]], steps: list[dict], docs: DocStore,
         for (label, step), spec in zip(built, steps, strict=True):
             rows.append(_one_step(label, step, spec, docs, table, ledger, keep, ray))
             keep = rows[-1].pop("survivors")
+            release_freed_memory()
             advance()
     return keep, rows
 

@@ -35,6 +35,7 @@ adds the shingle hashes on disk, 4 bytes per shingle.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from functools import lru_cache
@@ -307,7 +308,7 @@ class MinHashDedup:
         (``pairs.SignatureRows``).
         """
         ids: list[str] = []
-        lengths: list[int] = []
+        lengths = array("q")  # 8 bytes per document (a list of ints: 36)
         parts = [np.empty((0, self.num_perm), np.uint32)]
         batch: list[str] = []
 
@@ -326,7 +327,7 @@ class MinHashDedup:
                 flush()
         flush()
         sig = spill.array() if spill is not None else np.concatenate(parts)
-        return ids, sig, np.array(lengths, np.int64)
+        return ids, sig, np.frombuffer(lengths, np.int64).copy()
 
     def __call__(self, docs: Iterable[tuple[str, str]]) -> Iterator[Decision]:
         bands, rows = band_params(self.threshold, self.num_perm, self.bands, self.rows, self.verify)
