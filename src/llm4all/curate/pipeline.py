@@ -134,9 +134,7 @@ def main(
         table, engine_stats = compute_table(ids, docs.texts(), signals, executor, shard_docs, cache)
         table.update(column_values(format, docs.texts(), docs.metas))
         timings["signals"] = time.perf_counter() - t0
-        release_freed_memory()
         _write_signals(tmp / "signals.parquet", ids, table)
-        release_freed_memory()
 
         # 3. steps
         keep, step_rows = run_steps(built, steps, docs, table, ledger,
@@ -145,16 +143,21 @@ def main(
 
         # 4. outputs
         write_kept(tmp / "kept.jsonl.zst", docs, keep, ledger, read, out_shard_docs)
-        outputs = {"kept": "kept/" if out_shard_docs else "kept.jsonl.zst",
-                   "removed": "removed/" if out_shard_docs else "removed.jsonl.zst",
-                   "signals": "signals.parquet", "summary": "summary.json",
-                   **({"rejects": rejects.name + "/" * bool(out_shard_docs)} if rejects.exists() else {}),
+        outputs = {**_output_names(out_shard_docs, rejects),
                    **write_order_manifests(tmp, docs, keep, table, cur, mix)}
         summary = _summary(read, keep, ledger, step_rows, table, engine, engine_stats, timings, start)
         write_json(tmp / "summary.json", summary)
         _write_stage_manifest(tmp, data, outputs, summary, rejected)
     _print_summary(out, summary)
     return summary
+
+
+def _output_names(out_shard_docs: int | None, rejects: Path) -> dict[str, str]:
+    """The stage manifest's names of the outputs written (folders with ``--out-shard-docs``)."""
+    folder = "/" * bool(out_shard_docs)
+    return {"kept": "kept" + (folder or ".jsonl.zst"), "removed": "removed" + (folder or ".jsonl.zst"),
+            "signals": "signals.parquet", "summary": "summary.json",
+            **({"rejects": rejects.name + folder} if rejects.exists() else {})}
 
 
 def _summary(read: int, keep: np.ndarray, ledger: Ledger, step_rows: list[dict], table: dict, engine: str,
@@ -301,7 +304,9 @@ def _matches(meta: dict[str, Any], when: dict[str, Any]) -> bool:
 def _write_signals(path: Path, ids: list[str], table: dict[str, np.ndarray]) -> None:
     """signals.parquet: the id and every signal column, written SIGNAL_ROWS rows (one row group)
     at a time: converting the whole table at once held every column twice more in Arrow's
-    buffers and the Parquet encoder's (+22 MiB per 18k documents on the benchmark corpus)."""
+    buffers and the Parquet encoder's (+22 MiB per 18k documents on the benchmark corpus). The
+    signal computation's freed temporaries and then the writer's go back to the OS first and
+    last (``release_freed_memory``)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -312,11 +317,14 @@ def _write_signals(path: Path, ids: list[str], table: dict[str, np.ndarray]) -> 
         return pa.table({"id": pa.array(ids[start:end], pa.string()),
                          **{c: pa.array(v[start:end]) for c, v in table.items()}})
 
+    release_freed_memory()
     first = part(0)
     with atomic_path(path) as tmp, pq.ParquetWriter(tmp, first.schema, compression="zstd") as writer:
         writer.write_table(first)
         for start in range(SIGNAL_ROWS, len(ids), SIGNAL_ROWS):
             writer.write_table(part(start))
+    del first
+    release_freed_memory()
 
 
 def _print_summary(out: Path, summary: dict) -> None:
