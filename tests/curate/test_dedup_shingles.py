@@ -142,7 +142,7 @@ def test_long_documents_and_small_sub_batches_match_reference(monkeypatch):
     assert sig[0].tolist() == reference_signature(text, 8, 2, 3)
     assert sig[1].tolist() == reference_signature("short one", 8, 2, 3)
     assert np.array_equal(sig[0], sig[2])
-    monkeypatch.setattr(sh, "_BATCH_CHARS", 12)  # one or two texts per normalised sub-batch
+    monkeypatch.setattr(sh, "BATCH_CHARS", 12)  # one or two texts per normalised sub-batch
     assert np.array_equal(sh.minhash_signatures(TEXTS, 16, 3, 7),
                           np.array([reference_signature(t, 16, 3, 7) for t in TEXTS]))
 

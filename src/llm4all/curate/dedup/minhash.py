@@ -54,7 +54,7 @@ from llm4all.curate.dedup.pairs import (
     survivor_order,
     verify_pairs,
 )
-from llm4all.curate.dedup.shingles import set_jaccard, signatures_and_shingles
+from llm4all.curate.dedup.shingles import BATCH_CHARS, set_jaccard, signatures_and_shingles
 from llm4all.curate.dedup.spill import ShingleStore
 from llm4all.curate.step import Decision
 from llm4all.errors import UserError, did_you_mean
@@ -261,7 +261,8 @@ class MinHashDedup:
         verify: join a candidate pair if its exact shingle-set Jaccard is ≥ threshold
             (``exact``), if its estimated Jaccard is (``estimate``), or always (``none``: the
             LSH S-curve of datasketch's banding decides, as in datasketch).
-        batch_size: documents hashed together (texts held at once).
+        batch_size: documents hashed together at most (texts held at once; a batch also goes
+            out at ``shingles.BATCH_CHARS`` characters).
     """
 
     def __init__(
@@ -319,12 +320,16 @@ class MinHashDedup:
                 store.add(hashes, counts)
             batch.clear()
 
+        chars = 0  # in the batch: it goes out at batch_size documents or BATCH_CHARS characters,
+        # so the texts held do not depend on how long the longest run of documents is
         for doc_id, text in docs:
             ids.append(doc_id)
             lengths.append(len(text))
             batch.append(text)
-            if len(batch) == self.batch_size:
+            chars += len(text)
+            if len(batch) == self.batch_size or chars >= BATCH_CHARS:
                 flush()
+                chars = 0
         flush()
         sig = spill.array() if spill is not None else np.concatenate(parts)
         return ids, sig, np.frombuffer(lengths, np.int64).copy()
