@@ -26,7 +26,9 @@ defaults: word 5-grams, 14 buckets × 8 hashes, 64-bit SHA-1 shingle hashes as i
 fails with the installed xxhash; LocalPipelineExecutor with 2 workers; spacy's tokenizer) on the
 same documents; its docs/s covers the four stages, its recall the planted copies it removed.
 Prints one row per run, the driver's memory growth per doubling of the input, and last the
-ratio of Ray 2 workers to Ray 1 worker on 4× (documents/s over the command's wall time).
+ratio of Ray 2 workers to Ray 1 worker on 4× (documents/s over the command's wall time, the
+medians of ``--repeat`` runs each, 1 and 2 workers alternating: on two cores one run moves by
+±5% with what the machine did just before).
 
     .venv/bin/pip install -e ".[bench]"     # datatrove and what its MinHash needs
     flock /tmp/llm4all-bench.lock .venv/bin/python benchmarks/curate_scale.py [--work DIR]
@@ -39,6 +41,7 @@ import json
 import os
 import random
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -181,6 +184,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/llm4all-curate-scale"))
     parser.add_argument("--sizes", default="1x,2x,4x")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each Ray row on 4x for the ratio")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     inputs = build(args.work)
@@ -217,12 +221,27 @@ def main() -> None:
             steps.append(f"{a}->{b} peak RSS {rss:+.1%}, private {private:+.1%}")
         print(f"driver memory per doubling, {name}: " + ", ".join(steps))
     if ("4x", "ray, 1 worker") in rows and ("4x", "ray, 2 workers") in rows:
-        one, two = rows[("4x", "ray, 1 worker")], rows[("4x", "ray, 2 workers")]
-        inner = two["pipeline_docs_per_s"] / one["pipeline_docs_per_s"]
-        print(f"4x, ray 2 workers / 1 worker docs/s, pipeline time: {inner:.2f}")
-        print(f"ratio (4x, ray 2 workers / 1 worker docs/s, command wall time): "
-              f"{two['docs_per_s'] / one['docs_per_s']:.2f}")
+        ratio(args.work, inputs["4x"], rows, args.repeat)
 
+
+def ratio(work: Path, files: list[Path], rows: dict, repeat: int) -> None:
+    """Ray 2 workers / 1 worker on 4x: the first pair of runs above and ``repeat`` − 1 more pairs,
+    alternating 1 and 2 workers (so a drift of the machine reaches both), compared by their
+    medians; each pair's ratio is printed too."""
+    runs = {w: [rows[("4x", f"ray, {w} worker{'s' * (w > 1)}")]] for w in (1, 2)}
+    for k in range(1, repeat):
+        for w in (1, 2):
+            out = work / f"out-4x-ray-repeat{k}-{w}"
+            subprocess.run(["rm", "-rf", str(out)], check=True)
+            runs[w].append(run_llm4all(files, out, "ray", w))
+    for key, label in (("docs_per_s", "command wall time"), ("pipeline_docs_per_s", "pipeline time")):
+        one, two = ([r[key] for r in runs[w]] for w in (1, 2))
+        pairs = ", ".join(f"{b / a:.2f}" for a, b in zip(one, two, strict=True))
+        print(f"4x, ray 2 workers / 1 worker, {label}: per pair {pairs}; medians "
+              f"{statistics.median(two):,.0f} / {statistics.median(one):,.0f} docs/s")
+    one, two = (statistics.median(r["docs_per_s"] for r in runs[w]) for w in (1, 2))
+    print(f"ratio (4x, ray 2 workers / 1 worker, median docs/s over {repeat} runs each, command wall "
+          f"time): {two / one:.2f}")
 
 if __name__ == "__main__":
     main()
