@@ -25,10 +25,12 @@ Peer: datatrove's MinHash deduplication (signatures → buckets → clusters →
 defaults: word 5-grams, 14 buckets × 8 hashes, 64-bit SHA-1 shingle hashes as its xxhash path
 fails with the installed xxhash; LocalPipelineExecutor with 2 workers; spacy's tokenizer) on the
 same documents; its docs/s covers the four stages, its recall the planted copies it removed.
-Prints one row per run, the driver's memory growth per doubling of the input, and last the
-ratio of Ray 2 workers to Ray 1 worker on 4× (documents/s over the command's wall time, the
-medians of ``--repeat`` runs each, 1 and 2 workers alternating: on two cores one run moves by
-±5% with what the machine did just before).
+Prints one row per run, the driver's memory growth per doubling of the input, the same Ray
+ratio on **8×** (eight variants, 35,712 documents: Ray's start and stop and each shuffle's fixed
+cost weigh half as much; ``--no-also-8x`` skips it), and last the ratio of Ray 2 workers to Ray
+1 worker on 4× (documents/s over the command's wall time, the medians of ``--repeat`` runs
+each, 1 and 2 workers alternating: on two cores one run moves by ±5% with what the machine did
+just before).
 
     .venv/bin/pip install -e ".[bench]"     # datatrove and what its MinHash needs
     flock /tmp/llm4all-bench.lock .venv/bin/python benchmarks/curate_scale.py [--work DIR]
@@ -75,9 +77,9 @@ def build(work: Path) -> dict[str, list[Path]]:
     from llm4all.data.readers import read_documents
     from llm4all.data.writers import write_documents
 
-    inputs: dict[str, list[Path]] = {"1x": [], "2x": [], "4x": []}
+    inputs: dict[str, list[Path]] = {"1x": [], "2x": [], "4x": [], "8x": []}
     docs = list(read_documents(ROOT / "data/demo"))
-    for k in range(4):
+    for k in range(8):
         variant, planted = work / f"variant{k}.jsonl.zst", work / f"planted{k}.jsonl.zst"
         if not planted.exists():
             rng = random.Random(k)
@@ -88,7 +90,9 @@ def build(work: Path) -> dict[str, list[Path]]:
                             str(raw), "--seed", str(k)], check=True)
             write_documents(planted, [Document(f"{d.id}/v{k}", d.text, d.meta)  # ids unique per variant
                                       for d in read_documents(raw)])
-        inputs["4x"] += [variant, planted]
+        inputs["8x"] += [variant, planted]
+        if k < 4:
+            inputs["4x"] += [variant, planted]
         if k < 2:
             inputs["2x"] += [variant, planted]
         if k == 0:
@@ -185,6 +189,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/llm4all-curate-scale"))
     parser.add_argument("--sizes", default="1x,2x,4x")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each Ray row on 4x for the ratio")
+    parser.add_argument("--also-8x", action=argparse.BooleanOptionalAction, default=True,
+                        help="the Ray ratio on 8x as well (printed before 4x's)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     inputs = build(args.work)
@@ -220,27 +226,30 @@ def main() -> None:
                             for k in ("driver_mib", "private_mib"))
             steps.append(f"{a}->{b} peak RSS {rss:+.1%}, private {private:+.1%}")
         print(f"driver memory per doubling, {name}: " + ", ".join(steps))
+    if args.also_8x:  # the same ratio on twice the input: how much of 4x's is Ray's fixed cost
+        ratio(args.work, "8x", inputs["8x"], rows, args.repeat)
     if ("4x", "ray, 1 worker") in rows and ("4x", "ray, 2 workers") in rows:
-        ratio(args.work, inputs["4x"], rows, args.repeat)
+        ratio(args.work, "4x", inputs["4x"], rows, args.repeat)
 
 
-def ratio(work: Path, files: list[Path], rows: dict, repeat: int) -> None:
-    """Ray 2 workers / 1 worker on 4x: the first pair of runs above and ``repeat`` − 1 more pairs,
-    alternating 1 and 2 workers (so a drift of the machine reaches both), compared by their
-    medians; each pair's ratio is printed too."""
-    runs = {w: [rows[("4x", f"ray, {w} worker{'s' * (w > 1)}")]] for w in (1, 2)}
-    for k in range(1, repeat):
+def ratio(work: Path, size: str, files: list[Path], rows: dict, repeat: int) -> None:
+    """Ray 2 workers / 1 worker on ``size``: its pair of runs above (if any) and more pairs up to
+    ``repeat``, alternating 1 and 2 workers (so a drift of the machine reaches both), compared by
+    their medians; each pair's ratio is printed too."""
+    runs = {w: [rows[(size, f"ray, {w} worker{'s' * (w > 1)}")]] if (size, "ray, 1 worker") in rows else []
+            for w in (1, 2)}
+    for k in range(len(runs[1]), repeat):
         for w in (1, 2):
-            out = work / f"out-4x-ray-repeat{k}-{w}"
+            out = work / f"out-{size}-ray-repeat{k}-{w}"
             subprocess.run(["rm", "-rf", str(out)], check=True)
             runs[w].append(run_llm4all(files, out, "ray", w))
     for key, label in (("docs_per_s", "command wall time"), ("pipeline_docs_per_s", "pipeline time")):
         one, two = ([r[key] for r in runs[w]] for w in (1, 2))
         pairs = ", ".join(f"{b / a:.2f}" for a, b in zip(one, two, strict=True))
-        print(f"4x, ray 2 workers / 1 worker, {label}: per pair {pairs}; medians "
+        print(f"{size}, ray 2 workers / 1 worker, {label}: per pair {pairs}; medians "
               f"{statistics.median(two):,.0f} / {statistics.median(one):,.0f} docs/s")
     one, two = (statistics.median(r["docs_per_s"] for r in runs[w]) for w in (1, 2))
-    print(f"ratio (4x, ray 2 workers / 1 worker, median docs/s over {repeat} runs each, command wall "
+    print(f"ratio ({size}, ray 2 workers / 1 worker, median docs/s over {repeat} runs each, command wall "
           f"time): {two / one:.2f}")
 
 if __name__ == "__main__":
