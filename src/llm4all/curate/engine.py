@@ -245,8 +245,6 @@ def connect_ray(workers: int, address: str | None = None):
 def _quiet_token_auth_notice() -> None:
     """Drop Ray's notice that the local instance it starts uses token authentication (its secure
     default, printed on every run); its warning that authentication is *disabled* still shows."""
-    import logging
-
     log = logging.getLogger("ray._private.authentication.authentication_token_setup")
     if not any(isinstance(f, _TokenAuthNotice) for f in log.filters):
         log.addFilter(_TokenAuthNotice())

@@ -27,8 +27,8 @@ The whole method, in the order this file runs it (``MinHashDedup`` at the bottom
 On Ray (``on_ray``, ``ray_minhash.py``) the same steps run in tasks, the clusters by a distributed
 connected-components pass; the decisions are equal.
 
-Memory: the signatures go to a temporary file batch by batch (``pairs.SignatureSpill``, mapped
-back for the candidate pairs' rows) and only their band keys stay in RAM — ``bands × 8`` bytes
+Memory: the signatures go to a temporary file batch by batch (``pairs.SignatureSpill``, read
+back by rows for the candidate pairs) and only their band keys stay in RAM — ``bands × 8`` bytes
 per document plus its id and length; texts are never held beyond one batch. Exact verification
 adds the shingle hashes on disk, 4 bytes per shingle.
 """

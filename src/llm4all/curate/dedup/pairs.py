@@ -72,7 +72,7 @@ def number_clusters(survivor: np.ndarray) -> np.ndarray:
 class SignatureSpill(TempSpill):
     """Signatures appended batch by batch to an unnamed temporary file, their band keys kept in
     memory: the local MinHash then holds ``bands × 8`` bytes per document (what LSH buckets by)
-    instead of ``num_perm × 4`` (the signatures, mapped back for the candidate pairs' rows)."""
+    instead of ``num_perm × 4`` (the signatures, read back by rows for the candidate pairs)."""
 
     def __init__(self, num_perm: int, bands: int, rows: int):
         super().__init__()
