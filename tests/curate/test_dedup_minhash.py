@@ -249,8 +249,7 @@ def test_connected_components_on_ray_equal_scipy_on_chains_stars_and_random_grap
     noise = rng.integers(0, 100, (60, 2))
     edges = np.concatenate([chain, star, noise])
     position = rng.permutation(n)  # document i is node position[i]
-    got = components_on_ray(ray, ray.data.from_items([{"a": int(a), "b": int(b)} for a, b in edges]),
-                            position)
+    got = components_on_ray(ray, [ray.put(part) for part in np.array_split(edges, 3)], position)
     _, label = connected_components(coo_matrix((np.ones(len(edges)), (position[edges[:, 0]],
                                                 position[edges[:, 1]])), shape=(n, n)), directed=False)
     smallest = np.full(label.max() + 1, n)

@@ -125,6 +125,27 @@ def test_filter_in_ray_blocks_equals_the_local_filter(ray, monkeypatch):
     assert type(caught.value) is UserError  # raised in the driver: one line, no task traceback
 
 
+def test_a_local_ray_instance_passes_the_environment_to_its_workers(monkeypatch):
+    """No runtime_env for a local instance (it would replace the workers Ray starts with it):
+    its workers inherit LLM4ALL_* from the driver; Ray Data is configured where it is used."""
+    import os
+
+    ray = pytest.importorskip("ray")
+    from llm4all.curate.engine import connect_ray, ray_data
+
+    ray.shutdown()  # a new instance, started with this environment
+    monkeypatch.setenv("LLM4ALL_CACHE", "/nonexistent/llm4all-env-check")
+    try:
+        connect_ray(2)
+        seen = ray.get([ray.remote(lambda: os.environ.get("LLM4ALL_CACHE")).remote() for _ in range(4)])
+        assert seen == ["/nonexistent/llm4all-env-check"] * 4
+        data = ray_data(ray)
+        context = data.DataContext.get_current()
+        assert context.shuffle_strategy == data.context.ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    finally:
+        ray.shutdown()  # later tests start an instance without the variable
+
+
 def test_ray_workers_map_in_order(ray):
     workers = Workers("ray", 2)  # the function goes by reference: one the workers can import
     assert list(workers.map(json.dumps, ([i] for i in range(9)))) == [f"[{i}]" for i in range(9)]

@@ -160,6 +160,8 @@ def embed_on_ray(ray, texts, model: str = "minilm", batch_size: int = 32,
     (an actor's thread count orders the sums differently; 1e-7 here, decisions unchanged in the
     tests).
     """
+    from llm4all.curate.engine import ray_data
+
     model = str(model)
     keys = [hashlib.blake2b(t.encode("utf-8"), digest_size=16).digest() for t in texts]
     first = {k: i for i, k in enumerate(keys)}  # one text per distinct key
@@ -169,7 +171,7 @@ def embed_on_ray(ray, texts, model: str = "minilm", batch_size: int = 32,
     plan = batches([texts[i] for i in distinct], batch_size)
     rows = [{"batch": b, "texts": [texts[distinct[j]] for j in idx]} for b, idx in enumerate(plan)]
     actors = max(1, min(len(rows), int(ray.cluster_resources().get("CPU", 1))))
-    out = ray.data.from_items(rows, override_num_blocks=len(rows)).map(
+    out = ray_data(ray).from_items(rows, override_num_blocks=len(rows)).map(
         EmbedBatches, fn_constructor_args=(model, max_tokens), concurrency=actors).take_all()
     vectors = np.empty((len(distinct), len(out[0]["vectors"][0])), np.float32)
     for r in out:

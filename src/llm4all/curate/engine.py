@@ -214,15 +214,17 @@ def connect_ray(workers: int, address: str | None = None):
     if not ray.is_initialized():
         if not os.environ.get("LLM4ALL_VERBOSE"):
             _quiet_token_auth_notice()
-        env = {"env_vars": {k: os.environ[k] for k in RAY_ENV if k in os.environ}}
         try:
             if address:  # a cluster's CPUs are its own; llm4all must be installed on every node
+                env = {"env_vars": {k: os.environ[k] for k in RAY_ENV if k in os.environ}}
                 ray.init(address=address, include_dashboard=False, log_to_driver=False,
                          configure_logging=False, runtime_env=env)
             else:
-                # "local": a new instance even where a cluster was started on this machine
+                # "local": a new instance even where a cluster was started on this machine; its
+                # workers inherit this environment (a runtime_env would start new worker
+                # processes in place of the ones Ray starts with it: +0.55 s to the first tasks)
                 ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False,
-                         configure_logging=False, runtime_env=env)
+                         configure_logging=False)
         except Exception as e:  # Ray raises its own types (ConnectionError, AuthenticationError, ...)
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             hint = ("the cluster uses token authentication: set RAY_AUTH_MODE=token (the token is read from "
@@ -231,15 +233,24 @@ def connect_ray(workers: int, address: str | None = None):
             raise UserError(f"--ray-address {address}: cannot join a Ray cluster there ({first}); "
                             f"{hint}") from None
         _RAY["connected"] = want
+    if not os.environ.get("LLM4ALL_VERBOSE"):  # Ray's INFO logs: with -v only
+        logging.getLogger("ray").setLevel(logging.WARNING)
+    return ray
+
+
+def ray_data(ray):
+    """The ``ray.data`` module, configured for llm4all on first use: imported only by the steps
+    that use Ray Data (embeddings in actors), as the import alone takes 0.5 s."""
+    import os
+
     context = ray.data.DataContext.get_current()  # imports ray.data, which sets up its logger
     # sort-based shuffles run in tasks (warm worker processes); the hash shuffle starts actors per
     # operation: 1-3 s each at 20k rows, and half the speed at 2M rows on 2 CPUs (docs/curate.md)
     context.shuffle_strategy = ray.data.context.ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
     if not os.environ.get("LLM4ALL_VERBOSE"):  # Ray Data's progress lines and INFO logs: with -v only
         context.enable_progress_bars = False
-        logging.getLogger("ray").setLevel(logging.WARNING)
         logging.getLogger("ray.data").setLevel(logging.ERROR)  # not even "progress bars disabled"
-    return ray
+    return ray.data
 
 
 def _quiet_token_auth_notice() -> None:
@@ -300,9 +311,10 @@ def ray_stream(ray, submit: Callable[[Any], Any], items: Iterable, in_flight: in
 
 
 def shuffle_partitions(ray, rows: int, per_partition: int = 1_000_000) -> int:
-    """Partitions for a Ray Data hash shuffle of ``rows`` rows: two per CPU of the cluster, or
-    more when that would put over ``per_partition`` rows in one (Ray's default, 200, costs
-    seconds of start-up at the sizes one machine curates)."""
+    """Partitions for a hash shuffle of ``rows`` rows (``dedup/ray_shuffle.py``): two per CPU
+    of the cluster, or more when that would put over ``per_partition`` rows in one (each
+    partition is one reduce task; Ray Data's default of 200 cost seconds at the sizes one
+    machine curates)."""
     return max(2 * ray_parallelism(ray), -(-rows // per_partition))
 
 

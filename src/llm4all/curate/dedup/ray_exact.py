@@ -1,13 +1,14 @@
-"""Exact deduplication on Ray Data: hashes in tasks, duplicates found by a hash shuffle.
+"""Exact deduplication on Ray: hashes in tasks, duplicates found by a hash shuffle.
 
 The distributed form of ``exact.ExactDedup`` (the way datatrove and NeMo Curator run it):
 each shard is hashed in a Ray task (``shingles.text_digest``: BLAKE2b-128 of the normalised
 text, kept as two uint64; a sliding window of shards in flight, ``engine.ray_stream``), then
-the (digest, position) rows are grouped by digest with Ray Data's shuffle and each group keeps
-its first position in input order, so the decisions equal the local engine's: the first
-occurrence survives, every later copy names it. Only digests seen more than once go through
-the shuffle (a digest seen once is its own survivor). The driver holds 16 bytes and a
-position per document, never the texts of more than one window of shards.
+the (digest, position) rows are grouped by digest with a hash shuffle in Ray tasks
+(``ray_shuffle.py``) and each group keeps its first position in input order, so the decisions
+equal the local engine's: the first occurrence survives, every later copy names it. Only
+digests seen more than once go through the shuffle (a digest seen once is its own survivor).
+The driver holds 16 bytes and a position per document, never the texts of more than one
+window of shards.
 """
 
 from __future__ import annotations
@@ -27,17 +28,21 @@ def hash_shard(texts: list[str], normalise: bool = True) -> np.ndarray:
     return np.frombuffer(raw, np.uint64).reshape(-1, 2)
 
 
-def first_of_group(group: dict) -> dict:
-    """Ray task (one digest's rows): every position with the group's first position."""
-    pos = np.asarray(group["pos"])
-    return {"pos": pos, "first": np.full(len(pos), pos.min())}
+def later_copies(rows: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Reduce task (the rows of some digests): (position, first position of its digest) of
+    every row that is not the first of its digest."""
+    order = np.lexsort((rows["pos"], rows["lo"], rows["hi"]))
+    hi, lo, pos = rows["hi"][order], rows["lo"][order], rows["pos"][order]
+    head = np.ones(len(pos), bool)  # the first row of each digest
+    head[1:] = (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])
+    first = pos[np.flatnonzero(head)][np.cumsum(head) - 1]
+    return pos[~head], first[~head]
 
 
 def exact_on_ray(ray, ids: list[str], texts: Sequence[str], normalise: bool = True,
                  shard_docs: int = 500) -> list[Decision]:
     """One decision per document, equal to ``ExactDedup(normalise)`` run locally."""
-    import pyarrow as pa
-
+    from llm4all.curate.dedup.ray_shuffle import reduce_on_ray, split
     from llm4all.curate.engine import ray_stream, shuffle_partitions
 
     n = len(ids)
@@ -54,13 +59,10 @@ def exact_on_ray(ray, ids: list[str], texts: Sequence[str], normalise: bool = Tr
     same = (digest[order[1:]] == digest[order[:-1]]).all(axis=1)
     repeated = order[np.r_[same, False] | np.r_[False, same]]  # a digest seen once: not shuffled
     if len(repeated):
-        rows = {"hi": digest[repeated, 0].view(np.int64), "lo": digest[repeated, 1].view(np.int64),
-                "pos": repeated.astype(np.int64)}
-        groups = ray.data.from_arrow(pa.table(rows)).groupby(
-            ["hi", "lo"], num_partitions=shuffle_partitions(ray, len(repeated)))
-        firsts = groups.map_groups(first_of_group, batch_format="numpy")
-        for batch in firsts.iter_batches(batch_format="numpy"):
-            survivor[np.asarray(batch["pos"], np.int64)] = np.asarray(batch["first"], np.int64)
+        rows = {"hi": digest[repeated, 0], "lo": digest[repeated, 1], "pos": repeated.astype(np.int64)}
+        parts = split(rows, [rows["hi"]], shuffle_partitions(ray, len(repeated)))
+        for pos, first in map(ray.get, reduce_on_ray(ray, [parts], later_copies)):
+            survivor[pos] = first
     return [Decision(ids[i], True) if survivor[i] == i else
             Decision(ids[i], False, {"reason": "exact_duplicate", "survivor": ids[survivor[i]]})
             for i in range(n)]

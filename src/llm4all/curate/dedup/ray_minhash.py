@@ -7,14 +7,15 @@ The distributed form of ``minhash.MinHashDedup`` (as datatrove and NeMo Curator 
    and, for exact verification, shingle hashes), which stays in Ray's object store
    (``ShardPayloads``); the driver keeps a sliding window of shards' texts in flight
    (``engine.ray_stream``);
-2. **candidate pairs**: band keys as rows (band, key, position), grouped by (band, key) with
-   Ray Data's shuffle (only rows whose (band, key) occurs more than once: a bucket of one has
-   no pair); each bucket emits its pairs by the rule ``candidate_pairs`` applies (all pairs of a
-   bucket of up to 32 members; a larger one its members up to 31 apart plus a star on its
-   first), and a second shuffle on (a, b) makes them unique;
-3. **verification** in tasks (``pairs.verify_pairs``: the estimate from the signatures, then
-   the exact Jaccard of the shingle sets), each task fetching the payloads of the shards its
-   pairs touch;
+2. **candidate pairs**: band keys as rows (band, key, position), shuffled by (band, key) to
+   Ray tasks (``ray_shuffle.py``; only rows whose (band, key) occurs more than once: a bucket of
+   one has no pair); each bucket emits its pairs by the rule ``candidate_pairs`` applies (all
+   pairs of a bucket of up to 32 members; a larger one its members up to 31 apart plus a star
+   on its first), and a second shuffle on (a, b) brings the copies of a pair together;
+3. **verification** in those second tasks, once per unique pair (``pairs.verify_pairs``: the
+   estimate from the signatures, then the exact Jaccard of the shingle sets), each task
+   fetching the payloads of the shards its pairs touch; the verified pairs stay in the object
+   store;
 4. **clusters** by a distributed connected-components pass over the verified pairs
    (``components_on_ray``: min-label hooking plus pointer jumping, Shiloach & Vishkin 1982's
    scheme), on nodes numbered by survivor preference so a component's smallest node is its
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from llm4all.curate.dedup.ray_shuffle import reduce_on_ray, split
 from llm4all.curate.dedup.shingles import signatures_and_shingles
 from llm4all.curate.engine import ray_stream, shuffle_partitions
 
@@ -100,31 +102,56 @@ def shared_band_rows(keys: np.ndarray) -> dict[str, np.ndarray]:
     return {c: np.concatenate(v) if v else np.zeros(0, np.int64) for c, v in parts.items()}
 
 
-def bucket_pairs(group: dict, all_pairs_max: int) -> dict:
-    """Ray task (one bucket's rows): its candidate pairs, by ``minhash.candidate_pairs``'s rule."""
-    members = np.sort(np.asarray(group["pos"], np.int64))
+def bucket_pairs(rows: dict[str, np.ndarray], all_pairs_max: int, parts: int) -> list[dict]:
+    """Reduce task (the (band, key, pos) rows of some buckets): each bucket's candidate pairs by
+    ``minhash.candidate_pairs``'s rule (its members up to ``all_pairs_max`` - 1 apart, in
+    input order; a bigger bucket also a star on its first member), as ``parts`` partitions of
+    {"pair": (m, 2) pairs a < b} by a hash of the pair, for the shuffle that makes them unique."""
+    order = np.lexsort((rows["pos"], rows["key"], rows["band"]))
+    band, key, pos = rows["band"][order], rows["key"][order], rows["pos"][order]
+    head = np.ones(len(pos), bool)  # the first member of each bucket
+    head[1:] = (band[1:] != band[:-1]) | (key[1:] != key[:-1])
+    bucket = np.cumsum(head) - 1
+    size = np.bincount(bucket)[bucket] if len(pos) else np.zeros(0, np.int64)
     found = [np.empty((0, 2), np.int64)]
-    for d in range(1, min(len(members), all_pairs_max)):  # members d apart
-        found.append(np.stack([members[:-d], members[d:]], axis=1))
-    if len(members) > all_pairs_max:  # a star on the first member
-        found.append(np.stack([np.full(len(members) - 1, members[0]), members[1:]], axis=1))
+    for d in range(1, min(int(size.max(initial=0)), all_pairs_max)):  # members d apart
+        hit = np.flatnonzero(bucket[:-d] == bucket[d:])
+        found.append(np.stack([pos[hit], pos[hit + d]], axis=1))
+    big = (size > all_pairs_max) & ~head  # a star on the first member of each big bucket
+    found.append(np.stack([pos[np.flatnonzero(head)][bucket[big]], pos[big]], axis=1))
     pairs = np.concatenate(found)
-    return {"a": pairs[:, 0], "b": pairs[:, 1]}
+    return split({"pair": pairs}, [pairs[:, 0], pairs[:, 1]], parts)
 
 
-def candidate_pairs_on_ray(ray, keys: np.ndarray, all_pairs_max: int):
-    """``minhash.candidate_pairs`` of the (n, bands) band keys as a Ray Dataset of unique (a, b)
-    rows (a < b), from a shuffle of the repeated (band, key, position) rows; None when no bucket
+def verified_pairs(rows: dict[str, np.ndarray], payloads: ShardPayloads, threshold: float,
+                   verify: str) -> np.ndarray:
+    """Reduce task (the candidate pairs of one partition, each as often as buckets found it):
+    the unique pairs that ``pairs.verify_pairs`` joins under ``verify``, as (m, 2) int64."""
+    from llm4all.curate.dedup.pairs import verify_pairs
+
+    pairs = np.unique(rows["pair"], axis=0)
+    if not len(pairs) or verify == "none":
+        return pairs
+    local, sig, shingles = _local(pairs, payloads)
+    kept, _ = verify_pairs(local, sig, threshold, verify, shingles if verify == "exact" else None)
+    key = local[:, 0] * len(sig) + local[:, 1]  # the kept local pairs, matched back
+    return pairs[np.isin(key, kept[:, 0] * len(sig) + kept[:, 1])]
+
+
+def edges_on_ray(ray, keys: np.ndarray, payloads: ShardPayloads, threshold: float, verify: str,
+                 all_pairs_max: int) -> list:
+    """The verified candidate pairs of the (n, bands) band keys, as references to P arrays of
+    (a, b) rows (each pair once, a < b; they stay in the object store): the repeated
+    (band, key, position) rows shuffled by (band, key) to tasks that emit each bucket's pairs,
+    those shuffled by pair to tasks that drop repeats and verify them. Empty when no bucket
     holds two documents."""
-    import pyarrow as pa
-
     table = shared_band_rows(keys)
     if not len(table["pos"]):
-        return None
-    partitions = shuffle_partitions(ray, len(table["pos"]))
-    buckets = ray.data.from_arrow(pa.table(table)).groupby(["band", "key"], num_partitions=partitions)
-    pairs = buckets.map_groups(lambda g: bucket_pairs(g, all_pairs_max), batch_format="numpy")
-    return pairs.groupby(["a", "b"], num_partitions=partitions).count().select_columns(["a", "b"])
+        return []
+    parts = shuffle_partitions(ray, len(table["pos"]))  # at least 2: a task returns a list of them
+    buckets = split(table, [table["band"], table["key"]], parts)
+    candidates = reduce_on_ray(ray, [buckets], bucket_pairs, all_pairs_max, parts, returns=parts)
+    return reduce_on_ray(ray, candidates, verified_pairs, payloads, threshold, verify)
 
 
 def _local(pairs: np.ndarray, payloads: ShardPayloads):
@@ -134,53 +161,39 @@ def _local(pairs: np.ndarray, payloads: ShardPayloads):
     return np.searchsorted(docs, pairs), sig, (hashes, counts)
 
 
-def _verify_batch(batch: dict, payloads: ShardPayloads, threshold: float, verify: str) -> dict:
-    """Ray task: the batch's candidate pairs joined under ``verify`` (``pairs.verify_pairs``)."""
-    from llm4all.curate.dedup.pairs import verify_pairs
-
-    pairs = np.stack([np.asarray(batch["a"], np.int64), np.asarray(batch["b"], np.int64)], axis=1)
-    if not len(pairs):
-        return {"a": pairs[:, 0], "b": pairs[:, 1]}
-    local, sig, shingles = _local(pairs, payloads)
-    kept, _ = verify_pairs(local, sig, threshold, verify, shingles if verify == "exact" else None)
-    keep = np.zeros(len(pairs), bool)  # which rows survived: match the kept local pairs back
-    key = local[:, 0] * len(sig) + local[:, 1]
-    keep[np.isin(key, kept[:, 0] * len(sig) + kept[:, 1])] = True
-    return {"a": pairs[keep, 0], "b": pairs[keep, 1]}
-
-
-def _hooks(batch: dict, parent_ref, position_ref) -> dict:
-    """Ray task: for each edge whose ends have different roots, (larger root, smaller root)."""
-    import ray
-
-    parent, position = ray.get(parent_ref), ray.get(position_ref)
-    ra = parent[position[np.asarray(batch["a"], np.int64)]]
-    rb = parent[position[np.asarray(batch["b"], np.int64)]]
+def _offers(edges: np.ndarray, parent: np.ndarray, position: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ray task: for each root that an edge of ``edges`` joins to a smaller root, the smallest
+    such root, as (roots, offers)."""
+    ra, rb = parent[position[edges[:, 0]]], parent[position[edges[:, 1]]]
     cross = ra != rb
-    return {"node": np.maximum(ra, rb)[cross], "cand": np.minimum(ra, rb)[cross]}
+    node, cand = np.maximum(ra, rb)[cross], np.minimum(ra, rb)[cross]
+    order = np.lexsort((cand, node))
+    node, cand = node[order], cand[order]
+    first = np.ones(len(node), bool)
+    first[1:] = node[1:] != node[:-1]
+    return node[first], cand[first]
 
 
-def components_on_ray(ray, edges, position: np.ndarray) -> np.ndarray:
-    """root[k]: the smallest node of node k's connected component; the edges (a, b) (a Ray
-    Dataset) join documents, and document i is node ``position[i]``.
+def components_on_ray(ray, edges: list, position: np.ndarray) -> np.ndarray:
+    """root[k]: the smallest node of node k's connected component; ``edges`` are references
+    to (m, 2) arrays of (a, b) rows joining documents, and document i is node ``position[i]``.
 
     Each round, every edge whose ends lie in different trees offers its larger root a hook to
-    the smaller one; each root takes the smallest offer (a ``groupby(...).min`` shuffle), then
-    pointer jumping makes every node point at its root. Roots only ever point to smaller nodes,
-    so the forest has no cycle; a round with an offer removes at least one root, and the pass
-    ends when no edge crosses two trees (so each component is one tree, rooted at its smallest
-    node: it never joins what no edge joins). The driver holds the (n,) parent array only.
+    the smaller one; each root takes the smallest offer (each edge partition's task reduces its
+    offers to one per root, the driver the tasks' ones), then pointer jumping makes every node
+    point at its root. Roots only ever point to smaller nodes, so the forest has no cycle; a
+    round with an offer removes at least one root, and the pass ends when no edge crosses two
+    trees (so each component is one tree, rooted at its smallest node: it never joins what no
+    edge joins). The driver holds the (n,) parent array and one task's offers at a time.
     """
     parent = np.arange(len(position), dtype=np.int64)
     position_ref = ray.put(np.asarray(position, np.int64))
-    partitions = shuffle_partitions(ray, edges.count())
+    task = ray.remote(num_returns=2)(_offers)
     while True:
         parent_ref = ray.put(parent)
-        hooks = edges.map_batches(lambda b, p=parent_ref: _hooks(b, p, position_ref), batch_format="numpy")
-        offers = hooks.groupby("node", num_partitions=partitions).min("cand")
         hooked = 0
-        for batch in offers.iter_batches(batch_format="numpy"):
-            node, cand = np.asarray(batch["node"], np.int64), np.asarray(batch["min(cand)"], np.int64)
+        for node_ref, cand_ref in [task.remote(e, parent_ref, position_ref) for e in edges]:
+            node, cand = ray.get(node_ref), ray.get(cand_ref)
             parent[node] = np.minimum(parent[node], cand)
             hooked += len(node)
         if not hooked:
@@ -189,15 +202,16 @@ def components_on_ray(ray, edges, position: np.ndarray) -> np.ndarray:
             parent = jumped
 
 
-def _jaccard_batch(batch: dict, payloads: ShardPayloads, verify: str) -> dict:
+def _jaccard(pairs: np.ndarray, payloads: ShardPayloads, verify: str) -> np.ndarray:
     """Ray task: each (document, survivor) row's Jaccard (``minhash.jaccard_to_survivor``)."""
     from llm4all.curate.dedup.shingles import set_jaccard
 
-    pairs = np.stack([np.asarray(batch["a"], np.int64), np.asarray(batch["b"], np.int64)], axis=1)
     local, sig, shingles = _local(pairs, payloads)
-    value = (set_jaccard(local, *shingles) if verify == "exact"
-             else np.mean(sig[local[:, 0]] == sig[local[:, 1]], axis=1))
-    return {"a": pairs[:, 0], "jaccard": value}
+    return (set_jaccard(local, *shingles) if verify == "exact"
+            else np.mean(sig[local[:, 0]] == sig[local[:, 1]], axis=1))
+
+
+JACCARD_ROWS = 8192  # (document, survivor) rows per task
 
 
 def near_duplicates_on_ray(ray, keys: np.ndarray, payloads: ShardPayloads, threshold: float,
@@ -209,18 +223,17 @@ def near_duplicates_on_ray(ray, keys: np.ndarray, payloads: ShardPayloads, thres
 
     n = len(keys)
     rank, position = survivor_order(n, lengths)
-    pairs = candidate_pairs_on_ray(ray, keys, all_pairs_max) if n else None
+    edges = edges_on_ray(ray, keys, payloads, threshold, verify, all_pairs_max) if n else []
     survivor = np.arange(n, dtype=np.int64)
-    if pairs is not None:
-        edges = pairs.map_batches(lambda b: _verify_batch(b, payloads, threshold, verify),
-                                  batch_format="numpy").materialize()
+    if edges:
         survivor = rank[components_on_ray(ray, edges, position)[position]]
     jaccard = np.ones(n)
     moved = np.flatnonzero(survivor != np.arange(n))
-    if len(moved):
-        rows = ray.data.from_numpy(np.stack([moved, survivor[moved]], axis=1)).map_batches(
-            lambda b: {"a": b["data"][:, 0], "b": b["data"][:, 1]}, batch_format="numpy")
-        for batch in rows.map_batches(lambda b: _jaccard_batch(b, payloads, verify),
-                                      batch_format="numpy").iter_batches(batch_format="numpy"):
-            jaccard[np.asarray(batch["a"], np.int64)] = batch["jaccard"]
+    task = ray.remote(_jaccard)
+    starts = range(0, len(moved), JACCARD_ROWS)
+    rows = ray_stream(ray, lambda a: task.remote(np.stack([moved[a:a + JACCARD_ROWS],
+                                                           survivor[moved[a:a + JACCARD_ROWS]]], axis=1),
+                                                 payloads, verify), starts)
+    for a, value in zip(starts, rows, strict=True):
+        jaccard[moved[a:a + JACCARD_ROWS]] = value
     return number_clusters(survivor), survivor, jaccard
