@@ -146,6 +146,22 @@ def test_a_local_ray_instance_passes_the_environment_to_its_workers(monkeypatch)
         ray.shutdown()  # later tests start an instance without the variable
 
 
+def test_release_lets_ray_go_in_the_background_and_a_later_run_starts_it_again():
+    """``Workers.release`` (after a run's last step): Ray's stop runs in a thread while the driver
+    writes its outputs; ``close`` waits for it, and the next connection starts a new instance."""
+    ray = pytest.importorskip("ray")
+    workers = Workers("ray", 2)
+    assert list(workers.map(json.dumps, ([i] for i in range(3)))) == ["[0]", "[1]", "[2]"]
+    workers.release()
+    assert not ray.is_initialized()
+    with Workers("ray", 2) as again:
+        assert list(again.map(json.dumps, [["x"]])) == ['["x"]']
+    local = Workers("local", 2)
+    assert list(local.map(json.dumps, ([i] for i in range(4)))) == [f"[{i}]" for i in range(4)]
+    local.release()
+    assert local._pool is None
+
+
 def test_ray_workers_map_in_order(ray):
     workers = Workers("ray", 2)  # the function goes by reference: one the workers can import
     assert list(workers.map(json.dumps, ([i] for i in range(9)))) == [f"[{i}]" for i in range(9)]

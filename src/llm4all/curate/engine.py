@@ -107,11 +107,28 @@ class Workers:
         else:
             yield from map(fn, items)
 
+    def release(self) -> None:
+        """The run needs its workers no more: a local pool closes; Ray is let go in a background
+        thread (a local instance stops, ~1.2 s of Ray's own waiting on its processes, while the
+        driver writes its outputs; a cluster is only disconnected from), which ``close`` and the
+        next ``connect_ray`` wait for."""
+        if self.engine == "ray":
+            import threading
+
+            import ray
+
+            if ray.is_initialized():
+                stop = threading.Thread(target=_stop_ray, name="llm4all-ray-stop", daemon=True)
+                _STOPPING.append(stop)
+                stop.start()
+        self.close()
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.close()
             self._pool.join()
             self._pool = None
+        _wait_ray_stopped()
 
     def __enter__(self) -> Workers:
         return self
@@ -193,6 +210,19 @@ def _fill(table: dict[str, np.ndarray], rows: Counter, columns: dict, a: int, b:
 
 #: what the driver is connected to: None (not yet), "local" or a cluster address
 _RAY: dict[str, str | None] = {"connected": None}
+_STOPPING: list = []  # threads shutting Ray down (Workers.release)
+
+
+def _stop_ray() -> None:
+    import ray
+
+    ray.shutdown()
+    _RAY["connected"] = None
+
+
+def _wait_ray_stopped() -> None:
+    while _STOPPING:
+        _STOPPING.pop().join()
 #: environment the Ray workers get from the driver (one setting for every stage, on every node)
 RAY_ENV = ("LLM4ALL_DEVICE", "LLM4ALL_THREADS", "LLM4ALL_CACHE")
 
@@ -209,6 +239,7 @@ def connect_ray(workers: int, address: str | None = None):
     except ImportError:
         raise UserError("--engine ray needs Ray Data: pip install 'ray[data]'") from None
     want = address or "local"
+    _wait_ray_stopped()
     if ray.is_initialized() and _RAY["connected"] != want:
         ray.shutdown()
     if not ray.is_initialized():

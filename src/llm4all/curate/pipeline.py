@@ -140,6 +140,7 @@ def main(
         keep, step_rows = run_steps(built, steps, docs, table, ledger,
                                     executor.ray() if engine == "ray" else None)
         timings.update({row["step"]: row["seconds"] for row in step_rows})
+        executor.release()  # Ray stops while the outputs are written
 
         # 4. outputs
         write_kept(tmp / "kept.jsonl.zst", docs, keep, ledger, read, out_shard_docs)
