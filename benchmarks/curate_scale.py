@@ -13,7 +13,8 @@ Jaccard 0.8), run as a fresh `llm4all curate` process (its signal cache removed 
 run computes everything) with the local engine (2 worker processes) and with Ray (a local
 instance of 1 and of 2 CPUs, started and stopped by the command). Reported per run:
 documents/s over the command's wall time and over the pipeline's own time (summary.json
-``seconds.total``: without the interpreter's and Ray's start and stop), the driver's peak RSS
+``seconds.total``: without the interpreter's start and exit, and Ray's stop, which runs while
+the outputs are written; Ray's start is in it), the driver's peak RSS
 (VmHWM of the curate process; Ray's workers are other processes) and, sampled every 20 ms, its
 peak private memory (RssAnon + RssFile) and the Ray object-store pages it touched (RssShmem:
 shared memory owned by Ray's object store, bounded by its capacity, not by the corpus), and
