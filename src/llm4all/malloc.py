@@ -24,8 +24,7 @@ import functools
 import os
 import sys
 
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # <malloc.h>
-LARGE_BLOCK = 256 * 1024  # bytes: ``return_large_blocks``'s fixed mmap threshold
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # <malloc.h>
 _done = False
 
 
@@ -68,22 +67,3 @@ def release_freed_memory() -> bool:
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     trim(0)
     return True
-
-
-def return_large_blocks(threshold: int = LARGE_BLOCK) -> bool:
-    """Serve every block of ``threshold`` bytes or more with its own ``mmap`` and give it back on
-    ``free``, for the rest of the process.
-
-    glibc starts with a 128 KiB mmap threshold but raises it to the size of each mmapped block
-    that is freed, up to 32 MiB (its "dynamic mmap threshold"); after that, multi-megabyte
-    temporaries -- a Ray task's pickled arguments, a shard's arrays -- come from the heap, and
-    the holes they leave among long-lived objects stay resident. Setting the threshold turns
-    the adjustment off (glibc manual, "Memory Allocation Tunables"). Measured in the curate
-    driver on Ray: its heap after sending 1x / 2x / 4x of the benchmark corpus to hash tasks
-    grew +32 / +38 / +40 MiB as shipped, +32 / +32 / +32 MiB with it. A no-op (False) where
-    freed memory is kept on purpose (``keep_freed_memory``) or there is no glibc."""
-    mallopt = getattr(_libc(), "mallopt", None) if sys.platform.startswith("linux") else None
-    if _done or mallopt is None:
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(M_MMAP_THRESHOLD, threshold))

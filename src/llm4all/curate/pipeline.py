@@ -43,7 +43,7 @@ from llm4all.curate.reading import Ledger, read_all
 from llm4all.curate.step import Step, TableRows, build_step, check_decisions
 from llm4all.curate.store import DocStore
 from llm4all.errors import UserError
-from llm4all.malloc import release_freed_memory, return_large_blocks
+from llm4all.malloc import release_freed_memory
 from llm4all.runs import atomic_dir, write_json, write_manifest
 
 DEFAULT_SIGNALS = ["char_entropy", "word_entropy", "zlib_ratio", "ttr", "mtld", "flesch",
@@ -115,7 +115,6 @@ def main(
     cache = ShardCache(out.parent / f".{out.name}.cache")
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    return_large_blocks()  # multi-megabyte temporaries unmapped when freed (malloc.py)
 
     with (device_env(device), atomic_dir(out) as tmp, DocStore(out.parent) as docs,
           Workers(engine, workers, ray_address) as executor,
