@@ -37,3 +37,35 @@ def test_bad_flags(tiny_model):
     model, _ = load(tiny_model)
     with pytest.raises(UserError, match="--new-tokens"):
         decode_speed(model, new_tokens=1)
+
+
+def _bytes(tensors) -> int:
+    unique = {id(t): t for t in tensors}
+    return sum(t.numel() * t.element_size() for t in unique.values())
+
+
+@pytest.mark.parametrize("kind", ["int8", "float16"])
+@pytest.mark.parametrize("tied", [False, True])
+def test_weight_bytes_counts_a_packed_embedding_only_where_the_head_reads_it(kind, tied):
+    """The energy estimate's bytes per decode step: a packed (int8 rows + scales, or float16)
+    input embedding has no ``weight`` parameter; it is left out unless it is also the head
+    (make demo's speed_adapted_int4 stage failed on exactly this)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from llm4all.evaluate.speed import weight_bytes
+    from llm4all.models.packed.embedding import PackedEmbedding
+
+    config = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False)
+    model = LlamaForCausalLM(config)
+    emb = model.get_input_embeddings()
+    everything = [*model.parameters(), *model.buffers()]
+    assert weight_bytes(model) == _bytes(everything) - _bytes(emb.parameters())  # not read per step
+    packed = PackedEmbedding.from_weight(emb.weight.detach(), kind)
+    model.set_input_embeddings(packed)
+    if tied:
+        model.lm_head = packed  # the head reads the same packed rows
+    packed_bytes = _bytes(packed.buffers())
+    assert packed_bytes == 96 * 32 * (1 if kind == "int8" else 2) + (96 * 2 if kind == "int8" else 0)
+    everything = [*model.parameters(), *model.buffers()]
+    assert weight_bytes(model) == _bytes(everything) - (0 if tied else packed_bytes)

@@ -111,9 +111,11 @@ def decode_speed(model, new_tokens: int = 32, batch: int = 1, prompt: int = 32, 
 def weight_bytes(model) -> int:
     """Bytes of the weights one decode step reads: parameters and buffers (packed codes), counted
     once when shared, without the input embedding unless it is also the output head."""
-    embedding = model.get_input_embeddings().weight
-    head = model.get_output_embeddings()
-    skip = set() if head is not None and head.weight is embedding else {id(embedding)}
+    def tensors(module) -> set[int]:  # a packed embedding holds int8 rows and scales, no weight
+        return {id(t) for t in [*module.parameters(), *module.buffers()]} if module is not None else set()
+
+    embedding = tensors(model.get_input_embeddings())
+    skip = embedding - tensors(model.get_output_embeddings())  # a tied head reads them
     seen, total = set(), 0
     for t in [*model.parameters(), *model.buffers()]:
         if id(t) not in seen and id(t) not in skip:
