@@ -50,6 +50,7 @@ from llm4all.catalog import DEDUPERS
 from llm4all.curate.dedup.pairs import (
     SignatureSpill,
     band_keys,
+    bucket_member_pairs,
     number_clusters,
     survivor_order,
     verify_pairs,
@@ -129,9 +130,8 @@ def candidate_pairs(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray
 
 def pairs_from_keys(keys: np.ndarray) -> np.ndarray:
     """``candidate_pairs`` from the (n_docs, bands) band keys."""
-    bands = keys.shape[1]
     found = [np.empty((0, 2), np.int64)]
-    for band in range(bands):
+    for band in range(keys.shape[1]):
         order = np.argsort(keys[:, band], kind="stable")  # documents by bucket, input order
         k = keys[order, band]
         same = k[1:] == k[:-1]
@@ -139,16 +139,8 @@ def pairs_from_keys(keys: np.ndarray) -> np.ndarray:
         in_bucket[1:] |= same
         in_bucket[:-1] |= same
         docs, k = order[in_bucket], k[in_bucket]  # members of buckets with ≥ 2 documents
-        if not len(docs):
-            continue
-        head = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])  # first member of each bucket
-        size = np.diff(np.r_[head, len(k)])
-        for d in range(1, min(int(size.max()), _ALL_PAIRS_MAX)):  # members d apart
-            hit = np.flatnonzero(k[:-d] == k[d:])
-            found.append(np.stack([docs[hit], docs[hit + d]], axis=1))
-        big = np.repeat(size > _ALL_PAIRS_MAX, size)
-        anchor = np.repeat(docs[head], size)
-        found.append(np.stack([anchor[big], docs[big]], axis=1))
+        if len(docs):
+            found.append(bucket_member_pairs(docs, np.r_[True, k[1:] != k[:-1]], _ALL_PAIRS_MAX))
     pairs = np.concatenate(found)
     pairs = np.sort(pairs[pairs[:, 0] != pairs[:, 1]], axis=1)
     return np.unique(pairs, axis=0)

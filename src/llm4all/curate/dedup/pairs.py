@@ -49,6 +49,23 @@ def verify_pairs(pairs: np.ndarray, signatures: np.ndarray, threshold: float, ve
     return pairs, exact[: len(pairs)]
 
 
+def bucket_member_pairs(pos: np.ndarray, head: np.ndarray, all_pairs_max: int) -> np.ndarray:
+    """(m, 2) pairs of members of the same bucket, by ``minhash.candidate_pairs``'s rule: each
+    member with the members up to ``all_pairs_max`` - 1 after it, and in a bucket of more than
+    ``all_pairs_max`` members also its first member with each other. ``pos``: the members,
+    bucket by bucket, in input order within one; ``head``: True at each bucket's first member.
+    The local engine (per band) and the Ray one (per shuffle partition) both pair by it."""
+    bucket = np.cumsum(head) - 1
+    size = np.bincount(bucket)[bucket] if len(pos) else np.zeros(0, np.int64)
+    found = [np.empty((0, 2), np.int64)]
+    for d in range(1, min(int(size.max(initial=0)), all_pairs_max)):  # members d apart
+        hit = np.flatnonzero(bucket[:-d] == bucket[d:])
+        found.append(np.stack([pos[hit], pos[hit + d]], axis=1))
+    big = (size > all_pairs_max) & ~head  # a star on the first member of each big bucket
+    found.append(np.stack([pos[np.flatnonzero(head)][bucket[big]], pos[big]], axis=1))
+    return np.concatenate(found)
+
+
 def survivor_order(n: int, lengths: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """(rank, position): documents by survivor preference (input order, or the longest first,
     ties in input order) and each document's place in it (``rank[position[i]] == i``)."""

@@ -104,22 +104,15 @@ def shared_band_rows(keys: np.ndarray) -> dict[str, np.ndarray]:
 
 def bucket_pairs(rows: dict[str, np.ndarray], all_pairs_max: int, parts: int) -> list[dict]:
     """Reduce task (the (band, key, pos) rows of some buckets): each bucket's candidate pairs by
-    ``minhash.candidate_pairs``'s rule (its members up to ``all_pairs_max`` - 1 apart, in
-    input order; a bigger bucket also a star on its first member), as ``parts`` partitions of
+    ``pairs.bucket_member_pairs`` (the local engine's rule), as ``parts`` partitions of
     {"pair": (m, 2) pairs a < b} by a hash of the pair, for the shuffle that makes them unique."""
+    from llm4all.curate.dedup.pairs import bucket_member_pairs
+
     order = np.lexsort((rows["pos"], rows["key"], rows["band"]))
     band, key, pos = rows["band"][order], rows["key"][order], rows["pos"][order]
     head = np.ones(len(pos), bool)  # the first member of each bucket
     head[1:] = (band[1:] != band[:-1]) | (key[1:] != key[:-1])
-    bucket = np.cumsum(head) - 1
-    size = np.bincount(bucket)[bucket] if len(pos) else np.zeros(0, np.int64)
-    found = [np.empty((0, 2), np.int64)]
-    for d in range(1, min(int(size.max(initial=0)), all_pairs_max)):  # members d apart
-        hit = np.flatnonzero(bucket[:-d] == bucket[d:])
-        found.append(np.stack([pos[hit], pos[hit + d]], axis=1))
-    big = (size > all_pairs_max) & ~head  # a star on the first member of each big bucket
-    found.append(np.stack([pos[np.flatnonzero(head)][bucket[big]], pos[big]], axis=1))
-    pairs = np.concatenate(found)
+    pairs = bucket_member_pairs(pos, head, all_pairs_max)
     return split({"pair": pairs}, [pairs[:, 0], pairs[:, 1]], parts)
 
 

@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from llm4all.curate.dedup.shingles import fmix64
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # 2⁶⁴/φ: spreads consecutive integers apart
-_MIX = (np.uint64(33), np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53))
 
 
 def partition_of(key: Sequence[np.ndarray], parts: int) -> np.ndarray:
@@ -32,16 +33,12 @@ def partition_of(key: Sequence[np.ndarray], parts: int) -> np.ndarray:
     mixed by MurmurHash3's 64-bit finaliser (Appleby 2011), so positions and counters spread
     as evenly as hashes do."""
     h = np.zeros(len(key[0]), np.uint64)
-    shift, m1, m2 = _MIX
     with np.errstate(over="ignore"):  # uint64 arithmetic wraps mod 2⁶⁴, as meant
         for column in key:
             h ^= np.asarray(column).astype(np.uint64, copy=False)
             h *= _GOLDEN
-            h ^= h >> shift
-        h *= m1
-        h ^= h >> shift
-        h *= m2
-        h ^= h >> shift
+            h ^= h >> np.uint64(33)
+        fmix64(h)
     return (h % np.uint64(parts)).astype(np.int64)
 
 

@@ -155,7 +155,7 @@ def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
     return _POWERS
 
 
-def _fmix64(h: np.ndarray) -> np.ndarray:
+def fmix64(h: np.ndarray) -> np.ndarray:
     """MurmurHash3's 64-bit finaliser (Appleby 2011), in place on a uint64 array."""
     shift, m1, m2 = _FMIX
     h ^= h >> shift
@@ -240,7 +240,7 @@ def shingle_hashes(texts: Sequence[str], ngram: int) -> tuple[np.ndarray, np.nda
     else:
         h = np.zeros(len(start), np.uint64)
     h[empty] = 0
-    return _fmix64(h) >> np.uint64(32), counts
+    return fmix64(h) >> np.uint64(32), counts
 
 
 def _min_hash(x: np.ndarray, a: np.ndarray, b: np.ndarray, buf: np.ndarray) -> np.ndarray:
